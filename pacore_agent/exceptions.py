@@ -24,6 +24,7 @@ fields and, where a solve was under way, the partial result so that no finished 
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -159,6 +160,47 @@ class ContextLengthError(RequestRejectedError):
         super().__init__(message, status_code=status_code, body=body)
         self.max_context = max_context
         self.prompt_tokens = prompt_tokens
+
+    @classmethod
+    def from_message(
+        cls, message: str, *, status_code: int = 400, body: str | None = None
+    ) -> ContextLengthError:
+        """Build from a server's message, reading the numbers vLLM, SGLang and OpenAI put in it."""
+        lowered = message.lower()
+        return cls(
+            message,
+            status_code=status_code,
+            body=body,
+            max_context=_first_int(_CONTEXT_PATTERNS, lowered),
+            prompt_tokens=_first_int(_PROMPT_PATTERNS, lowered),
+        )
+
+    @staticmethod
+    def matches(message: str) -> bool:
+        """Whether a rejection message is about the context length."""
+        lowered = message.lower()
+        return any(hint in lowered for hint in _CONTEXT_HINTS)
+
+
+_CONTEXT_PATTERNS = (
+    re.compile(r"maximum context length (?:is|of) (\d+)"),
+    re.compile(r"context length (?:is|of) (\d+)"),
+)
+_PROMPT_PATTERNS = (
+    re.compile(r"\((\d+) in the messages"),
+    re.compile(r"(\d+) input tokens"),
+    re.compile(r"(\d+) tokens from the input"),
+    re.compile(r"prompt (?:has|contains|is) (\d+) tokens"),
+)
+_CONTEXT_HINTS = ("context length", "context window", "maximum context", "too many tokens", "max_model_len")
+
+
+def _first_int(patterns: tuple[re.Pattern[str], ...], text: str) -> int | None:
+    for pattern in patterns:
+        match = pattern.search(text)
+        if match:
+            return int(match.group(1))
+    return None
 
 
 class SolveError(PacoreRuntimeError):

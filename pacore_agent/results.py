@@ -56,6 +56,34 @@ class Usage(BaseModel):
             cached_tokens=self.cached_tokens + other.cached_tokens,
         )
 
+    def split(self, weights: list[int]) -> list[Usage]:
+        """Split one request's usage over its ``n`` choices so that the parts add up to this usage.
+
+        Prompt and cached tokens go to the first choice (the prompt is processed once); completion and
+        reasoning tokens are split in proportion to ``weights`` (e.g. text lengths).
+        """
+        n = len(weights)
+        if n <= 1:
+            return [self] * n
+        shares = weights if sum(weights) > 0 else [1] * n
+        total = sum(shares)
+
+        def parts(value: int) -> list[int]:
+            split = [value * share // total for share in shares]
+            split[-1] += value - sum(split)
+            return split
+
+        completion, reasoning = parts(self.completion_tokens), parts(self.reasoning_tokens)
+        return [
+            Usage(
+                prompt_tokens=self.prompt_tokens if i == 0 else 0,
+                cached_tokens=self.cached_tokens if i == 0 else 0,
+                completion_tokens=completion[i],
+                reasoning_tokens=reasoning[i],
+            )
+            for i in range(n)
+        ]
+
     @classmethod
     def sum(cls, usages: list[Usage] | tuple[Usage, ...]) -> Usage:
         """Add up several usages."""
@@ -92,7 +120,9 @@ class Trajectory(BaseModel):
             prompt tokens are counted on the first of them only, so sums stay equal to what the
             server reported.
         latency_s: Seconds from the first attempt to the answer.
-        attempts: Attempts made, retries included.
+        attempts: Attempts made by its request, retries included.
+        call: Index of the request that produced it within its round (several trajectories share one
+            request when ``n`` > 1 was asked for).
         model: The model that produced it.
         error: Why it failed, when it did.
     """
@@ -107,6 +137,7 @@ class Trajectory(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     latency_s: float = 0.0
     attempts: int = 1
+    call: int = 0
     model: str | None = None
     error: ErrorInfo | None = None
 
@@ -196,7 +227,8 @@ class SolveResult(BaseModel):
     @property
     def calls(self) -> int:
         """Requests sent to endpoints, retries included."""
-        return sum(t.attempts for r in self.rounds for t in r.trajectories)
+        requests = {(r.index, t.call): t.attempts for r in self.rounds for t in r.trajectories}
+        return sum(requests.values())
 
     @computed_field  # type: ignore[prop-decorator]
     @property

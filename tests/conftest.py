@@ -60,3 +60,27 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
     yield
+
+
+def find_shared() -> Any:
+    """The steering repository's ``shared/`` folder (docs and benchmark data), found upward from here.
+
+    ``PACORE_SHARED_DIR`` overrides the search.
+    """
+    import os
+    from pathlib import Path
+
+    override = os.environ.get("PACORE_SHARED_DIR")
+    if override:
+        return Path(override)
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "shared"
+        if (candidate / "docs" / "synthesis_template.txt").exists():
+            return candidate
+    raise RuntimeError("cannot find the shared/ folder beside the repository; set PACORE_SHARED_DIR")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Any:
+    return find_shared()

@@ -1,0 +1,278 @@
+"""The SIMULATED reasoning model over real HTTP on loopback: ``pacore sim-server``.
+
+Serves ``POST /v1/chat/completions`` (with and without ``stream``, with ``n``), ``GET /v1/models`` and
+``GET /health`` like an OpenAI-compatible server, so clients are tested over the same wire as real
+endpoints. A client that disconnects cancels its request here, and that is counted
+(``engine.disconnects``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from pacore_agent.backends.sim import SIM_LABEL, SimChoice, SimConfig, SimEngine, SimFault, SimReply
+
+__all__ = ["SimServer"]
+
+_CHUNK_WORDS = 8
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"object": "error", "error": {"message": message, "type": kind, "code": status}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _usage_json(reply: SimReply) -> dict[str, Any]:
+    usage = reply.usage
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+def _message_json(choice: SimChoice) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": choice.content}
+    if choice.reasoning is not None:
+        message["reasoning_content"] = choice.reasoning
+    return message
+
+
+def _pieces(text: str) -> list[str]:
+    words = text.split(" ")
+    return [
+        " ".join(words[i : i + _CHUNK_WORDS]) + (" " if i + _CHUNK_WORDS < len(words) else "")
+        for i in range(0, len(words), _CHUNK_WORDS)
+    ]
+
+
+class SimServer:
+    """The simulated model served over HTTP, as an async context manager.
+
+    Example::
+
+        async with SimServer(SimConfig(accuracy=0.5)) as server:
+            backend = OpenAIBackend(server.base_url)
+
+    Args:
+        config: The model's settings, or an engine to share.
+        host: Interface to bind (loopback by default).
+        port: Port; 0 picks a free one.
+        api_key: When set, requests must send ``Authorization: Bearer <api_key>``.
+        sleep: How latency is waited (tests may inject a fake).
+    """
+
+    def __init__(
+        self,
+        config: SimConfig | SimEngine | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.engine = config if isinstance(config, SimEngine) else SimEngine(config)
+        self.host = host
+        self.port = port
+        self._api_key = api_key
+        self._sleep = sleep
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.router.add_post("/v1/chat/completions", self._chat)
+        self.app.router.add_get("/v1/models", self._models)
+        self.app.router.add_get("/health", self._health)
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port/v1``, for OpenAI clients."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def start(self) -> None:
+        """Bind and start serving."""
+        # handler_cancellation: a client disconnect cancels its handler, as real servers abort the request.
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        sockets = self._runner.addresses
+        if sockets:
+            self.port = int(sockets[0][1])
+
+    async def stop(self) -> None:
+        """Stop serving and close connections."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (``pacore sim-server``)."""
+        async with self:
+            await asyncio.Event().wait()
+
+    # -- handlers ----------------------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "simulated": True})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if (denied := self._check_auth(request)) is not None:
+            return denied
+        model = {
+            "id": self.engine.config.model,
+            "object": "model",
+            "owned_by": "pacore-simulated",
+            "created": 0,
+        }
+        return web.json_response({"object": "list", "data": [model]})
+
+    def _check_auth(self, request: web.Request) -> web.Response | None:
+        if self._api_key is None:
+            return None
+        if request.headers.get("Authorization", "") != f"Bearer {self._api_key}":
+            return _error(401, "Incorrect API key provided (simulated server)", "authentication_error")
+        return None
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        if (denied := self._check_auth(request)) is not None:
+            return denied
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "request body is not valid JSON", "invalid_request_error")
+        if not isinstance(body, dict):
+            return _error(400, "request body must be a JSON object", "invalid_request_error")
+        engine = self.engine
+        with engine.track():
+            try:
+                return await self._answer(request, body)
+            except asyncio.CancelledError:
+                engine.disconnects += 1
+                raise
+
+    async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        reply = self.engine.respond(body)
+        if isinstance(reply, SimFault):
+            return await self._fault(request, reply)
+        stream = bool(body.get("stream"))
+        if not stream:
+            if reply.latency is None:
+                await asyncio.Event().wait()  # a stall: only the client's disconnect ends it
+            await self._sleep(reply.latency or 0.0)
+            self.engine.record_served(reply)
+            return web.json_response(self._completion_json(reply))
+        return await self._stream(request, body, reply)
+
+    async def _fault(self, request: web.Request, fault: SimFault) -> web.StreamResponse:
+        if fault.kind == "stall":
+            await asyncio.Event().wait()
+        if fault.kind == "drop":
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)  # never delivered: the connection is gone
+        if fault.kind == "malformed":
+            return web.Response(
+                status=200, text='{"id": "chatcmpl-sim", "choices": [', content_type="application/json"
+            )
+        headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
+        kind = (
+            "rate_limit_error"
+            if fault.status == 429
+            else "server_error"
+            if fault.status >= 500
+            else "invalid_request_error"
+        )
+        return _error(fault.status, fault.message, kind, headers)
+
+    def _completion_json(self, reply: SimReply) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-sim-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": reply.model,
+            "system_fingerprint": "pacore-simulated",
+            "choices": [
+                {"index": i, "message": _message_json(c), "finish_reason": c.finish_reason, "logprobs": None}
+                for i, c in enumerate(reply.choices)
+            ],
+            "usage": _usage_json(reply),
+        }
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], reply: SimReply
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        ident = f"chatcmpl-sim-{uuid.uuid4().hex[:12]}"
+
+        async def send(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> None:
+            chunk: dict[str, Any] = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": reply.model,
+                "choices": choices,
+            }
+            if usage is not None:
+                chunk["usage"] = usage
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        plans: list[list[tuple[str, str]]] = []
+        for choice in reply.choices:
+            plan = [
+                ("reasoning_content", piece) for piece in _pieces(choice.reasoning or "") if choice.reasoning
+            ]
+            plan += [("content", piece) for piece in _pieces(choice.content)]
+            plans.append(plan)
+        steps = max(len(plan) for plan in plans)
+        pause = None if reply.latency is None else reply.latency / max(steps, 1)
+        for index in range(len(reply.choices)):
+            await send(
+                [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+            )
+        for step in range(steps):
+            if pause is None:
+                await asyncio.Event().wait()
+            else:
+                await self._sleep(pause)
+            for index, plan in enumerate(plans):
+                if step < len(plan):
+                    field, text = plan[step]
+                    await send([{"index": index, "delta": {field: text}, "finish_reason": None}])
+        for index, choice in enumerate(reply.choices):
+            await send([{"index": index, "delta": {}, "finish_reason": choice.finish_reason}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send([], _usage_json(reply))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        self.engine.record_served(reply)
+        return response
+
+
+def banner(server: SimServer) -> str:
+    """The start-up line of ``pacore sim-server``, labelled as simulated."""
+    config = server.engine.config
+    return (
+        f"SIMULATED reasoning endpoint {SIM_LABEL} at {server.base_url} "
+        f"model={config.model} accuracy={config.accuracy} seed={config.seed}"
+    )

@@ -1,0 +1,272 @@
+"""The ``pacore`` command line.
+
+- ``pacore solve PROBLEM``: solve one problem with PaCoRe and print the answer, rounds and tokens.
+- ``pacore models``: what an endpoint serves.
+- ``pacore sim-server``: the SIMULATED reasoning endpoint, for demos and tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pacore_agent.backends.base import Backend, SamplingParams
+from pacore_agent.exceptions import PacoreError, SolveError
+from pacore_agent.results import SolveResult
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="pacore",
+    help="PaCoRe: Parallel Coordinated Reasoning on any OpenAI-compatible endpoint.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+BaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:30000/v1 (default: PACORE_BASE_URL / OPENAI_BASE_URL).",
+    ),
+]
+Model = Annotated[
+    str | None,
+    typer.Option("--model", help="Model id (default: PACORE_MODEL, else the endpoint's only model)."),
+]
+ApiKeyEnv = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key-env",
+        help="Name of the environment variable holding the API key (default: PACORE_API_KEY, then OPENAI_API_KEY).",
+    ),
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _api_key(api_key_env: str | None) -> str | None:
+    if api_key_env:
+        value = os.environ.get(api_key_env)
+        if not value:
+            raise _fail(f"--api-key-env names {api_key_env}, which is not set")
+        return value
+    return os.environ.get("PACORE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+
+
+def make_backend(base_url: str | None, model: str | None, api_key_env: str | None, **options: Any) -> Backend:
+    """The backend the CLI options describe (an `OpenAIBackend`, from the options or the environment)."""
+    from pacore_agent.backends.env import backend_from_env
+    from pacore_agent.backends.openai_compat import OpenAIBackend
+
+    if base_url:
+        return OpenAIBackend(base_url, model, api_key=_api_key(api_key_env), **options)
+    environ = dict(os.environ)
+    if model:
+        environ["PACORE_MODEL"] = model
+    if api_key_env and os.environ.get(api_key_env):
+        environ["PACORE_API_KEY"] = os.environ[api_key_env]
+    return backend_from_env(environ, **options)
+
+
+def _print_result(result: SolveResult) -> None:
+    table = Table(title=f"{result.method}: rounds", title_justify="left")
+    for column in ("round", "width", "ok", "failed", "cancelled", "messages", "completion tokens", "wall s"):
+        table.add_column(column, justify="right")
+    for round_ in result.rounds:
+        statuses = [t.status for t in round_.trajectories]
+        table.add_row(
+            str(round_.index),
+            str(round_.width),
+            str(statuses.count("ok")),
+            str(statuses.count("failed")),
+            str(statuses.count("cancelled")),
+            str(len(round_.messages)),
+            f"{round_.usage.completion_tokens:,}",
+            f"{round_.wall_s:.2f}",
+        )
+    out.print(table)
+    usage = result.usage
+    out.print(
+        f"tokens: prompt {usage.prompt_tokens:,} (cached {usage.cached_tokens:,}), completion "
+        f"{usage.completion_tokens:,} (reasoning {usage.reasoning_tokens:,}); calls {result.calls}; "
+        f"effective TTC {result.ttc_tokens:,} tokens; wall {result.wall_s:.2f} s",
+        highlight=False,
+    )
+    out.rule("answer")
+    out.print((result.answer or "").strip(), markup=False, highlight=False)
+
+
+@app.command()
+def solve(
+    problem: Annotated[str, typer.Argument(help="The problem text, or - to read it from stdin.")],
+    base_url: BaseUrl = None,
+    model: Model = None,
+    api_key_env: ApiKeyEnv = None,
+    schedule: Annotated[
+        str,
+        typer.Option(
+            "--schedule", "-s", help="Widths like 32,4 or a preset: low=[4], medium=[16], high=[32,4]."
+        ),
+    ] = "low",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole SolveResult as JSON on stdout.")
+    ] = False,
+    trace: Annotated[
+        Path | None,
+        typer.Option("--trace", help="Write the SolveResult (or the partial one) as JSON to this file."),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the reference order (and of request seeds with --sampling-seed).")
+    ] = 0,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Cap on tokens per trajectory (default: the server's).")
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once against the endpoint.")] = 64,
+    order: Annotated[str, typer.Option(help="Reference order: seeded, official or launch.")] = "seeded",
+) -> None:
+    """Solve one problem with PaCoRe and print the answer, the rounds and the token totals."""
+    from pacore_agent.coordinator import Coordinator
+
+    text = sys.stdin.read() if problem == "-" else problem
+    try:
+        backend = make_backend(base_url, model, api_key_env, max_concurrency=concurrency)
+        sampling = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        coordinator = Coordinator(schedule, backend, sampling=sampling, seed=seed, order=order)  # type: ignore[arg-type]
+    except PacoreError as error:
+        raise _fail(str(error)) from None
+
+    async def run() -> SolveResult:
+        async with backend:
+            return await coordinator.solve(text)
+
+    try:
+        result = anyio.run(run)
+    except SolveError as error:
+        if trace is not None:
+            trace.write_text(error.partial.model_dump_json(indent=2))
+        raise _fail(f"{error} (partial trace: {trace})" if trace else str(error), code=1) from None
+    except PacoreError as error:
+        raise _fail(str(error)) from None
+    if trace is not None:
+        trace.write_text(result.model_dump_json(indent=2))
+    if as_json:
+        sys.stdout.write(result.model_dump_json() + "\n")
+    else:
+        _print_result(result)
+
+
+@app.command()
+def models(base_url: BaseUrl = None, api_key_env: ApiKeyEnv = None) -> None:
+    """List the models an OpenAI-compatible endpoint serves."""
+    from pacore_agent.backends.openai_compat import OpenAIBackend
+
+    try:
+        backend = make_backend(base_url, "unused", api_key_env)
+    except PacoreError as error:
+        raise _fail(str(error)) from None
+    assert isinstance(backend, OpenAIBackend)
+
+    async def run() -> list[str]:
+        async with backend:
+            return await backend.list_models()
+
+    try:
+        names = anyio.run(run)
+    except PacoreError as error:
+        raise _fail(str(error)) from None
+    for name in names:
+        out.print(name, markup=False, highlight=False)
+
+
+@app.command("sim-server")
+def sim_server(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8000,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    accuracy: Annotated[float, typer.Option(help="Probability that a first-round answer is right.")] = 0.4,
+    synth_recover: Annotated[
+        float,
+        typer.Option(help="Probability that synthesis recovers the right answer regardless of references."),
+    ] = 0.1,
+    think_words: Annotated[
+        int, typer.Option(help="Mean reasoning length in words (= simulated tokens).")
+    ] = 48,
+    latency_median: Annotated[float, typer.Option(help="Median seconds per request.")] = 0.0,
+    latency_sigma: Annotated[
+        float, typer.Option(help="Log-normal shape of the latency (1 = heavy tail).")
+    ] = 0.0,
+    answers: Annotated[
+        Path | None,
+        typer.Option(help="JSONL with problem/answer fields: the right answers of those problems."),
+    ] = None,
+    split_reasoning: Annotated[
+        bool, typer.Option(help="Return reasoning in reasoning_content, as a reasoning parser does.")
+    ] = False,
+    honour_n: Annotated[
+        bool, typer.Option(help="Return n choices per request (--no-honour-n mimics servers that ignore n).")
+    ] = True,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require this bearer token.", envvar="PACORE_SIM_API_KEY")
+    ] = None,
+) -> None:
+    """Serve the SIMULATED reasoning model (a test double, not a language model) over HTTP."""
+    from pacore_agent.backends.sim import Latency, SimConfig
+    from pacore_agent.backends.sim_server import SimServer, banner
+
+    answer_key: dict[str, str] = {}
+    if answers is not None:
+        for line in answers.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                item = json.loads(line)
+                answer_key[str(item["problem"]).strip()] = str(item["answer"])
+    try:
+        config = SimConfig(
+            seed=seed,
+            accuracy=accuracy,
+            synth_recover=synth_recover,
+            think_words=think_words,
+            latency=Latency(median=latency_median, sigma=latency_sigma),
+            answers=answer_key,
+            split_reasoning=split_reasoning,
+            honour_n=honour_n,
+            record_requests=False,
+        )
+    except PacoreError as error:
+        raise _fail(str(error)) from None
+    server = SimServer(config, host=host, port=port, api_key=api_key)
+
+    async def run() -> None:
+        async with server:
+            out.print(banner(server), highlight=False)
+            sys.stdout.flush()
+            await anyio.sleep_forever()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(run)
+
+
+def main() -> None:
+    """Entry point of the ``pacore`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
