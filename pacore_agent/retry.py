@@ -122,11 +122,25 @@ async def call_with_retries(
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
-        return policy.backoff(state.attempt_number, error)
+        return policy.backoff(state.attempt_number + 1, error)
 
-    attempts = 0
+    # Fast path: most calls succeed at once, and tenacity's bookkeeping costs more than the call's own
+    # client-side work at high request rates.
+    try:
+        async with backend.limiter:
+            return Call(
+                completions=await backend.generate(current, on_delta=on_delta), attempts=1, request=current
+            )
+    except BackendError as error:
+        if policy.max_attempts == 1 or not should_retry(error):
+            error.attempt = 1
+            raise
+        first_wait = policy.backoff(1, error)
+    await policy.sleep(first_wait)
+
+    attempts = 1
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts),
+        stop=stop_after_attempt(policy.max_attempts - 1),
         wait=wait,
         retry=retry_if_exception(should_retry),
         sleep=policy.sleep,

@@ -1,0 +1,152 @@
+"""Coordinator overhead: completions per second through the Coordinator over the raw client.
+
+A simulated server (zero latency) runs in a subprocess. The same `OpenAIBackend` client then serves
+(a) the raw workload: every request body that 32 problems x [32, 4] send, fired through a semaphore of
+the same concurrency, and (b) the Coordinator solving those 32 problems. The ratio of their completion
+rates is the coordinator's efficiency (target >= 0.9).
+
+    python benchmarks/overhead.py [--problems 32] [--concurrency 256]
+
+Ends with one line: ``ratio=<coordinator over raw> coordinator_cps=... raw_cps=... ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import anyio
+
+from pacore_agent import Coordinator, OpenAIBackend
+from pacore_agent.prompts import build_prompt, normalize_problem
+from pacore_agent.schedule import Schedule
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(port: int) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "pacore_agent.cli",
+        "sim-server",
+        "--port",
+        str(port),
+        "--think-words",
+        "32",
+    ]
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+async def wait_healthy(backend: OpenAIBackend) -> None:
+    with anyio.fail_after(30):
+        while True:
+            try:
+                await backend.list_models()
+                return
+            except Exception:
+                await anyio.sleep(0.1)
+
+
+def raw_bodies(problems: list[str], schedule: Schedule) -> list[list[dict[str, object]]]:
+    """The conversations the Coordinator sends, rebuilt with conclusions of the simulated size."""
+    bodies: list[list[dict[str, object]]] = []
+    for problem in problems:
+        messages = normalize_problem(problem)
+        references: list[str] = []
+        for width in schedule.rounds:
+            prompt = build_prompt(messages, references)
+            bodies += [prompt] * width
+            references = [f"\n\nThe answer is $\\boxed{{{100 + i}}}$." for i in range(width)]
+    return bodies
+
+
+async def run_raw(backend: OpenAIBackend, bodies: list[list[dict[str, object]]], concurrency: int) -> float:
+    limiter = anyio.Semaphore(concurrency)
+    model = await backend.resolve_model()
+
+    async def one(messages: list[dict[str, object]]) -> None:
+        async with limiter:
+            await backend.client.chat.completions.create(
+                model=model, messages=messages, temperature=1.0, top_p=1.0
+            )  # type: ignore[arg-type]
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for messages in bodies:
+            group.start_soon(one, messages)
+    return time.perf_counter() - start
+
+
+async def run_coordinator(backend: OpenAIBackend, problems: list[str], schedule: Schedule) -> float:
+    coordinator = Coordinator(schedule, backend)
+    start = time.perf_counter()
+    results = await coordinator.solve_many(problems)
+    elapsed = time.perf_counter() - start
+    assert all(getattr(r, "answer", None) for r in results), "a solve failed"
+    return elapsed
+
+
+async def main(args: argparse.Namespace) -> None:
+    port = free_port()
+    server = start_server(port)
+    try:
+        schedule = Schedule.parse(args.schedule)
+        problems = [
+            f"Problem {i}: how many lattice points lie on the circle x^2 + y^2 = {5**i}?"
+            for i in range(args.problems)
+        ]
+        bodies = raw_bodies(problems, schedule)
+        async with OpenAIBackend(f"http://127.0.0.1:{port}/v1", max_concurrency=args.concurrency) as backend:
+            await wait_healthy(backend)
+            # Warm-up: connections, imports, the server's caches.
+            await run_raw(backend, bodies[: len(bodies) // 4], args.concurrency)
+            await run_coordinator(backend, problems[:4], schedule)
+            # Interleaved repetitions, median of each: the machine's noise hits both alike.
+            raw_times, coordinator_times = [], []
+            for _ in range(args.repeats):
+                raw_times.append(await run_raw(backend, bodies, args.concurrency))
+                coordinator_times.append(await run_coordinator(backend, problems, schedule))
+            raw_s, coordinator_s = statistics.median(raw_times), statistics.median(coordinator_times)
+            print(
+                "raw times:",
+                [round(t, 2) for t in raw_times],
+                "coordinator times:",
+                [round(t, 2) for t in coordinator_times],
+            )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
+    completions = len(bodies)
+    raw_cps, coordinator_cps = completions / raw_s, completions / coordinator_s
+    print(f"completions per run: {completions} ({args.problems} problems x {list(schedule.rounds)})")
+    print(f"repeats: {args.repeats} interleaved; medians below")
+    print(f"raw client:   {raw_s:7.2f} s  {raw_cps:8.1f} completions/s")
+    print(f"coordinator:  {coordinator_s:7.2f} s  {coordinator_cps:8.1f} completions/s")
+    print(
+        f"ratio={coordinator_cps / raw_cps:.3f} coordinator_cps={coordinator_cps:.1f} raw_cps={raw_cps:.1f} "
+        f"concurrency={args.concurrency} problems={args.problems} schedule={schedule}"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--problems", type=int, default=32)
+    parser.add_argument("--schedule", default="32,4")
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    anyio.run(main, parser.parse_args())
