@@ -80,8 +80,11 @@ async def run_raw(backend: OpenAIBackend, bodies: list[list[dict[str, object]]],
     async def one(messages: list[dict[str, object]]) -> None:
         async with limiter:
             await backend.client.chat.completions.create(
-                model=model, messages=messages, temperature=1.0, top_p=1.0
-            )  # type: ignore[arg-type]
+                model=model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=1.0,
+                top_p=1.0,
+            )
 
     start = time.perf_counter()
     async with anyio.create_task_group() as group:

@@ -12,6 +12,7 @@ Example::
 from pacore_agent.backends.base import Backend, Completion, GenerationRequest, SamplingParams
 from pacore_agent.backends.env import backend_from_env
 from pacore_agent.backends.openai_compat import OpenAIBackend
+from pacore_agent.backends.sglang import SGLangBackend, SGLangServer
 from pacore_agent.backends.sim import Faults, Latency, SimBackend, SimConfig
 from pacore_agent.backends.sim_server import SimServer
 from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens
@@ -59,6 +60,8 @@ __all__ = [
     "RoundFinished",
     "RoundResult",
     "RoundStarted",
+    "SGLangBackend",
+    "SGLangServer",
     "SamplingParams",
     "Schedule",
     "SimBackend",

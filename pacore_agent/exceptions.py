@@ -184,12 +184,14 @@ class ContextLengthError(RequestRejectedError):
 
 _CONTEXT_PATTERNS = (
     re.compile(r"maximum context length (?:is|of) (\d+)"),
+    re.compile(r"context length \((\d+) tokens\)"),
     re.compile(r"context length (?:is|of) (\d+)"),
 )
 _PROMPT_PATTERNS = (
     re.compile(r"\((\d+) in the messages"),
     re.compile(r"(\d+) input tokens"),
     re.compile(r"(\d+) tokens from the input"),
+    re.compile(r"input \((\d+) tokens\)"),
     re.compile(r"prompt (?:has|contains|is) (\d+) tokens"),
 )
 _CONTEXT_HINTS = ("context length", "context window", "maximum context", "too many tokens", "max_model_len")

@@ -22,7 +22,6 @@ anywhere.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -1059,18 +1058,6 @@ def _parse_generate_item(
     )
 
 
-_CONTEXT_PATTERNS = (
-    re.compile(
-        r"maximum context length of (?P<max>\d+) tokens.*?(?P<prompt>\d+) tokens from the input", re.S
-    ),
-    re.compile(
-        r"input \((?P<prompt>\d+) tokens\) is longer than the model's context length \((?P<max>\d+) tokens\)"
-    ),
-    re.compile(r"maximum context length is (?P<max>\d+) tokens"),
-    re.compile(r"exceeds the model's maximum context length of (?P<max>\d+)"),
-)
-
-
 def _error_from_response(what: str, status: int, text: str, headers: Mapping[str, str]) -> BackendError:
     """Map an SGLang error answer to our exception tree.
 
@@ -1083,17 +1070,8 @@ def _error_from_response(what: str, status: int, text: str, headers: Mapping[str
     body = text[:_BODY_EXCERPT_CHARS]
     full = f"{what} failed: {message}" if message else f"{what} failed"
     if status == 400:
-        for pattern in _CONTEXT_PATTERNS:
-            match = pattern.search(message)
-            if match:
-                groups = match.groupdict()
-                return ContextLengthError(
-                    full,
-                    status_code=status,
-                    body=body,
-                    max_context=int(groups["max"]) if groups.get("max") else None,
-                    prompt_tokens=int(groups["prompt"]) if groups.get("prompt") else None,
-                )
+        if ContextLengthError.matches(message):
+            return ContextLengthError.from_message(full, status_code=status, body=body)
         return RequestRejectedError(full, status_code=status, body=body)
     if status in (401, 403):
         return AuthenticationError(
@@ -1445,6 +1423,6 @@ class SGLangBackend(Backend):
 
 def _openai_backend(base_url: str, model: str | None, api_key: str | None, max_concurrency: int) -> Backend:
     """The default chat backend: an `OpenAIBackend` (imported on first use; it pulls in the OpenAI SDK)."""
-    module = importlib.import_module("pacore_agent.backends.openai_compat")
-    backend: Backend = module.OpenAIBackend(base_url, model, api_key=api_key, max_concurrency=max_concurrency)
-    return backend
+    from pacore_agent.backends.openai_compat import OpenAIBackend
+
+    return OpenAIBackend(base_url, model, api_key=api_key, max_concurrency=max_concurrency)
