@@ -9,37 +9,86 @@ Example::
     print(result.answer)
 """
 
-from pacore_agent.backends.base import Backend, Completion, GenerationRequest, SamplingParams
-from pacore_agent.backends.env import backend_from_env
-from pacore_agent.backends.openai_compat import OpenAIBackend
-from pacore_agent.backends.sglang import SGLangBackend, SGLangServer
-from pacore_agent.backends.sim import Faults, Latency, SimBackend, SimConfig
-from pacore_agent.backends.sim_server import SimServer
-from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens
-from pacore_agent.coordinator import Coordinator
-from pacore_agent.exceptions import (
-    BackendError,
-    BudgetExceeded,
-    ConfigurationError,
-    PacoreError,
-    RoundFailedError,
-    SolveError,
-    UsageError,
-)
-from pacore_agent.results import (
-    Done,
-    Event,
-    RoundFinished,
-    RoundResult,
-    RoundStarted,
-    SolveResult,
-    TokenDelta,
-    Trajectory,
-    TrajectoryFinished,
-    Usage,
-)
-from pacore_agent.retry import RetryPolicy
-from pacore_agent.schedule import Schedule
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pacore_agent.backends.base import Backend, Completion, GenerationRequest, SamplingParams
+    from pacore_agent.backends.env import backend_from_env
+    from pacore_agent.backends.openai_compat import OpenAIBackend
+    from pacore_agent.backends.sglang import SGLangBackend, SGLangServer
+    from pacore_agent.backends.sim import Faults, Latency, SimBackend, SimConfig
+    from pacore_agent.backends.sim_server import SimServer
+    from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens
+    from pacore_agent.coordinator import Coordinator
+    from pacore_agent.exceptions import (
+        BackendError,
+        BudgetExceeded,
+        ConfigurationError,
+        PacoreError,
+        RoundFailedError,
+        SolveError,
+        UsageError,
+    )
+    from pacore_agent.results import (
+        Done,
+        Event,
+        RoundFinished,
+        RoundResult,
+        RoundStarted,
+        SolveResult,
+        TokenDelta,
+        Trajectory,
+        TrajectoryFinished,
+        Usage,
+    )
+    from pacore_agent.retry import RetryPolicy
+    from pacore_agent.schedule import Schedule
+
+# Public names are imported on first use, so `pacore --help` and the simulated server start without
+# loading the OpenAI SDK.
+_LAZY: dict[str, str] = {
+    "Backend": "pacore_agent.backends.base",
+    "BackendError": "pacore_agent.exceptions",
+    "BudgetExceeded": "pacore_agent.exceptions",
+    "Completion": "pacore_agent.backends.base",
+    "ConfigurationError": "pacore_agent.exceptions",
+    "Coordinator": "pacore_agent.coordinator",
+    "Done": "pacore_agent.results",
+    "Event": "pacore_agent.results",
+    "Faults": "pacore_agent.backends.sim",
+    "GenerationRequest": "pacore_agent.backends.base",
+    "Latency": "pacore_agent.backends.sim",
+    "OpenAIBackend": "pacore_agent.backends.openai_compat",
+    "PacoreError": "pacore_agent.exceptions",
+    "RetryPolicy": "pacore_agent.retry",
+    "RoundFailedError": "pacore_agent.exceptions",
+    "RoundFinished": "pacore_agent.results",
+    "RoundResult": "pacore_agent.results",
+    "RoundStarted": "pacore_agent.results",
+    "SGLangBackend": "pacore_agent.backends.sglang",
+    "SGLangServer": "pacore_agent.backends.sglang",
+    "SamplingParams": "pacore_agent.backends.base",
+    "Schedule": "pacore_agent.schedule",
+    "SimBackend": "pacore_agent.backends.sim",
+    "SimConfig": "pacore_agent.backends.sim",
+    "SimServer": "pacore_agent.backends.sim_server",
+    "SolveError": "pacore_agent.exceptions",
+    "SolveResult": "pacore_agent.results",
+    "TokenDelta": "pacore_agent.results",
+    "Trajectory": "pacore_agent.results",
+    "TrajectoryFinished": "pacore_agent.results",
+    "Usage": "pacore_agent.results",
+    "UsageError": "pacore_agent.exceptions",
+    "backend_from_env": "pacore_agent.backends.env",
+    "boxed_only": "pacore_agent.compactors",
+    "chain": "pacore_agent.compactors",
+    "final_conclusion": "pacore_agent.compactors",
+    "full": "pacore_agent.compactors",
+    "last_tokens": "pacore_agent.compactors",
+}
 
 __all__ = [
     "Backend",
@@ -81,3 +130,16 @@ __all__ = [
     "full",
     "last_tokens",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pacore_agent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,0 +1,131 @@
+"""The `pacore` command: real subprocesses against `pacore sim-server` on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pacore_agent import SolveResult
+from tests.helpers import closed_port
+
+PACORE = [sys.executable, "-m", "pacore_agent.cli"]
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PACORE, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or dict(os.environ),
+        input=stdin,
+    )
+
+
+@pytest.fixture(scope="module")
+def sim_url() -> Iterator[str]:
+    port = closed_port()
+    process = subprocess.Popen(
+        [*PACORE, "sim-server", "--port", str(port), "--split-reasoning", "--seed", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                    assert json.load(response)["simulated"] is True
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output = process.stdout.read() if process.stdout else ""
+                    raise RuntimeError(f"sim-server did not start: {output}") from None
+                time.sleep(0.1)
+        yield f"{url}/v1"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_solve_json_prints_the_solve_result(sim_url: str, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.json"
+    done = run(
+        "solve", "--base-url", sim_url, "--schedule", "8,2", "--json", "--trace", str(trace), "What is 6*7?"
+    )
+    assert done.returncode == 0, done.stderr
+    result = SolveResult.model_validate_json(done.stdout)
+    assert result.schedule == [8, 2, 1]
+    assert [len(r.trajectories) for r in result.rounds] == [8, 2, 1]
+    assert result.answer is not None and "\\boxed{" in result.answer
+    assert SolveResult.model_validate_json(trace.read_text()) == result
+
+
+def test_solve_prints_answer_rounds_and_tokens(sim_url: str) -> None:
+    done = run("solve", "--base-url", sim_url, "-s", "low", "What is 6*7?")
+    assert done.returncode == 0, done.stderr
+    assert "pacore-low" in done.stdout and "effective TTC" in done.stdout
+    assert "\\boxed{" in done.stdout
+
+
+def test_solve_reads_the_environment_and_stdin(sim_url: str) -> None:
+    env = {**os.environ, "PACORE_BASE_URL": sim_url}
+    done = run("solve", "--json", "-", env=env, stdin="What is 6*7?\n")
+    assert done.returncode == 0, done.stderr
+    assert SolveResult.model_validate_json(done.stdout).problem[0]["content"] == "What is 6*7?\n"
+
+
+def test_models_lists_the_simulated_model(sim_url: str) -> None:
+    done = run("models", "--base-url", sim_url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["pacore-sim"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["solve", "--base-url", "http://127.0.0.1:9/v1", "--schedule", "huge", "x"], "unknown schedule"),
+        (["solve", "--base-url", "http://127.0.0.1:9/v1", ""], "problem is empty"),
+        (["solve", "x"], "PACORE_BASE_URL"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PACORE_", "OPENAI_"))}
+    done = run(*args, env=env)
+    assert done.returncode == 2
+    assert message in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
+
+
+def test_unreachable_endpoint_fails_cleanly(tmp_path: Path) -> None:
+    trace = tmp_path / "partial.json"
+    base = f"http://127.0.0.1:{closed_port()}/v1"
+    done = run("solve", "--base-url", base, "--model", "m", "--schedule", "2", "--trace", str(trace), "x")
+    assert done.returncode == 1
+    assert "could not talk to" in " ".join(done.stderr.split())
+    partial = SolveResult.model_validate_json(trace.read_text())
+    assert all(t.status == "failed" for t in partial.rounds[0].trajectories)
+
+
+def test_help_is_useful() -> None:
+    for command in ("solve", "sim-server", "models"):
+        done = run(command, "--help")
+        assert done.returncode == 0
+        assert "--" in done.stdout
+    assert "--schedule" in run("solve", "--help").stdout
