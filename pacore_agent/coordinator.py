@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -21,8 +21,16 @@ from typing import Any, Literal, Self
 import anyio
 
 from pacore_agent.backends.base import Backend, Completion, GenerationRequest, SamplingParams
+from pacore_agent.budget import Budget, BudgetTracker
 from pacore_agent.compactors import Compactor, apply_compactor, final_conclusion
-from pacore_agent.exceptions import BackendError, PacoreError, RoundFailedError, SolveError, UsageError
+from pacore_agent.exceptions import (
+    BackendError,
+    BudgetExceeded,
+    PacoreError,
+    RoundFailedError,
+    SolveError,
+    UsageError,
+)
 from pacore_agent.ordering import OrderPolicy, reference_order, round_rng
 from pacore_agent.prompts import Messages, SynthesisTemplate, build_prompt, normalize_problem
 from pacore_agent.results import (
@@ -68,9 +76,26 @@ class _RoundState:
     target: int
     successes: int = 0
     reached: bool = False
+    budget_hit: bool = False
+    cut: bool = False
     finished: list[int] = field(default_factory=list)
     partial: dict[int, list[str]] = field(default_factory=dict)
     partial_reasoning: dict[int, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _CallSpec:
+    """One request of a round: which trajectories it makes and how it reports them."""
+
+    key: str
+    round: int
+    call: int
+    first: int
+    count: int
+    prompt: Messages
+    emit: Emit | None
+    tokens: bool
+    collect: bool
 
 
 class Coordinator:
@@ -85,12 +110,14 @@ class Coordinator:
     Args:
         schedule: The K vector (e.g. ``[32, 4]``) or a preset: ``"low"`` = [4], ``"medium"`` = [16],
             ``"high"`` = [32, 4]. A final round of one trajectory always follows.
-        backend: Where trajectories come from. Default: an `OpenAIBackend` built from the environment
-            (``PACORE_BASE_URL`` / ``OPENAI_BASE_URL``, ``PACORE_API_KEY`` / ``OPENAI_API_KEY``,
-            ``PACORE_MODEL``); the coordinator then owns and closes it.
+        backend: Where trajectories come from: one backend, or one per round (final round included),
+            e.g. a cheap explorer for the first rounds and a stronger synthesizer for the last. Default:
+            an `OpenAIBackend` built from the environment (``PACORE_BASE_URL`` / ``OPENAI_BASE_URL``,
+            ``PACORE_API_KEY`` / ``OPENAI_API_KEY``, ``PACORE_MODEL``); the coordinator then owns it.
         compactor: C, from a trajectory's text to its message (default `final_conclusion`).
         template: Override of the synthesis template (Jinja2 source or a callable).
-        sampling: Sampling settings of every request (default temperature = top_p = 1.0).
+        sampling: Sampling settings of every request (default temperature = top_p = 1.0), or one per
+            round.
         seed: Seed of the reference order and, when ``sampling.seed`` is set, of per-request seeds.
         order: Reference order policy (see `pacore_agent.ordering`).
         retry: Retry policy (see `pacore_agent.retry.RetryPolicy`).
@@ -102,6 +129,10 @@ class Coordinator:
         round_timeout: Seconds after which a round stops waiting and goes on with what finished.
         hedge: Extra trajectories launched per round (a count, or a fraction of the width); the first
             K to finish are kept and the rest cancelled.
+        budget: Limits of each solve (calls, tokens, cost, wall time); see `pacore_agent.budget`.
+        adaptive_stop: When set (a fraction in (0, 1]), skip the remaining rounds if at least that share
+            of the first round's answers agree (math equivalence); the answer is then a conclusion of
+            the agreeing class. Off by default.
         stream_tokens: Which rounds emit `TokenDelta` events in `stream` (``"final"`` by default).
         clock: Monotonic clock (injected in tests).
     """
@@ -109,11 +140,11 @@ class Coordinator:
     def __init__(
         self,
         schedule: ScheduleLike = "low",
-        backend: Backend | None = None,
+        backend: Backend | Sequence[Backend] | None = None,
         *,
         compactor: Compactor = final_conclusion,
         template: SynthesisTemplate | None = None,
-        sampling: SamplingParams | None = None,
+        sampling: SamplingParams | Sequence[SamplingParams] | None = None,
         seed: int = 0,
         order: OrderPolicy = "seeded",
         retry: RetryPolicy | None = None,
@@ -122,6 +153,8 @@ class Coordinator:
         min_success: int | float | None = None,
         round_timeout: float | None = None,
         hedge: int | float = 0,
+        budget: Budget | None = None,
+        adaptive_stop: float | None = None,
         stream_tokens: TokenStreaming = "final",
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -139,15 +172,22 @@ class Coordinator:
             raise UsageError(f"round_timeout must be a positive number of seconds, got {round_timeout}")
         if isinstance(hedge, bool) or not isinstance(hedge, int | float) or hedge < 0:
             raise UsageError(f"hedge must be a count or fraction >= 0 of extra trajectories, got {hedge!r}")
+        if adaptive_stop is not None and not 0 < adaptive_stop <= 1:
+            raise UsageError(f"adaptive_stop must be a fraction in (0, 1], got {adaptive_stop!r}")
         self._owns_backend = backend is None
         if backend is None:
             from pacore_agent.backends.env import backend_from_env
 
             backend = backend_from_env()
-        self.backend = backend
+        rounds = len(self.schedule.rounds)
+        self.backends: list[Backend] = _per_round(backend, rounds, "backend", Backend)
+        self.samplings: list[SamplingParams] = _per_round(
+            sampling or SamplingParams(), rounds, "sampling", SamplingParams
+        )
+        if budget is not None:
+            budget.check_models([getattr(b, "model", b.name) for b in self.backends])
         self.compactor = compactor
         self.template = template
-        self.sampling = sampling or SamplingParams()
         self.seed = seed
         self.order = order
         self.retry = retry or RetryPolicy()
@@ -155,8 +195,20 @@ class Coordinator:
         self.min_success = min_success
         self.round_timeout = round_timeout
         self.hedge = hedge
+        self.budget = budget
+        self.adaptive_stop = adaptive_stop
         self.stream_tokens = stream_tokens
         self.clock = clock
+
+    @property
+    def backend(self) -> Backend:
+        """The backend of the first round (the only one unless backends differ per round)."""
+        return self.backends[0]
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The sampling settings of the first round."""
+        return self.samplings[0]
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -189,7 +241,7 @@ class Coordinator:
         """
         return await self._solve(normalize_problem(problem), emit=None)
 
-    async def stream(self, problem: Problem) -> AsyncIterator[Event]:
+    async def stream(self, problem: Problem) -> AsyncGenerator[Event, None]:
         """Solve one problem, yielding live events; the last one is `Done` with the result.
 
         Events: `RoundStarted`, `TrajectoryFinished`, `TokenDelta` (streaming backends; final round by
@@ -205,16 +257,24 @@ class Coordinator:
                 except PacoreError as error:
                     await send.send(error)
 
+        failure: BaseException | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(produce)
             async with receive:
                 async for item in receive:
                     if isinstance(item, BaseException):
-                        raise item
+                        failure = item
+                        break
                     yield item
+        if failure is not None:
+            raise failure  # outside the task group, so callers get the error itself, not a group
 
     async def solve_many(
-        self, problems: Sequence[Problem], *, max_in_flight: int | None = None
+        self,
+        problems: Sequence[Problem],
+        *,
+        max_in_flight: int | None = None,
+        budget: Budget | None = None,
     ) -> list[SolveResult | SolveError]:
         """Solve many problems concurrently through the same backend limiter.
 
@@ -225,26 +285,34 @@ class Coordinator:
             problems: The problems.
             max_in_flight: Problems solved at once (default: all; the backend's limiter bounds the
                 requests anyway).
+            budget: Limits shared by the whole batch (each solve also keeps the coordinator's own).
         """
         results: list[SolveResult | SolveError | None] = [None] * len(problems)
-        async for index, result in self.solve_iter(problems, max_in_flight=max_in_flight):
+        async for index, result in self.solve_iter(problems, max_in_flight=max_in_flight, budget=budget):
             results[index] = result
         return [r for r in results if r is not None]
 
     async def solve_iter(
-        self, problems: Sequence[Problem], *, max_in_flight: int | None = None
+        self,
+        problems: Sequence[Problem],
+        *,
+        max_in_flight: int | None = None,
+        budget: Budget | None = None,
     ) -> AsyncIterator[tuple[int, SolveResult | SolveError]]:
         """Like `solve_many`, yielding ``(index, result)`` as each problem finishes."""
         conversations = [normalize_problem(p) for p in problems]  # bad input fails before any request
         if max_in_flight is not None and max_in_flight < 1:
             raise UsageError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if budget is not None:
+            budget.check_models([getattr(b, "model", b.name) for b in self.backends])
+        batch = BudgetTracker(budget, self.clock) if budget is not None else None
         gate = anyio.CapacityLimiter(max_in_flight or max(len(conversations), 1))
         send, receive = anyio.create_memory_object_stream[tuple[int, SolveResult | SolveError]](math.inf)
 
         async def one(index: int, messages: Messages) -> None:
             async with gate:
                 try:
-                    result: SolveResult | SolveError = await self._solve(messages, emit=None)
+                    result: SolveResult | SolveError = await self._solve(messages, emit=None, batch=batch)
                 except SolveError as error:
                     result = error
             await send.send((index, result))
@@ -273,7 +341,9 @@ class Coordinator:
 
     # -- the one path ------------------------------------------------------------------------------
 
-    async def _solve(self, messages: Messages, emit: Emit | None) -> SolveResult:
+    async def _solve(
+        self, messages: Messages, emit: Emit | None, batch: BudgetTracker | None = None
+    ) -> SolveResult:
         key = problem_key(messages)
         result = SolveResult(
             method=self.method,
@@ -286,30 +356,87 @@ class Coordinator:
             started_at=time.time(),
         )
         start = self.clock()
+        tracker: BudgetTracker | None = batch
+        if self.budget is not None:
+            tracker = BudgetTracker(self.budget, self.clock, parent=batch)
+        widths = self.rounds
         references: list[str] = []
-        for round_index, width in enumerate(self.rounds):
+        round_index = 0
+        while round_index < len(widths):
+            final = round_index == len(widths) - 1
             prompt = build_prompt(messages, references, self.template)
-            final = round_index == len(self.rounds) - 1
+            backend = self.backends[round_index]
             if emit is not None:
-                await emit(RoundStarted(round=round_index, width=width, model=self.backend.name))
-            outcome = await self._run_round(key, round_index, width, prompt, emit, final=final)
+                await emit(RoundStarted(round=round_index, width=widths[round_index], model=backend.name))
+            # In "synthesize" mode the final round is the one call allowed past an exhausted budget.
+            spare = final and self.budget is not None and self.budget.on_exceeded == "synthesize"
+            outcome = await self._run_round(
+                key,
+                round_index,
+                widths[round_index],
+                prompt,
+                emit,
+                final=final,
+                tracker=None if spare else tracker,
+            )
             result.rounds.append(outcome)
             result.wall_s = self.clock() - start
             if emit is not None:
                 await emit(RoundFinished(result=outcome))
+            if tracker is not None:
+                result.info["budget_used"] = tracker.summary()
             if final:
                 finished = [t for t in outcome.trajectories if t.ok]
                 if not finished:
+                    if outcome.stop_reason == "budget":
+                        raise self._budget_error(result, tracker)
                     raise RoundFailedError(_failure_message(outcome, final=True), partial=result)
                 result.final = finished[0]
                 result.answer = final_conclusion(finished[0].text)
-            elif not outcome.messages:
+                break
+            if outcome.stop_reason == "budget":
+                if self.budget is None or self.budget.on_exceeded == "raise" or not outcome.messages:
+                    raise self._budget_error(result, tracker)
+                result.info["budget_exceeded"] = tracker.exceeded() if tracker else "budget"
+                references = outcome.messages
+                round_index = len(widths) - 1  # straight to the final synthesis
+                continue
+            if not outcome.messages:
                 raise RoundFailedError(_failure_message(outcome, final=False), partial=result)
+            if round_index == 0 and self.adaptive_stop is not None and await self._agreed(result, outcome):
+                break
             references = outcome.messages
+            round_index += 1
         result.wall_s = self.clock() - start
         if emit is not None:
             await emit(Done(result=result))
         return result
+
+    def _budget_error(self, result: SolveResult, tracker: BudgetTracker | None) -> BudgetExceeded:
+        which = (tracker.exceeded() if tracker else None) or "budget"
+        return BudgetExceeded(
+            f"the {which} budget ran out after {len(result.rounds)} round(s); the partial result keeps "
+            "everything that finished",
+            partial=result,
+            budget=which,
+        )
+
+    async def _agreed(self, result: SolveResult, outcome: RoundResult) -> bool:
+        """Adaptive stop: do the first round's answers agree enough to skip the remaining rounds?"""
+        from pacore_agent.answers import avote, extract_answer
+
+        finished = [t for t in outcome.trajectories if t.ok]
+        answers = [extract_answer(final_conclusion(t.text)) for t in finished]
+        votes = await avote(answers)
+        share = votes.winner.count / len(outcome.trajectories) if votes.winner and votes.answer else 0.0
+        result.info["adaptive_stop"] = {"agreement": share, "threshold": self.adaptive_stop, "stopped": False}
+        if votes.winner is None or votes.answer is None or share < (self.adaptive_stop or 1.0):
+            return False
+        chosen = finished[votes.winner.members[0]]
+        result.final = chosen
+        result.answer = final_conclusion(chosen.text)
+        result.info["adaptive_stop"].update(stopped=True, answer=votes.answer)
+        return True
 
     def _target(self, width: int) -> int:
         if self.min_success is None:
@@ -324,44 +451,65 @@ class Coordinator:
         return int(self.hedge)
 
     async def _run_round(
-        self, key: str, round_index: int, width: int, prompt: Messages, emit: Emit | None, *, final: bool
+        self,
+        key: str,
+        round_index: int,
+        width: int,
+        prompt: Messages,
+        emit: Emit | None,
+        *,
+        final: bool,
+        tracker: BudgetTracker | None,
     ) -> RoundResult:
         launched = width + self._extra(width)
         state = _RoundState(trajectories=[None] * launched, target=min(self._target(width), width))
-        cuts = self.min_success is not None or self.round_timeout is not None or launched > width
+        cuts = (
+            self.min_success is not None
+            or self.round_timeout is not None
+            or launched > width
+            or tracker is not None
+        )
         tokens = emit is not None and (
             self.stream_tokens == "all" or (self.stream_tokens == "final" and final)
         )
+        limits = [
+            t for t in (self.round_timeout, tracker.remaining_s() if tracker else None) if t is not None
+        ]
         start = self.clock()
         groups = [
             (first, min(self.n_per_request, launched - first))
             for first in range(0, launched, self.n_per_request)
         ]
-        with anyio.move_on_after(self.round_timeout) as deadline:
+        with anyio.move_on_after(min(limits) if limits else None) as deadline:
             async with anyio.create_task_group() as group:
                 for call_index, (first, count) in enumerate(groups):
+                    if tracker is not None and not tracker.start_call():
+                        state.budget_hit = True
+                        break
                     group.start_soon(
                         self._call,
-                        key,
-                        round_index,
-                        call_index,
-                        first,
-                        count,
-                        prompt,
+                        _CallSpec(
+                            key, round_index, call_index, first, count, prompt, emit, tokens, cuts or tokens
+                        ),
                         state,
                         group.cancel_scope,
-                        emit,
-                        tokens,
-                        cuts or tokens,
+                        tracker,
                     )
         trajectories = [t for t in state.trajectories if t is not None]
         if emit is not None:
             for trajectory in trajectories:
                 if trajectory.status == "cancelled":
                     await emit(TrajectoryFinished(trajectory=trajectory))
-        stop_reason = (
-            "deadline" if deadline.cancelled_caught else "quorum" if state.reached and cuts else "complete"
+        timed_out = deadline.cancelled_caught
+        budget_hit = state.budget_hit or (
+            timed_out and tracker is not None and tracker.exceeded() == "wall_time"
         )
+        if budget_hit:
+            stop_reason = "budget"
+        elif timed_out:
+            stop_reason = "deadline"
+        else:
+            stop_reason = "quorum" if state.cut else "complete"
         kept = _keep_first(state, width) if launched > width else trajectories
         order = reference_order(self.order, kept, round_rng(self.seed, key, round_index))
         return RoundResult(
@@ -375,83 +523,80 @@ class Coordinator:
         )
 
     async def _call(
-        self,
-        key: str,
-        round_index: int,
-        call_index: int,
-        first: int,
-        count: int,
-        prompt: Messages,
-        state: _RoundState,
-        scope: anyio.CancelScope,
-        emit: Emit | None,
-        tokens: bool,
-        collect: bool,
+        self, spec: _CallSpec, state: _RoundState, scope: anyio.CancelScope, tracker: BudgetTracker | None
     ) -> None:
-        sampling = self.sampling
+        backend = self.backends[spec.round]
+        sampling = self.samplings[spec.round]
         if sampling.seed is not None:
-            sampling = sampling.with_(seed=_derived_seed(sampling.seed, key, round_index, call_index))
-        request = GenerationRequest(messages=prompt, n=count, sampling=sampling)
+            sampling = sampling.with_(seed=_derived_seed(sampling.seed, spec.key, spec.round, spec.call))
+        request = GenerationRequest(messages=spec.prompt, n=spec.count, sampling=sampling)
         started = self.clock()
+        emit = spec.emit
 
         async def on_delta(choice: int, field_name: Literal["content", "reasoning"], text: str) -> None:
-            index = first + choice
+            index = spec.first + choice
             buffers = state.partial if field_name == "content" else state.partial_reasoning
             buffers.setdefault(index, []).append(text)
-            if tokens and emit is not None:
-                await emit(TokenDelta(round=round_index, index=index, field=field_name, text=text))
+            if spec.tokens and emit is not None:
+                await emit(TokenDelta(round=spec.round, index=index, field=field_name, text=text))
 
-        base = {"round": round_index, "call": call_index, "model": self.backend.name}
+        base = {"round": spec.round, "call": spec.call, "model": backend.name}
+        indices = range(spec.first, spec.first + spec.count)
         try:
             call = await call_with_retries(
-                self.backend, request, self.retry, on_delta=on_delta if collect else None
+                backend, request, self.retry, on_delta=on_delta if spec.collect else None
             )
         except anyio.get_cancelled_exc_class():
-            for offset in range(count):
-                index = first + offset
-                content = "".join(state.partial.get(index, [])) or None
-                reasoning = "".join(state.partial_reasoning.get(index, [])) or None
+            for index in indices:
+                content = state.partial.get(index, [])
+                reasoning = state.partial_reasoning.get(index, [])
                 state.trajectories[index] = Trajectory(
                     index=index,
                     status="cancelled",
-                    content=content,
-                    reasoning=reasoning,
+                    content="".join(content) or None,
+                    reasoning="".join(reasoning) or None,
                     # One token per streamed delta, as SGLang and vLLM stream: an estimate.
-                    usage=Usage(
-                        completion_tokens=len(state.partial.get(index, []))
-                        + len(state.partial_reasoning.get(index, []))
-                    ),
+                    usage=Usage(completion_tokens=len(content) + len(reasoning)),
                     latency_s=self.clock() - started,
                     **base,
                 )
             raise
         except BackendError as error:
             info = ErrorInfo(type=type(error).__name__, message=str(error), status_code=error.status_code)
-            for offset in range(count):
-                trajectory = Trajectory(
-                    index=first + offset,
+            for index in indices:
+                state.trajectories[index] = Trajectory(
+                    index=index,
                     status="failed",
                     error=info,
                     attempts=error.attempt,
                     latency_s=self.clock() - started,
                     **base,
                 )
-                state.trajectories[first + offset] = trajectory
-            await self._report([state.trajectories[first + o] for o in range(count)], emit)
+            if tracker is not None:
+                tracker.charge(Usage(), backend.name, extra_attempts=error.attempt - 1)
+            await self._report([state.trajectories[i] for i in indices], emit)
             return
         latency = self.clock() - started
         finished: list[Trajectory] = []
-        for offset, completion in enumerate(call.completions):
-            trajectory = await self._trajectory(completion, first + offset, latency, call.attempts, base)
-            state.trajectories[first + offset] = trajectory
-            state.finished.append(first + offset)
+        for index, completion in zip(indices, call.completions, strict=True):
+            trajectory = await self._trajectory(completion, index, latency, call.attempts, base)
+            state.trajectories[index] = trajectory
+            state.finished.append(index)
             finished.append(trajectory)
             if trajectory.ok:
                 state.successes += 1
+        if tracker is not None:
+            tracker.charge(
+                Usage.sum([t.usage for t in finished]), finished[0].model, extra_attempts=call.attempts - 1
+            )
         await self._report(finished, emit)
-        if state.successes >= state.target and not state.reached:
-            state.reached = True
+        budget_out = tracker is not None and tracker.overrun() is not None
+        if budget_out:
+            state.budget_hit = True
+        if (state.successes >= state.target and not state.reached) or budget_out:
+            state.reached = state.reached or state.successes >= state.target
             if None in state.trajectories:  # calls still running: cut them
+                state.cut = True
                 scope.cancel()
 
     async def _trajectory(
@@ -507,3 +652,16 @@ def _failure_message(outcome: RoundResult, *, final: bool) -> str:
     which = "the final round" if final else f"round {outcome.index}"
     detail = f"; first error: {errors[0]}" if errors else " (no trajectory returned content)"
     return f"every trajectory of {which} failed ({len(outcome.trajectories)} launched){detail}"
+
+
+def _per_round(value: Any, rounds: int, name: str, kind: type) -> list[Any]:
+    """One value per round from a single value or a sequence of exactly ``rounds`` values."""
+    if isinstance(value, kind):
+        return [value] * rounds
+    values = list(value)
+    if len(values) != rounds or not all(isinstance(v, kind) for v in values):
+        raise UsageError(
+            f"{name} must be one {kind.__name__} or a list of {rounds} (one per round, final round included), "
+            f"got {len(values)} items"
+        )
+    return values

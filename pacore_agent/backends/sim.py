@@ -170,6 +170,7 @@ class SimConfig:
         context_window: Prompt plus ``max_tokens`` above this is rejected with a context-length error.
         answers: Right answers by problem text; other problems get an answer derived from their hash.
         latency: Latency model.
+        synthesis_latency: Latency of requests carrying references (default: ``latency``).
         faults: Fault injection.
         record_requests: Keep every request body (tests assert on them; benchmarks turn it off).
     """
@@ -186,6 +187,7 @@ class SimConfig:
     context_window: int = 32768
     answers: Mapping[str, str] = field(default_factory=dict)
     latency: Latency = field(default_factory=Latency)
+    synthesis_latency: Latency | None = None
     faults: Faults = field(default_factory=Faults)
     record_requests: bool = True
 
@@ -359,8 +361,12 @@ class SimEngine:
             for j in range(n if self.config.honour_n else 1)
         ]
         last_user = next((m for m in reversed(messages) if m.get("role") == "user"), messages[-1])
-        choices = [self._choice(_text_of(last_user), rng, max_tokens) for rng in rngs]
-        latency = self.config.latency.sample(rngs[0])
+        prompt = _text_of(last_user)
+        synthesis = prompt.startswith(_SYNTHESIS_HEAD) and self.config.synthesis_latency is not None
+        latency_model = self.config.synthesis_latency if synthesis else self.config.latency
+        # Latency first, from its own stream, so that content settings do not change who straggles.
+        latency = latency_model.sample(random.Random(_hash(self.config.seed, key, "latency", seen)))  # type: ignore[union-attr]
+        choices = [self._choice(prompt, rng, max_tokens) for rng in rngs]
         if fault is not None:  # a scripted or sampled stall
             latency = None
         usage = Usage(

@@ -1,0 +1,254 @@
+"""Coordinator controls over real HTTP: quorum, deadlines, hedging, budgets, events, mixed models, adaptive stop."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from pacore_agent import (
+    BudgetExceeded,
+    Coordinator,
+    Latency,
+    OpenAIBackend,
+    SamplingParams,
+    SimConfig,
+    SimServer,
+    SolveResult,
+    Usage,
+    UsageError,
+)
+from pacore_agent.budget import Budget, Price
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.anyio
+
+PROBLEM = "Compute the number of ordered pairs (a, b) of positive integers with a + b = 30."
+# Heavy tail: most requests answer within milliseconds, a quarter never answer (stragglers).
+STRAGGLERS = Latency(median=0.001, sigma=1.0, stall_probability=0.25)
+
+
+def heavy_tailed(seed: int, **options: object) -> SimConfig:
+    """First-round requests with stragglers; synthesis requests answer at once (seeds chosen so that
+    the quorum of 6 of 8 is reachable: seed 6 stalls 2 of the first 8 requests, seed 2 stalls 3)."""
+    return SimConfig(seed=seed, latency=STRAGGLERS, synthesis_latency=Latency(), **options)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def served(config: SimConfig, **options: object) -> AsyncIterator[tuple[SimServer, OpenAIBackend]]:
+    async with SimServer(config) as server, OpenAIBackend(server.base_url, **options) as backend:  # type: ignore[arg-type]
+        yield server, backend
+
+
+def _statuses(result: SolveResult, round_index: int) -> list[str]:
+    return [t.status for t in result.rounds[round_index].trajectories]
+
+
+async def test_quorum_starts_the_next_round_and_cancels_stragglers() -> None:
+    async with served(heavy_tailed(seed=6)) as (server, backend):
+        result = await Coordinator([8], backend, min_success=0.75).solve(PROBLEM)
+        first = result.rounds[0]
+        stragglers = _statuses(result, 0).count("cancelled")
+        assert first.stop_reason == "quorum"
+        assert stragglers >= 1  # the scenario really has stragglers
+        assert _statuses(result, 0).count("ok") == 6
+        assert len(first.messages) == 6
+        # Every straggler's request was cancelled at the server, not left running.
+        await wait_until(lambda: server.engine.disconnects >= stragglers)
+    assert result.answer is not None
+
+
+async def test_round_deadline_cuts_a_stalled_round() -> None:
+    async with served(heavy_tailed(seed=2)) as (server, backend):
+        result = await Coordinator([8], backend, round_timeout=0.2).solve(PROBLEM)
+        first = result.rounds[0]
+        assert first.stop_reason == "deadline"
+        cancelled = _statuses(result, 0).count("cancelled")
+        assert cancelled >= 1 and _statuses(result, 0).count("ok") == 8 - cancelled
+        await wait_until(lambda: server.engine.disconnects >= cancelled)
+    assert result.answer is not None
+
+
+async def test_hedging_keeps_the_first_k_and_cancels_the_rest() -> None:
+    async with served(heavy_tailed(seed=2)) as (server, backend):
+        result = await Coordinator([4], backend, hedge=3).solve(PROBLEM)
+        first = result.rounds[0]
+        assert len(first.trajectories) == 7
+        assert len(first.messages) == 4 and len(first.order) == 4
+        assert all(first.trajectories[i].ok for i in first.order)
+        cancelled = _statuses(result, 0).count("cancelled")
+        assert cancelled >= 1
+        await wait_until(lambda: server.engine.disconnects >= cancelled)
+
+
+async def test_cancelled_trajectories_keep_partial_output() -> None:
+    # Stragglers stream their first chunks, then stall.
+    async with served(heavy_tailed(seed=6, think_words=64)) as (_, backend):
+        result = await Coordinator([8], backend, min_success=0.75).solve(PROBLEM)
+    cancelled = [t for t in result.rounds[0].trajectories if t.status == "cancelled"]
+    assert cancelled and all(t.message is None for t in cancelled)
+    assert all(t.index not in result.rounds[0].order for t in cancelled)
+
+
+async def test_call_budget_stops_within_one_call_and_keeps_finished_work() -> None:
+    async with served(SimConfig(seed=3)) as (server, backend):
+        with pytest.raises(BudgetExceeded) as caught:
+            await Coordinator([8, 4], backend, budget=Budget(max_calls=10)).solve(PROBLEM)
+    partial = caught.value.partial
+    assert caught.value.budget == "calls"
+    assert partial.calls == 10 == len(server.engine.requests)
+    assert _statuses(partial, 0) == ["ok"] * 8
+    assert _statuses(partial, 1) == ["ok"] * 2
+    assert partial.usage == server.engine.usage_served  # nothing finished is lost
+
+
+async def test_token_budget_stops_within_one_call() -> None:
+    async with served(SimConfig(seed=3)) as (_, backend):
+        limit = 1500
+        with pytest.raises(BudgetExceeded) as caught:
+            await Coordinator([32, 4], backend, budget=Budget(max_tokens=limit), n_per_request=1).solve(
+                PROBLEM
+            )
+    partial = caught.value.partial
+    finished = [t for t in partial.trajectories if t.ok]
+    largest = max(t.usage.total_tokens for t in finished)
+    assert caught.value.budget == "tokens"
+    assert limit <= Usage.sum([t.usage for t in finished]).total_tokens <= limit + largest
+    assert partial.rounds[0].stop_reason == "budget"
+
+
+async def test_cost_budget_uses_the_price_table() -> None:
+    prices = {"pacore-sim": Price(input=1.0, output=4.0)}
+    async with served(SimConfig(seed=3), model="pacore-sim") as (_, backend):
+        with pytest.raises(BudgetExceeded) as caught:
+            await Coordinator([16, 4], backend, budget=Budget(max_cost=0.002, prices=prices)).solve(PROBLEM)
+    partial = caught.value.partial
+    cost = sum(prices["pacore-sim"].cost(t.usage) for t in partial.trajectories if t.ok)
+    assert caught.value.budget == "cost"
+    assert cost >= 0.002
+    assert partial.info["budget_used"]["cost"] == pytest.approx(
+        sum(prices["pacore-sim"].cost(t.usage) for t in partial.trajectories if t.ok), rel=1e-6
+    )
+
+
+async def test_wall_time_budget_cuts_a_stalled_run() -> None:
+    async with served(SimConfig(seed=1, latency=Latency(stall_probability=1.0))) as (server, backend):
+        with pytest.raises(BudgetExceeded) as caught:
+            await Coordinator([4], backend, budget=Budget(max_wall_s=0.2)).solve(PROBLEM)
+        assert caught.value.budget == "wall_time"
+        assert _statuses(caught.value.partial, 0) == ["cancelled"] * 4
+        await wait_until(lambda: server.engine.disconnects == 4)
+
+
+async def test_synthesize_mode_answers_from_what_exists() -> None:
+    async with served(SimConfig(seed=3)) as (server, backend):
+        budget = Budget(max_calls=10, on_exceeded="synthesize")
+        result = await Coordinator([8, 4], backend, budget=budget).solve(PROBLEM)
+    assert result.answer is not None
+    assert [len(r.trajectories) for r in result.rounds] == [8, 2, 1]
+    assert result.info["budget_exceeded"] == "calls"
+    assert len(server.engine.requests) == 11  # the final synthesis is the one call past the limit
+    final_prompt = server.engine.requests[-1]["messages"][-1]["content"]
+    assert "Reference 2:" in final_prompt and "Reference 3:" not in final_prompt
+
+
+async def test_batch_budget_is_shared_by_every_problem() -> None:
+    async with served(SimConfig(seed=3)) as (server, backend):
+        coordinator = Coordinator([4], backend)
+        results = await coordinator.solve_many(
+            [f"{PROBLEM} ({i})" for i in range(6)], budget=Budget(max_calls=12), max_in_flight=1
+        )
+    solved = [r for r in results if isinstance(r, SolveResult)]
+    stopped = [r for r in results if isinstance(r, BudgetExceeded)]
+    assert len(solved) == 2 and len(stopped) == 4
+    assert len(server.engine.requests) == 12
+
+
+async def test_events_include_cancelled_trajectories_and_add_up() -> None:
+    async with served(heavy_tailed(seed=6)) as (_, backend):
+        events = [e async for e in Coordinator([8], backend, min_success=0.75).stream(PROBLEM)]
+    done = events[-1].result  # type: ignore[union-attr]
+    finished = [e.trajectory for e in events if e.kind == "trajectory_finished"]  # type: ignore[union-attr]
+    assert sorted((t.round, t.index) for t in finished) == sorted(
+        (t.round, t.index) for t in done.trajectories
+    )
+    assert Usage.sum([t.usage for t in finished]) == done.usage
+    assert [e.kind for e in events].index("round_finished") > max(
+        i
+        for i, e in enumerate(events)
+        if e.kind == "trajectory_finished" and e.trajectory.round == 0  # type: ignore[union-attr]
+    )
+
+
+async def test_mixed_models_per_round_are_recorded() -> None:
+    async with (
+        SimServer(SimConfig(model="explorer-small", seed=1)) as small,
+        SimServer(SimConfig(model="synthesizer-large", seed=2)) as large,
+        OpenAIBackend(small.base_url) as explorer,
+        OpenAIBackend(large.base_url) as synthesizer,
+    ):
+        sampling = [SamplingParams(temperature=1.0), SamplingParams(temperature=0.6)]
+        result = await Coordinator([4], [explorer, synthesizer], sampling=sampling).solve(PROBLEM)
+    assert {t.model for t in result.rounds[0].trajectories} == {"explorer-small"}
+    assert result.final is not None and result.final.model == "synthesizer-large"
+    assert [b["temperature"] for b in small.engine.requests] == [1.0] * 4
+    assert [b["temperature"] for b in large.engine.requests] == [0.6]
+
+
+async def test_adaptive_stop_skips_rounds_when_answers_agree() -> None:
+    async with served(SimConfig(seed=4, accuracy=1.0)) as (server, backend):
+        result = await Coordinator([8, 4], backend, adaptive_stop=0.9).solve(PROBLEM)
+    assert len(result.rounds) == 1 and len(server.engine.requests) == 8
+    assert result.info["adaptive_stop"]["stopped"] is True
+    assert result.answer is not None and result.final is not None
+
+
+async def test_adaptive_stop_goes_on_when_answers_disagree() -> None:
+    async with served(SimConfig(seed=4, accuracy=0.3)) as (_, backend):
+        result = await Coordinator([8], backend, adaptive_stop=0.9).solve(PROBLEM)
+    assert len(result.rounds) == 2
+    assert result.info["adaptive_stop"]["stopped"] is False
+    assert result.info["adaptive_stop"]["agreement"] < 0.9
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_success": 9}, "above the widest round"),
+        ({"min_success": 0}, "positive"),
+        ({"min_success": -0.5}, "positive"),
+        ({"round_timeout": -1.0}, "round_timeout"),
+        ({"round_timeout": 0}, "round_timeout"),
+        ({"hedge": -1}, "hedge"),
+        ({"adaptive_stop": 1.5}, "adaptive_stop"),
+    ],
+)
+async def test_bad_controls(options: dict[str, object], message: str) -> None:
+    async with served(SimConfig()) as (_, backend):
+        with pytest.raises(UsageError, match=message):
+            Coordinator([8], backend, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        ({"max_calls": -1}, "max_calls must be positive"),
+        ({"max_tokens": 0}, "max_tokens must be positive"),
+        ({"max_wall_s": -2.0}, "max_wall_s must be positive"),
+        ({"max_cost": 1.0}, "needs prices"),
+        ({"on_exceeded": "ignore"}, "on_exceeded"),
+    ],
+)
+def test_bad_budgets(budget: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        Budget(**budget)  # type: ignore[arg-type]
+
+
+async def test_price_table_must_cover_the_model_in_use() -> None:
+    async with served(SimConfig(), model="pacore-sim") as (_, backend):
+        budget = Budget(max_cost=1.0, prices={"other-model": Price(input=1, output=1)})
+        with pytest.raises(UsageError, match="no entry for model 'pacore-sim'"):
+            Coordinator([4], backend, budget=budget)
+        with pytest.raises(UsageError, match="one Backend or a list of 2"):
+            Coordinator([4], [backend, backend, backend])
