@@ -1,6 +1,6 @@
 """Bootstrap of one sandboxed run: confine this process, then run the user's program in it.
 
-Started by `pacore_agent.sandbox` as ``python -I _sandbox_bootstrap.py CONFIG_JSON`` with the run's
+Started by `pacore_agent.sandbox` as ``python -I [-S] _sandbox_bootstrap.py CONFIG_JSON`` with the run's
 private directory as cwd, the test input as stdin, in a new session. Self-contained (standard library
 only), never imported by the library. In order:
 
@@ -30,8 +30,11 @@ import resource
 import sys
 import threading
 import traceback
-from types import CodeType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # not imported at run time: every millisecond of start-up is paid per test
+    from types import CodeType
+    from typing import Any, NoReturn
 
 EXIT_MEMORY = 251
 EXIT_BLOCKED = 252
@@ -47,6 +50,7 @@ PRELOAD = [
     "graphlib", "hashlib", "heapq", "io", "itertools", "json", "math", "numbers", "operator", "pickle",
     "pprint", "queue", "random", "re", "select", "selectors", "signal", "socket", "statistics", "string",
     "struct", "subprocess", "textwrap", "time", "traceback", "types", "typing", "unicodedata", "weakref",
+    "shutil", "glob", "fnmatch", "tempfile", "pathlib", "contextvars",
 ]
 # fmt: on
 """Standard-library modules imported before the uid drop when the uid could not read them afterwards
@@ -186,6 +190,7 @@ def _run_user(code: CodeType, outcome: dict[str, Any]) -> None:
 def main() -> int:
     """Confine this process, run the program, return its exit code."""
     config: dict[str, Any] = json.loads(sys.argv[1])
+    sys.path += [path for path in config.get("site_dirs", []) if path not in sys.path]
     status_fd: int = config["status_fd"]
     layers: list[str] = []
     degraded: list[str] = []

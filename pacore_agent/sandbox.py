@@ -46,6 +46,7 @@ import re
 import selectors
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -344,6 +345,12 @@ def _pick_uid(config: SandboxConfig, degraded: list[str]) -> tuple[int | None, b
 
 
 @functools.cache
+def _site_dirs() -> list[str]:
+    """This interpreter's site-packages directories (a venv's included)."""
+    return [path for path in site.getsitepackages() if os.path.isdir(path)]
+
+
+@functools.cache
 def _stdlib_readable_by_others() -> bool:
     """Whether any uid can read this interpreter's standard library (every ancestor searchable)."""
     directory = Path(os.__file__).resolve().parent
@@ -491,7 +498,13 @@ def _run_once(
             "extra_modules": list(config.preload_modules),
             "preload": uid is not None and (config.python is not None or not _stdlib_readable_by_others()),
         }
-        command = [config.python or sys.executable, "-I", str(_BOOTSTRAP), json.dumps(bootstrap_config)]
+        if config.python is None:
+            # -S skips site's .pth processing (editable installs make it ~100 ms per run); the
+            # bootstrap puts this interpreter's site-packages on sys.path itself.
+            bootstrap_config["site_dirs"] = _site_dirs()
+            command = [sys.executable, "-I", "-S", str(_BOOTSTRAP), json.dumps(bootstrap_config)]
+        else:
+            command = [config.python, "-I", str(_BOOTSTRAP), json.dumps(bootstrap_config)]
         with tempfile.TemporaryFile() as stdin_file:
             stdin_file.write(stdin_data.encode("utf-8", errors="replace"))
             stdin_file.seek(0)
