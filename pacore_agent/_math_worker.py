@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -51,9 +52,10 @@ def _check(candidate: str, reference: str, timeout: float) -> tuple[str, bool]:
 def main() -> int:
     """Serve requests from stdin until it closes."""
     logging.disable(logging.CRITICAL)  # math-verify logs a warning for every disabled timeout and parse miss
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the protocol's own handle: a stray print()
+    sys.stdout = sys.stderr  # from a library cannot corrupt it
     signal.signal(signal.SIGALRM, _on_alarm)
     _check("1", "1", 60.0)  # import sympy and build the parsers before saying ready
-    out = sys.stdout
     out.write('{"ready": true}\n')
     out.flush()
     for line in sys.stdin:

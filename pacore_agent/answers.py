@@ -391,8 +391,11 @@ class _MathWorker:
         if line is None:
             self.kill()
             return "timeout"
-        reply = json.loads(line)
-        if reply.get("id") != self._next_id:
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = {}
+        if reply.get("id") != self._next_id or reply.get("status") not in ("ok", "timeout", "error"):
             self.kill()
             return "error"
         if reply["status"] == "ok":

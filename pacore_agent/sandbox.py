@@ -427,7 +427,11 @@ def _sandbox_env(run_dir: str) -> dict[str, str]:
 def _pump(
     proc: subprocess.Popen[bytes], run: _Run, deadline: float, cap: int, cancel: threading.Event | None
 ) -> None:
-    """Read stdout/stderr until both close, the deadline passes, output exceeds the cap, or cancel."""
+    """Read stdout/stderr until the program ends, the deadline passes, output exceeds the cap, or cancel.
+
+    The program has ended when both pipes are closed and it has exited, or when it has exited and a
+    child it left behind still holds the pipes (then after a short grace).
+    """
     assert proc.stdout is not None and proc.stderr is not None
     buffers = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
     with selectors.DefaultSelector() as selector:
@@ -435,7 +439,7 @@ def _pump(
             os.set_blocking(fd, False)
             selector.register(fd, selectors.EVENT_READ)
         exited_at: float | None = None
-        while selector.get_map():
+        while True:
             now = time.monotonic()
             if now >= deadline:
                 run.stopped = "timeout"
@@ -445,8 +449,12 @@ def _pump(
                 break
             if proc.poll() is not None:
                 exited_at = exited_at or now
-                if now - exited_at > _EXIT_GRACE:  # a leftover child keeps the pipes open
+                if not selector.get_map() or now - exited_at > _EXIT_GRACE:  # a child may hold the pipes
                     break
+            elif not selector.get_map():  # it closed its output but runs on
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=min(0.05, deadline - now))
+                continue
             for key, _ in selector.select(timeout=min(0.05, deadline - now)):
                 fd = int(key.fd)
                 try:
@@ -472,12 +480,12 @@ def _run_once(
     """Run ``program`` once in a fresh sandbox; always cleans up (processes, directory, uid)."""
     run = _Run()
     uid, uid_unique = _pick_uid(config, run.degraded)
-    run_dir = tempfile.mkdtemp(prefix="pacore-sandbox-", dir=config.tmp_dir)
-    proc: subprocess.Popen[bytes] | None = None
+    run_dir: str | None = None
     status_r, status_w = os.pipe()
     try:
+        run_dir = tempfile.mkdtemp(prefix="pacore-sandbox-", dir=config.tmp_dir)
         program_path = os.path.join(run_dir, "solution.py")
-        with open(program_path, "w", encoding="utf-8") as handle:
+        with open(program_path, "w", encoding="utf-8", errors="replace") as handle:
             handle.write(program)
         if uid is not None:
             os.chown(run_dir, uid, uid)
@@ -555,7 +563,8 @@ def _run_once(
         for fd in (status_r, status_w):
             if fd >= 0:
                 os.close(fd)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
         if uid_unique and uid is not None:
             with _registry_lock:
                 _active_uids.discard(uid)
@@ -654,7 +663,13 @@ def _run_code_tests(
             verdicts_list.append(TestVerdict(index, Verdict.SKIPPED, detail=why))
             continue
         timeout_s = min(config.timeout_s, remaining)
-        run = _run_once(program, test.get("input", ""), config, timeout_s, cancel)
+        try:
+            run = _run_once(program, test.get("input", ""), config, timeout_s, cancel)
+        except (
+            OSError,
+            subprocess.SubprocessError,
+        ) as exc:  # temp dir, pipes, chown: the host, not the program
+            run = _Run(spawn_error=f"sandbox set-up failed: {exc}")
         verdict, detail = _classify(run, test["output"], config, timeout_s)
         layers.update(dict.fromkeys(run.layers))
         degraded.update(dict.fromkeys(run.degraded))
