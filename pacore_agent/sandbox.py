@@ -4,29 +4,33 @@ Each test runs in a fresh process, in a fresh private directory that is removed 
 layered; every layer degrades gracefully where the machine does not allow it, and `CodeTestResult.layers`
 / ``.degraded`` say which ones took effect:
 
-============================  ================================================================  ===========
-layer                         protects against                                                  needs
-============================  ================================================================  ===========
-``private_directory``         leftovers between runs, reading another run's files               (always)
-``wall_clock_limit``          sleeping or blocking forever                                      (always)
-``output_cap``                printing without end (at most `SandboxConfig.output_bytes` read)  (always)
-``process_group_kill``        children left running (new session; ``killpg`` at the end)      (always)
-``leftover_scan``             processes that left the group (``setsid``): /proc scan by uid     Linux /proc
-``cpu_limit``                 busy loops (RLIMIT_CPU -> SIGXCPU)                                (always)
-``memory_limit``              huge allocations (RLIMIT_AS -> MemoryError)                       (always)
-``file_size_limit``           filling the disk (RLIMIT_FSIZE)                                   (always)
-``unprivileged_uid``          writing root-owned files, signalling others; makes the process    root
-                              limit bind. Each run gets its own uid, so the scan is exact.
-``process_limit``             fork bombs (RLIMIT_NPROC; does not bind root)                     non-root
-``network_namespace``         any network use: ``unshare(CLONE_NEWNET)``, no interface up       root
-``audit_hook``                sockets, fork/exec/subprocess, ctypes, kill, rlimit changes,      (always)
-                              writes outside the run directory (Python audit hook, PEP 578)
-============================  ================================================================  ===========
+=====================  =======================================================================  ===========
+layer                  protects against                                                         needs
+=====================  =======================================================================  ===========
+``private_directory``  leftovers between runs, reading another run's files                      (always)
+``wall_clock_limit``   sleeping or blocking forever                                             (always)
+``output_cap``         printing without end (at most `SandboxConfig.output_bytes` read)         (always)
+``process_group_kill`` children left running (new session; ``killpg`` at the end)             (always)
+``leftover_scan``      processes still alive after that: /proc scan by session id and, with     Linux /proc
+                       the uid drop, by the run's own uid (finds those that called ``setsid``)
+``cpu_limit``          busy loops (RLIMIT_CPU -> SIGXCPU)                                       (always)
+``memory_limit``       huge allocations (RLIMIT_AS -> MemoryError)                              (always)
+``file_size_limit``    filling the disk (RLIMIT_FSIZE)                                          (always)
+``open_files_limit``   descriptor exhaustion (RLIMIT_NOFILE)                                    (always)
+``unprivileged_uid``   writing root-owned files, signalling other processes; makes the process  root
+                       limit bind. Each run gets its own uid from a mapped range.
+``process_limit``      fork bombs (RLIMIT_NPROC; does not bind root, hence the uid drop)        non-root
+``network_namespace``  any network use, loopback included: ``unshare(CLONE_NEWNET)``            root
+``audit_hook``         sockets, fork/exec/spawn/subprocess, ctypes, kill, rlimit changes,       (always)
+                       writes outside the run directory (Python audit hook, PEP 578)
+=====================  =======================================================================  ===========
 
 The audit hook stops honest mistakes and careless code; it is not a boundary against a program written
 to escape (the OS layers are). Known limits: reading files outside the directory is allowed; with the
 uid drop, modules the interpreter cannot read as that uid (e.g. a Python under a 0700 ``/root``) import
-only if the bootstrap preloaded them (common standard-library modules are).
+only if the bootstrap preloaded them (common standard-library modules are; add others with
+`SandboxConfig.preload_modules`). Packages that need a ``.pth`` file are not importable (the bootstrap
+starts with ``-S`` and adds site-packages itself).
 
 `run_code_tests` is synchronous and blocks for at most `SandboxConfig.total_timeout_s` (plus cleanup);
 `arun_code_tests` runs it in a worker thread and stops the current test promptly when cancelled.
@@ -78,8 +82,10 @@ _EXIT_MEMORY = 251
 _EXIT_BLOCKED = 252
 _EXIT_SETUP = 253
 
-_UID_BASE = 1_000_000
-_UID_SPAN = 1_000_000
+_UID_POOL = (1_000_000, 2_000_000)
+"""Preferred uids for runs: far above any account a system creates."""
+_UID_FALLBACK_POOL = (20_000, 60_000)
+"""Used when the user namespace maps only the usual 0-65535 (rootless containers)."""
 _NOBODY = 65534
 _EXIT_GRACE = 0.2
 """Seconds to wait for pipes to close after the program exits (a child may still hold them)."""
@@ -315,14 +321,18 @@ def _kill_active_groups() -> None:
             os.killpg(pgid, signal.SIGKILL)
 
 
-def _mapped(uid: int) -> bool:
-    """Whether ``uid`` exists in this user namespace (so setuid to it can succeed)."""
+@functools.cache
+def _uid_pool() -> tuple[int, int] | None:
+    """A range of uids that all exist in this user namespace (so setuid to each can succeed)."""
     try:
         with open("/proc/self/uid_map") as handle:
-            ranges = [tuple(int(x) for x in line.split()) for line in handle if line.strip()]
-    except OSError:
-        return uid == _NOBODY
-    return any(inside <= uid < inside + count for inside, _outside, count in ranges)
+            mapped = [tuple(int(x) for x in line.split()) for line in handle if line.strip()]
+    except (OSError, ValueError):
+        return None
+    for low, high in (_UID_POOL, _UID_FALLBACK_POOL):
+        if any(inside <= low and high <= inside + count for inside, _outside, count in mapped):
+            return low, high
+    return None
 
 
 def _pick_uid(config: SandboxConfig, degraded: list[str]) -> tuple[int | None, bool]:
@@ -332,16 +342,16 @@ def _pick_uid(config: SandboxConfig, degraded: list[str]) -> tuple[int | None, b
     if os.geteuid() != 0:
         degraded.append("unprivileged_uid: not running as root; the program runs as the caller")
         return None, False
-    if _mapped(_UID_BASE) and _mapped(_UID_BASE + _UID_SPAN - 1):
+    pool = _uid_pool()
+    if pool is not None:
+        # Unique among this process's runs; across processes a clash is as unlikely as the pool is large.
         with _registry_lock:
-            while (uid := _UID_BASE + random.randrange(_UID_SPAN)) in _active_uids:
+            while (uid := random.randrange(*pool)) in _active_uids:
                 pass
             _active_uids.add(uid)
         return uid, True
-    if _mapped(_NOBODY):
-        return _NOBODY, False
-    degraded.append("unprivileged_uid: no unprivileged uid is mapped in this user namespace")
-    return None, False
+    degraded.append("unprivileged_uid: no free uid range is mapped here; running as nobody")
+    return _NOBODY, False
 
 
 @functools.cache
