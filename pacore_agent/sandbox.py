@@ -4,26 +4,26 @@ Each test runs in a fresh process, in a fresh private directory that is removed 
 layered; every layer degrades gracefully where the machine does not allow it, and `CodeTestResult.layers`
 / ``.degraded`` say which ones took effect:
 
-=====================  =======================================================================  ===========
-layer                  protects against                                                         needs
-=====================  =======================================================================  ===========
-``private_directory``  leftovers between runs, reading another run's files                      (always)
-``wall_clock_limit``   sleeping or blocking forever                                             (always)
-``output_cap``         printing without end (at most `SandboxConfig.output_bytes` read)         (always)
-``process_group_kill`` children left running (new session; ``killpg`` at the end)             (always)
-``leftover_scan``      processes still alive after that: /proc scan by session id and, with     Linux /proc
-                       the uid drop, by the run's own uid (finds those that called ``setsid``)
-``cpu_limit``          busy loops (RLIMIT_CPU -> SIGXCPU)                                       (always)
-``memory_limit``       huge allocations (RLIMIT_AS -> MemoryError)                              (always)
-``file_size_limit``    filling the disk (RLIMIT_FSIZE)                                          (always)
-``open_files_limit``   descriptor exhaustion (RLIMIT_NOFILE)                                    (always)
-``unprivileged_uid``   writing root-owned files, signalling other processes; makes the process  root
-                       limit bind. Each run gets its own uid from a mapped range.
-``process_limit``      fork bombs (RLIMIT_NPROC; does not bind root, hence the uid drop)        non-root
-``network_namespace``  any network use, loopback included: ``unshare(CLONE_NEWNET)``            root
-``audit_hook``         sockets, fork/exec/spawn/subprocess, ctypes, kill, rlimit changes,       (always)
-                       writes outside the run directory (Python audit hook, PEP 578)
-=====================  =======================================================================  ===========
+======================  =======================================================================  ===========
+layer                   protects against                                                         needs
+======================  =======================================================================  ===========
+``private_directory``   leftovers between runs, reading another run's files                      (always)
+``wall_clock_limit``    sleeping or blocking forever                                             (always)
+``output_cap``          printing without end (at most `SandboxConfig.output_bytes` read)         (always)
+``process_group_kill``  children left running (new session; ``killpg`` at the end)             (always)
+``leftover_scan``       processes still alive after that: /proc scan by session id and, with     Linux /proc
+                        the uid drop, by the run's own uid (finds those that called ``setsid``)
+``cpu_limit``           busy loops (RLIMIT_CPU -> SIGXCPU)                                       (always)
+``memory_limit``        huge allocations (RLIMIT_AS -> MemoryError)                              (always)
+``file_size_limit``     filling the disk (RLIMIT_FSIZE)                                          (always)
+``open_files_limit``    descriptor exhaustion (RLIMIT_NOFILE)                                    (always)
+``unprivileged_uid``    writing root-owned files, signalling other processes; makes the process  root
+                        limit bind. Each run gets its own uid from a mapped range.
+``process_limit``       fork bombs (RLIMIT_NPROC; does not bind root, hence the uid drop)        non-root
+``network_namespace``   any network use, loopback included: ``unshare(CLONE_NEWNET)``            root
+``audit_hook``          sockets, fork/exec/spawn/subprocess, ctypes, kill, rlimit changes,       (always)
+                        writes outside the run directory (Python audit hook, PEP 578)
+======================  =======================================================================  ===========
 
 The audit hook stops honest mistakes and careless code; it is not a boundary against a program written
 to escape (the OS layers are). Known limits: reading files outside the directory is allowed; with the
