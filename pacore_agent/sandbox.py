@@ -10,7 +10,7 @@ layer                   protects against                                        
 ``private_directory``   leftovers between runs, reading another run's files                      (always)
 ``wall_clock_limit``    sleeping or blocking forever                                             (always)
 ``output_cap``          printing without end (at most `SandboxConfig.output_bytes` read)         (always)
-``process_group_kill``  children left running (new session; ``killpg`` at the end)             (always)
+``process_group_kill``  children left running (new session; ``killpg`` at the end)               (always)
 ``leftover_scan``       processes still alive after that: /proc scan by session id and, with     Linux /proc
                         the uid drop, by the run's own uid (finds those that called ``setsid``)
 ``cpu_limit``           busy loops (RLIMIT_CPU -> SIGXCPU)                                       (always)
