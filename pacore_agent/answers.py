@@ -1,0 +1,823 @@
+"""Answers: extraction, math equivalence, grading, voting, emergent correctness, and code grading.
+
+Every function here is a pure policy over its input (apart from the math worker process and the code
+sandbox, which are implementation details) and none of them raises on bad input: a missing, empty or
+non-string answer is simply "no answer", which grades as wrong.
+
+Math equivalence goes through ``math-verify``. Its timeouts rely on ``signal.alarm`` (main thread only)
+and some inputs keep sympy busy for minutes, so the parse + verify step runs in a small persistent worker
+process (`_math_worker.py`) with a per-call deadline: on timeout the worker is killed, restarted on the
+next call, and the answer counts as not equal. Cheap checks run first (normalised text, exact numbers,
+free-text answers), so most calls never reach the worker. `math_equal` is safe from any thread;
+`amath_equal` runs it off the event loop.
+
+Code grading (the paper's pass-rate reward) lives in `pacore_agent.sandbox` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import json
+import logging
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from pacore_agent.sandbox import (
+    CodeTestResult,
+    SandboxConfig,
+    TestVerdict,
+    Verdict,
+    arun_code_tests,
+    extract_program,
+    grade_code,
+    run_code_tests,
+)
+
+__all__ = [
+    "DEFAULT_MATH_TIMEOUT",
+    "AnswerClass",
+    "CodeTestResult",
+    "SandboxConfig",
+    "SynthesisOutcome",
+    "TestVerdict",
+    "Verdict",
+    "VoteResult",
+    "agrade",
+    "amath_equal",
+    "arun_code_tests",
+    "avote",
+    "emergent_correctness",
+    "extract_answer",
+    "extract_program",
+    "grade",
+    "grade_code",
+    "group_answers",
+    "math_equal",
+    "normalize_answer",
+    "run_code_tests",
+    "shutdown_math_workers",
+    "vote",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MATH_TIMEOUT = 5.0
+"""Seconds one `math_equal` call may spend in math-verify before it counts as not equal."""
+
+_BARE_ANSWER_MAX_CHARS = 100
+"""`grade` takes a marker-less text as the answer itself only when it is one line at most this long."""
+
+# ---------------------------------------------------------------------------------------------------------
+# Extraction
+# ---------------------------------------------------------------------------------------------------------
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_BARE_BOX_TOKEN_RE = re.compile(r"[^\s$]+")
+_ANSWER_MARKER_RE = re.compile(
+    r"\bfinal\s+answer\b[ \t]*(?:\*\*|__)?[ \t]*(?:is\b|[:：=]|(?=\r?\n)|\Z)"
+    r"|\bthe\s+answer\s+is\b"
+    r"|\banswer[ \t]*(?:\*\*|__)?[ \t]*[:：]",
+    re.IGNORECASE,
+)
+_LAST_NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
+_MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def _braced(text: str, start: int) -> str | None:
+    r"""The content of the brace group opening at ``text[start] == "{"``, or None when it never closes.
+
+    Escaped braces (``\{``, ``\}``) do not count, so ``\boxed{\{1, 2\}}`` yields ``\{1, 2\}``.
+    """
+    depth = 0
+    i = start
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i]
+        i += 1
+    return None
+
+
+def _strip_dollars(text: str) -> str:
+    r"""Strip whitespace and one pair of surrounding math delimiters: ``$``, ``$$``, ``\(\)``, ``\[\]``."""
+    text = text.strip()
+    for left, right in _MATH_DELIMITERS:
+        if len(text) >= len(left) + len(right) and text.startswith(left) and text.endswith(right):
+            inner = text[len(left) : len(text) - len(right)]
+            if left != "$" or "$" not in inner:  # "$a$ and $b$" is not one delimited span
+                return inner.strip()
+    if text.count("$") == 1 and (text.startswith("$") or text.endswith("$")):  # a lone, unmatched one
+        return text.strip("$").strip()
+    return text
+
+
+def _last_boxed(text: str) -> str | None:
+    r"""Content of the last well-formed ``\boxed{...}`` / ``\fbox{...}`` / ``\boxed X``; None if none."""
+    for match in reversed(list(_BOX_RE.finditer(text))):
+        i = match.end()
+        j = i
+        while j < len(text) and text[j] in " \t":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            content = _braced(text, j)
+        elif j > i and (token := _BARE_BOX_TOKEN_RE.match(text, j)):  # "\boxed 5": a token, space needed
+            content = token.group().rstrip(".,;")
+        else:
+            content = None
+        if content is not None and (content := _strip_dollars(content)):
+            return content
+    return None
+
+
+def _clean_span(span: str) -> str | None:
+    """The answer at the start of ``span``: a delimited formula, else the text up to the sentence end."""
+    span = span.strip().lstrip("*_:：").strip()
+    for left, right in _MATH_DELIMITERS:
+        if span.startswith(left):
+            end = span.find(right, len(left))
+            if end > len(left):
+                span = span[len(left) : end]
+                break
+    else:
+        sentence_end = re.search(r"\.(?:\s|$)", span)
+        if sentence_end:
+            span = span[: sentence_end.start()]
+    span = span.strip().strip("*_").strip().rstrip(".").strip()
+    span = _strip_dollars(span)
+    return span or None
+
+
+def _marked_answer(text: str) -> str | None:
+    """The answer after the last "Final answer:" / "The final answer is" / "**Answer:**" marker."""
+    markers = list(_ANSWER_MARKER_RE.finditer(text))
+    if not markers:
+        return None
+    rest = text[markers[-1].end() :]
+    first_line, _, after = rest.partition("\n")
+    if not first_line.strip(" \t*_#:："):  # a heading such as "## Final Answer" with the answer below
+        first_line = next((line for line in after.split("\n") if line.strip()), "")
+    return _clean_span(first_line)
+
+
+def extract_answer(text: str | None, *, fallback_last_number: bool = False) -> str | None:
+    r"""The final answer stated in a conclusion.
+
+    In order of preference:
+
+    1. the content of the last well-formed ``\boxed{...}`` (nested braces allowed), ``\fbox{...}`` or
+       brace-less ``\boxed 5``; a box that never closes (a truncated text) is skipped;
+    2. the text after the last "Final answer: ...", "The final answer is ...", "The answer is ...",
+       "**Answer:** ..." marker (a formula in ``$...$`` is taken whole, else text up to the sentence end;
+       a "Final Answer" heading takes the next non-empty line);
+    3. only when ``fallback_last_number`` is set: the last number in the text (``1,234`` is read as one
+       number and returned without commas; decimals and a leading minus are kept).
+
+    Surrounding ``$`` and whitespace are stripped.
+
+    Args:
+        text: A model's conclusion. Anything that is not a non-empty string yields None.
+        fallback_last_number: Fall back to the last number when no marked answer is found.
+
+    Returns:
+        The answer text, or None when there is none. Never raises.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        answer = _last_boxed(text) or _marked_answer(text)
+        if answer is None and fallback_last_number:
+            numbers = _LAST_NUMBER_RE.findall(text)
+            answer = numbers[-1].replace(",", "") if numbers else None
+        return answer
+    except Exception:  # pragma: no cover - the parsers above are total; this is the "never crash" promise
+        logger.exception("extract_answer failed on a %d-character text", len(text))
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Normalisation and cheap equivalence
+# ---------------------------------------------------------------------------------------------------------
+
+_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_TEXT_WRAPPER_RE = re.compile(
+    r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname) *\{([^{}]*)\}"
+)
+_SPACING_RE = re.compile(r"\\[!,;:>]|\\q?quad\b|~")
+_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
+_INT_OR_RATIO_RE = re.compile(r"([+-]?)(\d+)(?:/(\d+))?")
+_TEX_FRACTION_RE = re.compile(r"([+-]?)\\frac\{(\d+)\}\{(\d+)\}")
+_DECIMAL_RE = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+)")
+_WORD_RE = re.compile(r"(?<![\\A-Za-z0-9])[A-Za-z]{3,}(?![A-Za-z])")
+_MATH_WORDS = frozenset(
+    {"sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh"}
+    | {"log", "ln", "exp", "lim", "max", "min", "gcd", "lcm", "mod", "det", "inf", "infty", "sqrt"}
+    | {"frac", "cdot", "times", "pmod", "bmod", "deg"}
+)
+
+
+def normalize_answer(answer: str) -> str:
+    r"""A canonical spelling of an answer for cheap comparisons and voting keys.
+
+    Strips surrounding math delimiters, ``\text{}``-style wrappers, ``\left``/``\right``, LaTeX spacing,
+    degree signs, all whitespace and a trailing period; ``\dfrac``/``\tfrac`` become ``\frac``; an
+    integer written with thousands separators (``1,234`` or ``1{,}234``) loses them. ``1, 234`` (with a
+    space) is left alone: it reads as two numbers. Case is kept (``A`` and ``a`` may differ in maths).
+
+    Args:
+        answer: The answer text.
+
+    Returns:
+        The normalised text ("" for non-strings).
+    """
+    if not isinstance(answer, str):
+        return ""
+    text = _strip_dollars(answer).rstrip(".").strip()
+    text = text.replace("{,}", ",")
+    if _THOUSANDS_RE.fullmatch(text):
+        text = text.replace(",", "")
+    text = _TEXT_WRAPPER_RE.sub(r"\1", text)
+    text = re.sub(r"\\[dt]frac", r"\\frac", text)
+    text = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", text)
+    text = _SPACING_RE.sub(" ", text)
+    text = _DEGREE_RE.sub("", text)
+    return re.sub(r"\s+", "", text).rstrip(".")
+
+
+def _exact_number(key: str) -> tuple[Fraction, bool] | None:
+    r"""``(value, exact)`` for a normalised plain number: integer, ``a/b``, ``\frac{a}{b}`` or decimal."""
+    if match := _INT_OR_RATIO_RE.fullmatch(key) or _TEX_FRACTION_RE.fullmatch(key):
+        sign, numerator, denominator = match.groups()
+    elif _DECIMAL_RE.fullmatch(key):
+        return Fraction(key), False
+    else:
+        return None
+    if denominator is not None and int(denominator) == 0:
+        return None
+    value = Fraction(int(numerator), int(denominator or 1))
+    return (-value if sign == "-" else value), True
+
+
+def _is_text_answer(answer: str) -> bool:
+    """Whether an answer is prose ("odd n", "no solutions") rather than a formula math-verify can read."""
+    plain = _TEXT_WRAPPER_RE.sub(r" \1 ", answer)
+    return any(word.lower() not in _MATH_WORDS for word in _WORD_RE.findall(plain))
+
+
+def _text_key(answer: str) -> str:
+    plain = _TEXT_WRAPPER_RE.sub(r" \1 ", _strip_dollars(answer)).lower()
+    plain = re.sub(r"[$\\{}]", " ", plain)
+    plain = re.sub(r"\s+", " ", plain).strip(" .")
+    return plain
+
+
+def _cheap_verdict(candidate: str, reference: str) -> bool | None:
+    """Decide without sympy where that is sound: True/False, or None to ask math-verify."""
+    key_a, key_b = normalize_answer(candidate), normalize_answer(reference)
+    if not key_a or not key_b:
+        return False
+    if key_a == key_b:
+        return True
+    number_a, number_b = _exact_number(key_a), _exact_number(key_b)
+    if number_a is not None and number_b is not None:
+        if number_a[0] == number_b[0]:
+            return True
+        if number_a[1] and number_b[1]:  # two exact rationals that differ
+            return False
+        return None  # a decimal is involved: math-verify's rounding decides
+    if _is_text_answer(candidate) or _is_text_answer(reference):
+        return _text_key(candidate) == _text_key(reference)
+    return None
+
+
+def _latex_for_verify(answer: str) -> str:
+    r"""Wrap a bare answer so that math-verify's LaTeX extraction finds it (``\boxed{...}``)."""
+    text = _strip_dollars(answer).rstrip(".").strip()
+    if _THOUSANDS_RE.fullmatch(text):
+        text = text.replace(",", "")
+    if "$" in text:  # several formulas in prose: math-verify finds them itself
+        return answer
+    if text.count("{") == text.count("}"):
+        return "\\boxed{" + text + "}"
+    return "$" + text + "$"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The math-verify worker process
+# ---------------------------------------------------------------------------------------------------------
+
+_WORKER_SCRIPT = Path(__file__).with_name("_math_worker.py")
+_WORKER_STARTUP_TIMEOUT = 120.0
+"""Seconds a fresh worker may take to import sympy and math-verify (not charged to any call's timeout)."""
+_KILL_GRACE = 0.5
+"""Extra seconds the parent waits past a call's timeout for the worker's own alarm before killing it."""
+_MAX_WORKERS = max(1, int(os.environ.get("PACORE_MATH_WORKERS", "2")))
+_CACHE_SIZE = 4096
+
+
+class _WorkerUnavailable(RuntimeError):
+    """The worker process could not be started (math-verify missing, interpreter failure)."""
+
+
+class _MathWorker:
+    """One worker process and its line-buffered pipe; used by one thread at a time (the pool ensures it)."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-P", "-u", str(_WORKER_SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own group: killing it never touches ours
+        )
+        self._buffer = b""
+        self._next_id = 0
+        ready = self._read_line(time.monotonic() + _WORKER_STARTUP_TIMEOUT)
+        if ready is None or not json.loads(ready).get("ready"):
+            self.kill()
+            raise _WorkerUnavailable("the math-verify worker did not start (is math-verify installed?)")
+
+    def _read_line(self, deadline: float) -> bytes | None:
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if not readable:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:  # the worker died
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def check(self, candidate: str, reference: str, timeout: float) -> str:
+        """Ask the worker; returns "equal", "different", "timeout" or "error" (the latter two kill it)."""
+        assert self._proc.stdin is not None
+        self._next_id += 1
+        request = {"id": self._next_id, "candidate": candidate, "reference": reference, "timeout": timeout}
+        try:
+            self._proc.stdin.write((json.dumps(request) + "\n").encode())
+            self._proc.stdin.flush()
+        except OSError:
+            self.kill()
+            return "error"
+        line = self._read_line(time.monotonic() + timeout + _KILL_GRACE)
+        if line is None:
+            self.kill()
+            return "timeout"
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = {}
+        if reply.get("id") != self._next_id or reply.get("status") not in ("ok", "timeout", "error"):
+            self.kill()
+            return "error"
+        if reply["status"] == "ok":
+            return "equal" if reply["equal"] else "different"
+        return str(reply["status"])  # "timeout" or "error": the worker survived, keep it
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self._proc.poll() is None
+
+    def kill(self) -> None:
+        """Kill the worker's process group and reap it."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+class _WorkerPool:
+    """Up to `_MAX_WORKERS` lazily started workers shared by all threads of this process."""
+
+    def __init__(self, max_workers: int) -> None:
+        self._max = max_workers
+        self._idle: list[_MathWorker] = []
+        self._count = 0
+        self._cond = threading.Condition()
+        self._pid = os.getpid()
+        self.started = 0
+        """How many worker processes this pool has started (a restart after a kill counts again)."""
+
+    def _check_fork(self) -> None:
+        if os.getpid() != self._pid:  # forked child: the parent's workers are not ours to use
+            self._idle, self._count, self._pid = [], 0, os.getpid()
+
+    def check(self, candidate: str, reference: str, timeout: float) -> str:
+        with self._cond:
+            self._check_fork()
+            while not self._idle and self._count >= self._max:
+                self._cond.wait()
+            worker = self._idle.pop() if self._idle else None
+            if worker is None:
+                self._count += 1
+        try:
+            if worker is None:
+                worker = _MathWorker()
+                self.started += 1
+            outcome = worker.check(candidate, reference, timeout)
+        except BaseException:
+            if worker is not None:
+                worker.kill()
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            if worker.alive:
+                self._idle.append(worker)
+            else:
+                self._count -= 1
+            self._cond.notify()
+        return outcome
+
+    def close(self) -> None:
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+        for worker in idle:
+            worker.kill()
+
+
+_POOL = _WorkerPool(_MAX_WORKERS)
+atexit.register(_POOL.close)
+
+_cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def shutdown_math_workers() -> None:
+    """Stop the idle math-verify worker processes now (they also stop at interpreter exit).
+
+    A later `math_equal` call that needs one starts a fresh worker.
+    """
+    _POOL.close()
+
+
+def math_equal(a: str, b: str, *, timeout: float = DEFAULT_MATH_TIMEOUT) -> bool:
+    r"""Whether two final answers are mathematically equivalent.
+
+    Cheap checks first: equal normalised text (see `normalize_answer`, so ``1,234 == 1234``), exact
+    rationals (``0.5``, ``1/2``, ``\frac{1}{2}``), and free-text answers ("odd n", "no solutions"),
+    which are compared as lower-cased text. Everything else goes to math-verify (``parse`` both, then
+    ``verify(reference, candidate)``): fractions and radicals in any form, intervals, tuples (ordered),
+    comma-separated answer lists (compared as sets, so order does not matter), equations, and decimals
+    within math-verify's rounding.
+
+    It never hangs and never raises: math-verify runs in a worker process; after ``timeout`` seconds the
+    worker is killed (restarted by the next call) and the result is False. Safe from any thread; from
+    async code use `amath_equal`.
+
+    Args:
+        a: The candidate answer (e.g. extracted from a model's conclusion).
+        b: The reference answer. The comparison is symmetric except where math-verify is not.
+        timeout: Seconds math-verify may spend on this pair.
+
+    Returns:
+        True when equivalent; False when not, on timeout, and for empty or non-string input.
+    """
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    try:
+        cheap = _cheap_verdict(a, b)
+    except Exception:  # pragma: no cover - defensive: the cheap checks are total
+        cheap = None
+    if cheap is not None:
+        return cheap
+    key = (normalize_answer(a), normalize_answer(b))
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    try:
+        outcome = _POOL.check(_latex_for_verify(a), _latex_for_verify(b), max(float(timeout), 0.05))
+    except (_WorkerUnavailable, OSError, ValueError) as exc:
+        logger.warning("math_equal: no math-verify worker (%s); %r vs %r counts as different", exc, a, b)
+        return False
+    if outcome in ("equal", "different"):  # timeouts and errors are not cached: they may not recur
+        with _cache_lock:
+            _cache[key] = outcome == "equal"
+            if len(_cache) > _CACHE_SIZE:
+                _cache.popitem(last=False)
+    return outcome == "equal"
+
+
+# ASYNC109: ``timeout`` is math-verify's budget, as in the sync twin, not a deadline on the await.
+async def amath_equal(a: str, b: str, *, timeout: float = DEFAULT_MATH_TIMEOUT) -> bool:  # noqa: ASYNC109
+    """`math_equal` in a worker thread, so the event loop never blocks on it.
+
+    Args:
+        a: The candidate answer.
+        b: The reference answer.
+        timeout: Seconds math-verify may spend on this pair.
+
+    Returns:
+        The same as `math_equal`.
+    """
+    return await anyio.to_thread.run_sync(
+        functools.partial(math_equal, a, b, timeout=timeout), abandon_on_cancel=True
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grading
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _answer_of(response_or_answer: str | None, fallback_last_number: bool) -> str | None:
+    answer = extract_answer(response_or_answer, fallback_last_number=fallback_last_number)
+    if answer is None and isinstance(response_or_answer, str):
+        bare = response_or_answer.strip()
+        if bare and "\n" not in bare and len(bare) <= _BARE_ANSWER_MAX_CHARS:
+            answer = _strip_dollars(bare) or None
+    return answer
+
+
+def grade(
+    response_or_answer: str | None,
+    reference: str,
+    *,
+    timeout: float = DEFAULT_MATH_TIMEOUT,
+    fallback_last_number: bool = False,
+) -> bool:
+    """The paper's binary math reward: does a conclusion (or a bare answer) match the reference?
+
+    The answer is `extract_answer` of the text; a text with no marked answer that is a single line of
+    at most 100 characters is taken as the answer itself (so ``grade("1,234", "1234")`` holds).
+
+    Args:
+        response_or_answer: A model's conclusion, or an answer.
+        reference: The reference answer.
+        timeout: Seconds math-verify may spend on the comparison.
+        fallback_last_number: Let `extract_answer` fall back to the last number in the text.
+
+    Returns:
+        True when the answer is equivalent to the reference; False otherwise, including for None,
+        empty, non-string or answer-less input. Never raises.
+    """
+    if not isinstance(reference, str) or not reference.strip():
+        return False
+    answer = _answer_of(response_or_answer, fallback_last_number)
+    return answer is not None and math_equal(answer, reference, timeout=timeout)
+
+
+async def agrade(
+    response_or_answer: str | None,
+    reference: str,
+    *,
+    timeout: float = DEFAULT_MATH_TIMEOUT,  # noqa: ASYNC109 - math-verify's budget, as in `grade`
+    fallback_last_number: bool = False,
+) -> bool:
+    """`grade` in a worker thread, for async callers.
+
+    Args:
+        response_or_answer: A model's conclusion, or an answer.
+        reference: The reference answer.
+        timeout: Seconds math-verify may spend on the comparison.
+        fallback_last_number: Let `extract_answer` fall back to the last number in the text.
+
+    Returns:
+        The same as `grade`.
+    """
+    call = functools.partial(
+        grade, response_or_answer, reference, timeout=timeout, fallback_last_number=fallback_last_number
+    )
+    return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Voting
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerClass:
+    """Answers judged equivalent by `math_equal`.
+
+    Attributes:
+        representative: The class's first answer, as written (None for the class of missing answers).
+        members: Indices (into the voted list) of the answers in this class, ascending.
+    """
+
+    representative: str | None
+    members: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        """How many answers the class holds."""
+        return len(self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class VoteResult:
+    """The outcome of a majority vote.
+
+    Attributes:
+        winner: The winning class; None only when there was nothing to vote on.
+        classes: Every class, ordered by the index of its first member.
+    """
+
+    winner: AnswerClass | None
+    classes: tuple[AnswerClass, ...]
+
+    @property
+    def answer(self) -> str | None:
+        """The winning answer (its representative); None when no answer was given at all."""
+        return self.winner.representative if self.winner else None
+
+    @property
+    def counts(self) -> dict[str | None, int]:
+        """Votes per class, keyed by representative, in class order."""
+        return {cls.representative: cls.count for cls in self.classes}
+
+    @property
+    def total(self) -> int:
+        """How many answers were voted on (missing ones included)."""
+        return sum(cls.count for cls in self.classes)
+
+
+def group_answers(
+    answers: Sequence[str | None], *, timeout: float = DEFAULT_MATH_TIMEOUT
+) -> list[AnswerClass]:
+    """Partition answers into equivalence classes under `math_equal`.
+
+    Each answer joins the first existing class whose representative it equals (by `normalize_answer`
+    first, then `math_equal`); otherwise it opens a new class. Missing answers (None, empty or non-string)
+    form one class with representative None.
+
+    Args:
+        answers: Final answers, e.g. from `extract_answer` over the trajectories of a round.
+        timeout: Seconds each `math_equal` call may take.
+
+    Returns:
+        The classes, ordered by the index of their first member.
+    """
+    members: list[list[int]] = []
+    representatives: list[str | None] = []
+    by_key: dict[str, int] = {}
+    missing: int | None = None
+    for index, answer in enumerate(answers):
+        if not isinstance(answer, str) or not answer.strip():
+            if missing is None:
+                missing = len(members)
+                members.append([])
+                representatives.append(None)
+            members[missing].append(index)
+            continue
+        key = normalize_answer(answer)
+        slot = by_key.get(key)
+        if slot is None:
+            slot = next(
+                (
+                    i
+                    for i, rep in enumerate(representatives)
+                    if rep is not None and math_equal(answer, rep, timeout=timeout)
+                ),
+                None,
+            )
+        if slot is None:
+            slot = len(members)
+            members.append([])
+            representatives.append(answer)
+        by_key.setdefault(key, slot)
+        members[slot].append(index)
+    return [AnswerClass(rep, tuple(ids)) for rep, ids in zip(representatives, members, strict=True)]
+
+
+def vote(answers: Sequence[str | None], *, timeout: float = DEFAULT_MATH_TIMEOUT) -> VoteResult:
+    """Majority vote over answers, equivalent forms counted together (self-consistency).
+
+    Tie rule: among the classes with the most votes, the one whose first member comes earliest in
+    ``answers`` wins. Missing answers never win unless every answer is missing.
+
+    Args:
+        answers: Final answers; None marks a trajectory without one.
+        timeout: Seconds each `math_equal` call may take.
+
+    Returns:
+        The winner and the count of every class. ``winner`` is None only for an empty list.
+    """
+    classes = tuple(group_answers(answers, timeout=timeout))
+    candidates = [cls for cls in classes if cls.representative is not None] or list(classes)
+    # max() keeps the first maximal element and classes are ordered by first member: the tie rule.
+    winner = max(candidates, key=lambda cls: cls.count, default=None)
+    return VoteResult(winner=winner, classes=classes)
+
+
+async def avote(
+    answers: Sequence[str | None],
+    *,
+    timeout: float = DEFAULT_MATH_TIMEOUT,  # noqa: ASYNC109 - per-comparison budget, as in `vote`
+) -> VoteResult:
+    """`vote` in a worker thread, for async callers.
+
+    Args:
+        answers: Final answers; None marks a trajectory without one.
+        timeout: Seconds each `math_equal` call may take.
+
+    Returns:
+        The same as `vote`.
+    """
+    return await anyio.to_thread.run_sync(
+        functools.partial(vote, list(answers), timeout=timeout), abandon_on_cancel=True
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Emergent correctness
+# ---------------------------------------------------------------------------------------------------------
+
+
+def emergent_correctness(message_correct: Sequence[bool], synthesis_correct: bool) -> bool:
+    """Whether a synthesis is right although every message it was given is wrong.
+
+    The paper's "emergent correctness": the synthesis did not copy a correct input, it produced one.
+
+    Args:
+        message_correct: For each input message, whether its answer is correct.
+        synthesis_correct: Whether the synthesis's answer is correct.
+
+    Returns:
+        True when there is at least one message, none is correct, and the synthesis is.
+    """
+    return bool(message_correct) and synthesis_correct is True and not any(message_correct)
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisOutcome:
+    """How one synthesis fared against the messages it was given (for reports and curricula).
+
+    Attributes:
+        messages: Number of input messages.
+        messages_correct: How many of them were correct.
+        synthesis_correct: Whether the synthesis was correct.
+    """
+
+    messages: int
+    messages_correct: int
+    synthesis_correct: bool
+
+    @classmethod
+    def from_flags(cls, message_correct: Sequence[bool], synthesis_correct: bool) -> SynthesisOutcome:
+        """Build from per-message correctness flags.
+
+        Args:
+            message_correct: For each input message, whether its answer is correct.
+            synthesis_correct: Whether the synthesis's answer is correct.
+
+        Returns:
+            The outcome.
+        """
+        return cls(len(message_correct), sum(1 for ok in message_correct if ok), bool(synthesis_correct))
+
+    @property
+    def message_accuracy(self) -> float:
+        """Fraction of correct messages (0.0 when there were none)."""
+        return self.messages_correct / self.messages if self.messages else 0.0
+
+    @property
+    def emergent(self) -> bool:
+        """Every message wrong and the synthesis right (see `emergent_correctness`)."""
+        return self.messages > 0 and self.messages_correct == 0 and self.synthesis_correct
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary, derived fields included."""
+        return {
+            "messages": self.messages,
+            "messages_correct": self.messages_correct,
+            "synthesis_correct": self.synthesis_correct,
+            "message_accuracy": self.message_accuracy,
+            "emergent": self.emergent,
+        }
