@@ -3,6 +3,7 @@
 - ``pacore solve PROBLEM``: solve one problem with PaCoRe and print the answer, rounds and tokens.
 - ``pacore models``: what an endpoint serves.
 - ``pacore sim-server``: the SIMULATED reasoning endpoint, for demos and tests.
+- ``pacore serve``: an OpenAI-compatible server answering with PaCoRe over an upstream endpoint.
 """
 
 from __future__ import annotations
@@ -261,6 +262,126 @@ def sim_server(
 
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(run)
+
+
+@app.command("serve")
+def serve(
+    upstream_base_url: Annotated[
+        str,
+        typer.Option(
+            "--upstream-base-url",
+            help="The OpenAI-compatible endpoint every trajectory goes to, e.g. http://127.0.0.1:30000/v1. "
+            "Fixed here: requests cannot change it.",
+        ),
+    ],
+    upstream_model: Annotated[
+        str, typer.Option("--upstream-model", help="The upstream model id, e.g. PaCoRe-8B.")
+    ],
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; loopback by default (use 0.0.0.0 with --api-key-env).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one; the banner shows it).")] = 8000,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key-env",
+            help="Require clients to send 'Authorization: Bearer <token>', the token read from this "
+            "environment variable (default: no authentication; /health is always open).",
+        ),
+    ] = None,
+    upstream_api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            "--upstream-api-key-env",
+            help="Environment variable holding the upstream's API key (default: PACORE_API_KEY, then "
+            "OPENAI_API_KEY; local servers need none).",
+        ),
+    ] = None,
+    max_concurrency: Annotated[
+        int,
+        typer.Option(
+            "--max-concurrency", help="Upstream requests in flight at once, shared by all client requests."
+        ),
+    ] = 64,
+    max_request_bytes: Annotated[
+        int, typer.Option("--max-request-bytes", help="Largest request body accepted (larger: 413).")
+    ] = 1024 * 1024,
+    max_trajectories: Annotated[
+        int,
+        typer.Option(
+            "--max-trajectories",
+            help="Largest number of trajectories one request may run, all rounds together.",
+        ),
+    ] = 512,
+) -> None:
+    """Serve PaCoRe as an OpenAI-compatible API (chat completions, streaming, /v1/models, /health).
+
+    Model names pick the method: pacore-low = [4], pacore-medium = [16],
+    pacore-high = [32,4], or pacore:[K1,K2,...]. Streams show each round's
+    progress as reasoning_content, then the final round's tokens; answers
+    carry the usage of all trajectories and a 'pacore' trace summary.
+    """
+    import logging
+
+    from pacore_agent.backends.openai_compat import OpenAIBackend
+    from pacore_agent.server import PacoreServer
+
+    token: str | None = None
+    if api_key_env:
+        token = os.environ.get(api_key_env)
+        if not token:
+            raise _fail(f"--api-key-env names {api_key_env}, which is not set or empty")
+    try:
+        backend = OpenAIBackend(
+            upstream_base_url,
+            upstream_model,
+            api_key=_api_key(upstream_api_key_env),
+            max_concurrency=max_concurrency,
+        )
+        server = PacoreServer(
+            backend,
+            host=host,
+            port=port,
+            api_key=token,
+            max_request_bytes=max_request_bytes,
+            max_trajectories=max_trajectories,
+        )
+    except PacoreError as error:
+        raise _fail(str(error)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        async with backend, server:
+            auth = f"bearer token from ${api_key_env}" if api_key_env else "off"
+            out.print(
+                f"pacore serve: OpenAI-compatible PaCoRe at {server.base_url} "
+                f"(models: {', '.join(server.models)}, pacore:[K1,...]; auth: {auth}) "
+                f"over {upstream_model} at {backend.base_url}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+                err.print(
+                    f"[bold yellow]warning:[/] listening on {host} without authentication: "
+                    "anyone who reaches it spends your upstream's compute (see --api-key-env)",
+                    highlight=False,
+                )
+            sys.stdout.flush()
+            await _until_stopped()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(run)
+
+
+async def _until_stopped() -> None:
+    """Return on SIGTERM or SIGINT (where signals can be received), else sleep forever."""
+    import signal
+
+    if sys.platform == "win32":
+        await anyio.sleep_forever()
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return
 
 
 def main() -> None:
