@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pacore_agent.backends.sglang import SGLangBackend, SGLangServer
     from pacore_agent.backends.sim import Faults, Latency, SimBackend, SimConfig
     from pacore_agent.backends.sim_server import SimServer
+    from pacore_agent.budget import Budget, Price
     from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens
     from pacore_agent.coordinator import Coordinator
     from pacore_agent.exceptions import (
@@ -46,12 +47,14 @@ if TYPE_CHECKING:
     )
     from pacore_agent.retry import RetryPolicy
     from pacore_agent.schedule import Schedule
+    from pacore_agent.server import PacoreServer
 
 # Public names are imported on first use, so `pacore --help` and the simulated server start without
 # loading the OpenAI SDK.
 _LAZY: dict[str, str] = {
     "Backend": "pacore_agent.backends.base",
     "BackendError": "pacore_agent.exceptions",
+    "Budget": "pacore_agent.budget",
     "BudgetExceeded": "pacore_agent.exceptions",
     "Completion": "pacore_agent.backends.base",
     "ConfigurationError": "pacore_agent.exceptions",
@@ -63,6 +66,8 @@ _LAZY: dict[str, str] = {
     "Latency": "pacore_agent.backends.sim",
     "OpenAIBackend": "pacore_agent.backends.openai_compat",
     "PacoreError": "pacore_agent.exceptions",
+    "PacoreServer": "pacore_agent.server",
+    "Price": "pacore_agent.budget",
     "RetryPolicy": "pacore_agent.retry",
     "RoundFailedError": "pacore_agent.exceptions",
     "RoundFinished": "pacore_agent.results",
@@ -93,6 +98,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "Backend",
     "BackendError",
+    "Budget",
     "BudgetExceeded",
     "Completion",
     "ConfigurationError",
@@ -104,6 +110,8 @@ __all__ = [
     "Latency",
     "OpenAIBackend",
     "PacoreError",
+    "PacoreServer",
+    "Price",
     "RetryPolicy",
     "RoundFailedError",
     "RoundFinished",

@@ -24,11 +24,11 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import anyio
 from aiohttp import web
@@ -240,13 +240,6 @@ def _solve_error(error: PacoreError) -> _ApiError:
     # Credentials written into an upstream URL (https://user:pass@host) never reach the client.
     message = _USERINFO.sub("://***@", f"PaCoRe could not answer: {error}")
     return _ApiError(502, message, "upstream_error", code=code)
-
-
-def _unwrap(error: BaseException) -> BaseException:
-    """The error inside task-group wrappers of one error (`Coordinator.stream` raises from a task group)."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
 
 
 class _Progress:
@@ -664,7 +657,7 @@ class PacoreServer:
         try:
             await chunks.chunk({"role": "assistant", "content": ""})
             # Closed explicitly: when a write fails, the solve's task group must end in this task.
-            events = cast(AsyncGenerator[Event, None], coordinator.stream(chat.messages))
+            events = coordinator.stream(chat.messages)
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, TokenDelta):
@@ -678,9 +671,8 @@ class PacoreServer:
                         await chunks.chunk({"reasoning_content": line})
         except ConnectionResetError:
             logger.info("%s: the client went away; solve cancelled", chat.model)
-        except Exception as exc:
+        except Exception as error:
             # The status line is sent: the error can only go into the stream.
-            error = _unwrap(exc)
             if isinstance(error, PacoreError):
                 logger.warning("solve failed (%s): %s", chat.model, error)
                 await self._fail(chunks, _solve_error(error))

@@ -29,6 +29,7 @@ from pacore_agent import (
     UsageError,
     backend_from_env,
 )
+from pacore_agent.backends.sim import SimEngine
 from pacore_agent.ordering import round_rng
 from tests.helpers import FakeSleep, closed_port, wait_until
 
@@ -165,14 +166,25 @@ async def test_context_length_error_retried_once_with_smaller_max_tokens() -> No
 
 
 async def test_endpoint_never_sees_more_than_the_limit() -> None:
-    async def slow(_: float) -> None:
-        await asyncio.sleep(0.003)
+    limit = 3
+    engine = SimEngine(SimConfig(latency=Latency(median=1.0)))
+    full = asyncio.Event()
 
-    async with SimServer(SimConfig(latency=Latency(median=1.0)), sleep=slow) as server:
-        async with OpenAIBackend(server.base_url, max_concurrency=3) as backend:
-            results = await Coordinator([6], backend).solve_many([f"{PROBLEM} ({i})" for i in range(4)])
+    async def hold_until_full(_: float) -> None:
+        # Each answer waits until the limit's worth of requests is in flight (bounded, in case of a bug),
+        # so the test proves the limit is reached and never passed.
+        if engine.in_flight >= limit:
+            full.set()
+        with anyio.move_on_after(5):
+            await full.wait()
+
+    async with (
+        SimServer(engine, sleep=hold_until_full) as server,
+        OpenAIBackend(server.base_url, max_concurrency=limit) as backend,
+    ):
+        results = await Coordinator([6], backend).solve_many([f"{PROBLEM} ({i})" for i in range(4)])
     assert all(isinstance(r, SolveResult) for r in results)
-    assert server.engine.max_in_flight == 3
+    assert engine.max_in_flight == limit
 
 
 async def test_cancelling_a_solve_cancels_every_request() -> None:
