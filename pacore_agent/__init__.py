@@ -48,12 +48,14 @@ if TYPE_CHECKING:
     from pacore_agent.retry import RetryPolicy
     from pacore_agent.schedule import Schedule
     from pacore_agent.server import PacoreServer
+    from pacore_agent.strategies import BestOfN, PaCoRe, SelfConsistency, Single, Strategy
 
 # Public names are imported on first use, so `pacore --help` and the simulated server start without
 # loading the OpenAI SDK.
 _LAZY: dict[str, str] = {
     "Backend": "pacore_agent.backends.base",
     "BackendError": "pacore_agent.exceptions",
+    "BestOfN": "pacore_agent.strategies",
     "Budget": "pacore_agent.budget",
     "BudgetExceeded": "pacore_agent.exceptions",
     "Completion": "pacore_agent.backends.base",
@@ -65,6 +67,7 @@ _LAZY: dict[str, str] = {
     "GenerationRequest": "pacore_agent.backends.base",
     "Latency": "pacore_agent.backends.sim",
     "OpenAIBackend": "pacore_agent.backends.openai_compat",
+    "PaCoRe": "pacore_agent.strategies",
     "PacoreError": "pacore_agent.exceptions",
     "PacoreServer": "pacore_agent.server",
     "Price": "pacore_agent.budget",
@@ -77,11 +80,14 @@ _LAZY: dict[str, str] = {
     "SGLangServer": "pacore_agent.backends.sglang",
     "SamplingParams": "pacore_agent.backends.base",
     "Schedule": "pacore_agent.schedule",
+    "SelfConsistency": "pacore_agent.strategies",
     "SimBackend": "pacore_agent.backends.sim",
     "SimConfig": "pacore_agent.backends.sim",
     "SimServer": "pacore_agent.backends.sim_server",
+    "Single": "pacore_agent.strategies",
     "SolveError": "pacore_agent.exceptions",
     "SolveResult": "pacore_agent.results",
+    "Strategy": "pacore_agent.strategies",
     "TokenDelta": "pacore_agent.results",
     "Trajectory": "pacore_agent.results",
     "TrajectoryFinished": "pacore_agent.results",
@@ -98,6 +104,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "Backend",
     "BackendError",
+    "BestOfN",
     "Budget",
     "BudgetExceeded",
     "Completion",
@@ -109,6 +116,7 @@ __all__ = [
     "GenerationRequest",
     "Latency",
     "OpenAIBackend",
+    "PaCoRe",
     "PacoreError",
     "PacoreServer",
     "Price",
@@ -121,11 +129,14 @@ __all__ = [
     "SGLangServer",
     "SamplingParams",
     "Schedule",
+    "SelfConsistency",
     "SimBackend",
     "SimConfig",
     "SimServer",
+    "Single",
     "SolveError",
     "SolveResult",
+    "Strategy",
     "TokenDelta",
     "Trajectory",
     "TrajectoryFinished",

@@ -269,6 +269,36 @@ class Coordinator:
         if failure is not None:
             raise failure  # outside the task group, so callers get the error itself, not a group
 
+    async def run_round(
+        self,
+        problem: Problem,
+        width: int,
+        *,
+        references: Sequence[str] = (),
+        round_index: int = 0,
+    ) -> RoundResult:
+        """Run one round of ``width`` trajectories on P(problem, references), exactly as `solve` does.
+
+        The building block of every strategy (single call, self-consistency, best-of-N) and of message
+        pools: same backend limiter, retries, compaction, quorum, hedging and budget.
+
+        Args:
+            problem: The problem text or chat messages.
+            width: Trajectories to run.
+            references: Messages of a previous round (empty: the conversation is sent unchanged).
+            round_index: Which round's backend and sampling settings to use (and to record).
+        """
+        messages = normalize_problem(problem)
+        if not 0 <= round_index < len(self.backends):
+            raise UsageError(f"round_index must be within [0, {len(self.backends)}), got {round_index}")
+        if width < 1:
+            raise UsageError(f"width must be at least 1, got {width}")
+        tracker = BudgetTracker(self.budget, self.clock) if self.budget is not None else None
+        prompt = build_prompt(messages, list(references), self.template)
+        return await self._run_round(
+            problem_key(messages), round_index, width, prompt, None, final=False, tracker=tracker
+        )
+
     async def solve_many(
         self,
         problems: Sequence[Problem],
