@@ -505,6 +505,9 @@ class Coordinator:
         limits = [
             t for t in (self.round_timeout, tracker.remaining_s() if tracker else None) if t is not None
         ]
+        # Partial output of cut trajectories is kept only when the backend streams anyway: streaming
+        # every request just in case would cost more than the partial text is worth.
+        streams = self.backends[round_index].streams
         start = self.clock()
         groups = [
             (first, min(self.n_per_request, launched - first))
@@ -519,7 +522,15 @@ class Coordinator:
                     group.start_soon(
                         self._call,
                         _CallSpec(
-                            key, round_index, call_index, first, count, prompt, emit, tokens, cuts or tokens
+                            key,
+                            round_index,
+                            call_index,
+                            first,
+                            count,
+                            prompt,
+                            emit,
+                            tokens,
+                            tokens or (cuts and streams),
                         ),
                         state,
                         group.cancel_scope,

@@ -129,6 +129,10 @@ class Backend(ABC):
     name: str = "backend"
     """A short label for traces, e.g. the model id."""
 
+    streams: bool = False
+    """Whether requests stream by default; the coordinator then keeps the partial output of
+    trajectories it cancels (quorum, deadline, hedging, budget)."""
+
     def __init__(self, *, max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> None:
         if max_concurrency <= 0:
             raise UsageError(f"max_concurrency must be positive, got {max_concurrency}")

@@ -181,7 +181,7 @@ class OpenAIBackend(Backend):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.name = model or self.base_url
-        self.stream = stream
+        self.stream = self.streams = stream
         self.timeout = timeout
         self.extra_body = dict(extra_body or {})
         self.supports_n = supports_n

@@ -245,15 +245,16 @@ class SimServer:
             plan += [("content", piece) for piece in _pieces(choice.content)]
             plans.append(plan)
         steps = max(len(plan) for plan in plans)
-        pause = None if reply.latency is None else reply.latency / max(steps, 1)
+        pause = None if reply.latency is None else reply.latency / max(steps - 1, 1)
         for index in range(len(reply.choices)):
             await send(
                 [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
             )
         for step in range(steps):
-            if pause is None:
+            # The first piece goes out at once (time to first token); a stalled request then hangs.
+            if step > 0 and pause is None:
                 await asyncio.Event().wait()
-            else:
+            elif step > 0 and pause is not None:
                 await self._sleep(pause)
             for index, plan in enumerate(plans):
                 if step < len(plan):

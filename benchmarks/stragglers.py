@@ -1,0 +1,129 @@
+"""Stragglers: how much quorum and hedging cut the wall time of a solve under heavy-tailed latency.
+
+Every request to the simulated server takes a log-normal time (median --median seconds, sigma 1), so
+the slowest of K trajectories decides when a wait-all round ends. The same problems are solved three
+ways, on the same server and seeds:
+
+- wait-all (the official pipeline),
+- quorum: the next round starts when 75% of the round has finished (``min_success=0.75``),
+- hedging: 25% extra trajectories are launched and the first K kept (``hedge=0.25``).
+
+It prints the median solve wall time and the final accuracy of each, and ends with one line:
+``quorum_speedup=<wait-all median / quorum median> hedge_speedup=... accuracy_wait_all=... accuracy_quorum=...``.
+
+    python benchmarks/stragglers.py [--problems 48] [--schedule 16] [--median 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from pacore_agent import Coordinator, OpenAIBackend, SolveResult
+from pacore_agent.answers import agrade
+
+
+async def run(
+    backend: OpenAIBackend, problems: dict[str, str], schedule: list[int], **options: Any
+) -> tuple[float, float, float]:
+    """(median solve seconds, accuracy, total seconds) of one configuration."""
+    coordinator = Coordinator(schedule, backend, **options)
+    start = time.perf_counter()
+    results = await coordinator.solve_many(list(problems))
+    total = time.perf_counter() - start
+    solved = [r for r in results if isinstance(r, SolveResult)]
+    assert len(solved) == len(problems), "a solve failed"
+    correct = [await agrade(r.answer, problems[str(r.problem[0]["content"])]) for r in solved]
+    return statistics.median(r.wall_s for r in solved), sum(correct) / len(correct), total
+
+
+async def main(args: argparse.Namespace) -> None:
+    problems = {
+        f"Problem {i}: find the hidden quantity number {i}.": str(100 + i) for i in range(args.problems)
+    }
+    schedule = [int(w) for w in args.schedule.split(",")]
+    with tempfile.TemporaryDirectory() as folder:
+        answers = Path(folder) / "answers.jsonl"
+        answers.write_text(
+            "".join(json.dumps({"problem": p, "answer": a}) + "\n" for p, a in problems.items())
+        )
+        # The server runs in its own process (the other core), so its CPU does not slow the client.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pacore_agent.cli",
+                "sim-server",
+                "--port",
+                str(port),
+                "--seed",
+                str(args.seed),
+                "--answers",
+                str(answers),
+                "--accuracy",
+                "0.45",
+                "--think-words",
+                "16",
+                "--latency-median",
+                str(args.median),
+                "--latency-sigma",
+                "1.0",
+            ],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            async with OpenAIBackend(f"http://127.0.0.1:{port}/v1", max_concurrency=4096) as backend:
+                with anyio.fail_after(60):
+                    while True:
+                        try:
+                            await backend.list_models()
+                            break
+                        except Exception:
+                            await anyio.sleep(0.1)
+                await run(backend, dict(list(problems.items())[:4]), schedule)  # warm-up
+                wait_all = await run(backend, problems, schedule)
+                quorum = await run(backend, problems, schedule, min_success=0.75)
+                hedged = await run(backend, problems, schedule, hedge=0.25)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=10)
+    print(
+        f"SIMULATED endpoint, log-normal latency (median {args.median}s, sigma 1); {args.problems} problems x {schedule}"
+    )
+    for name, (median, accuracy, total) in (
+        ("wait-all", wait_all),
+        ("quorum 0.75", quorum),
+        ("hedge +25%", hedged),
+    ):
+        print(f"{name:12s} median solve {median:6.3f} s   accuracy {accuracy:.3f}   batch {total:6.2f} s")
+    print(
+        f"quorum_speedup={wait_all[0] / quorum[0]:.2f} hedge_speedup={wait_all[0] / hedged[0]:.2f} "
+        f"accuracy_wait_all={wait_all[1]:.3f} accuracy_quorum={quorum[1]:.3f} accuracy_hedge={hedged[1]:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--problems", type=int, default=48)
+    parser.add_argument("--schedule", default="16")
+    parser.add_argument("--median", type=float, default=0.5, help="median seconds per request")
+    parser.add_argument("--seed", type=int, default=0)
+    anyio.run(main, parser.parse_args())
