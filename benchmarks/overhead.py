@@ -13,51 +13,15 @@ Ends with one line: ``ratio=<coordinator over raw> coordinator_cps=... raw_cps=.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
 
 import anyio
 
+from benchmarks._sim import sim_server_process, wait_healthy
 from pacore_agent import Coordinator, OpenAIBackend
 from pacore_agent.prompts import build_prompt, normalize_problem
 from pacore_agent.schedule import Schedule
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "pacore_agent.cli",
-        "sim-server",
-        "--port",
-        str(port),
-        "--think-words",
-        "32",
-    ]
-    return subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-
-
-async def wait_healthy(backend: OpenAIBackend) -> None:
-    with anyio.fail_after(30):
-        while True:
-            try:
-                await backend.list_models()
-                return
-            except Exception:
-                await anyio.sleep(0.1)
 
 
 def raw_bodies(problems: list[str], schedule: Schedule) -> list[list[dict[str, object]]]:
@@ -103,16 +67,14 @@ async def run_coordinator(backend: OpenAIBackend, problems: list[str], schedule:
 
 
 async def main(args: argparse.Namespace) -> None:
-    port = free_port()
-    server = start_server(port)
-    try:
+    with sim_server_process("--think-words", "32") as base_url:
         schedule = Schedule.parse(args.schedule)
         problems = [
             f"Problem {i}: how many lattice points lie on the circle x^2 + y^2 = {5**i}?"
             for i in range(args.problems)
         ]
         bodies = raw_bodies(problems, schedule)
-        async with OpenAIBackend(f"http://127.0.0.1:{port}/v1", max_concurrency=args.concurrency) as backend:
+        async with OpenAIBackend(base_url, max_concurrency=args.concurrency) as backend:
             await wait_healthy(backend)
             # Warm-up: connections, imports, the server's caches.
             await run_raw(backend, bodies[: len(bodies) // 4], args.concurrency)
@@ -129,9 +91,6 @@ async def main(args: argparse.Namespace) -> None:
                 "coordinator times:",
                 [round(t, 2) for t in coordinator_times],
             )
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=10)
     completions = len(bodies)
     raw_cps, coordinator_cps = completions / raw_s, completions / coordinator_s
     print(f"completions per run: {completions} ({args.problems} problems x {list(schedule.rounds)})")

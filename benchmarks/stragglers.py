@@ -18,12 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from benchmarks._sim import sim_server_process, wait_healthy
 from pacore_agent import Coordinator, OpenAIBackend, SolveResult
 from pacore_agent.answers import agrade
 
@@ -60,49 +56,24 @@ async def main(args: argparse.Namespace) -> None:
             "".join(json.dumps({"problem": p, "answer": a}) + "\n" for p, a in problems.items())
         )
         # The server runs in its own process (the other core), so its CPU does not slow the client.
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pacore_agent.cli",
-                "sim-server",
-                "--port",
-                str(port),
-                "--seed",
-                str(args.seed),
-                "--answers",
-                str(answers),
-                "--accuracy",
-                "0.45",
-                "--think-words",
-                "16",
-                "--latency-median",
-                str(args.median),
-                "--latency-sigma",
-                "1.0",
-            ],
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            async with OpenAIBackend(f"http://127.0.0.1:{port}/v1", max_concurrency=4096) as backend:
-                with anyio.fail_after(60):
-                    while True:
-                        try:
-                            await backend.list_models()
-                            break
-                        except Exception:
-                            await anyio.sleep(0.1)
+        options = [
+            "--seed",
+            str(args.seed),
+            "--answers",
+            str(answers),
+            "--accuracy",
+            "0.45",
+            "--think-words",
+            "16",
+        ]
+        options += ["--latency-median", str(args.median), "--latency-sigma", "1.0"]
+        with sim_server_process(*options) as base_url:
+            async with OpenAIBackend(base_url, max_concurrency=4096) as backend:
+                await wait_healthy(backend)
                 await run(backend, dict(list(problems.items())[:4]), schedule)  # warm-up
                 wait_all = await run(backend, problems, schedule)
                 quorum = await run(backend, problems, schedule, min_success=0.75)
                 hedged = await run(backend, problems, schedule, hedge=0.25)
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=10)
     print(
         f"SIMULATED endpoint, log-normal latency (median {args.median}s, sigma 1); {args.problems} problems x {schedule}"
     )
