@@ -12,6 +12,7 @@ Example::
 from pacore_agent.backends.base import Backend, Completion, GenerationRequest, SamplingParams
 from pacore_agent.backends.env import backend_from_env
 from pacore_agent.backends.openai_compat import OpenAIBackend
+from pacore_agent.backends.replay import RecordingBackend, ReplayBackend
 from pacore_agent.backends.sim import Faults, Latency, SimBackend, SimConfig
 from pacore_agent.backends.sim_server import SimServer
 from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens
@@ -21,6 +22,7 @@ from pacore_agent.exceptions import (
     BudgetExceeded,
     ConfigurationError,
     PacoreError,
+    ReplayMissError,
     RoundFailedError,
     SolveError,
     UsageError,
@@ -54,6 +56,9 @@ __all__ = [
     "Latency",
     "OpenAIBackend",
     "PacoreError",
+    "RecordingBackend",
+    "ReplayBackend",
+    "ReplayMissError",
     "RetryPolicy",
     "RoundFailedError",
     "RoundFinished",
