@@ -15,6 +15,7 @@ from pacore_agent.backends.openai_compat import OpenAIBackend
 from pacore_agent.backends.replay import RecordingBackend, ReplayBackend
 from pacore_agent.backends.sim import Faults, Latency, SimBackend, SimConfig
 from pacore_agent.backends.sim_server import SimServer
+from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
 from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens
 from pacore_agent.coordinator import Coordinator
 from pacore_agent.exceptions import (
@@ -43,6 +44,7 @@ from pacore_agent.retry import RetryPolicy
 from pacore_agent.schedule import Schedule
 
 __all__ = [
+    "DEFAULT_LOCAL_MODEL",
     "Backend",
     "BackendError",
     "BudgetExceeded",
@@ -74,6 +76,7 @@ __all__ = [
     "TokenDelta",
     "Trajectory",
     "TrajectoryFinished",
+    "TransformersBackend",
     "Usage",
     "UsageError",
     "backend_from_env",
