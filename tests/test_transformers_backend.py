@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from pacore_agent import (
     DEFAULT_LOCAL_MODEL,
@@ -25,6 +27,7 @@ from pacore_agent import (
     final_conclusion,
 )
 from pacore_agent.backends.transformers import decode_completion
+from pacore_agent.cli import app, endpoint_configured
 from pacore_agent.exceptions import ContextLengthError, RequestRejectedError
 from pacore_agent.prompts import build_prompt
 from pacore_agent.testing.tiny_model import build_tiny_model
@@ -476,3 +479,57 @@ def test_decode_completion_length_stop_and_split() -> None:
     )
     assert (split.reasoning, split.content) == ("a</think>b", "\n\nc")
     assert split.usage.reasoning_tokens == len("<think>a</think>b</think>")
+
+
+# -- the command line -----------------------------------------------------------------------------------
+
+
+def _solve(*args: str) -> Any:
+    return CliRunner().invoke(app, ["solve", *args])
+
+
+def test_cli_solves_offline_with_the_transformers_backend(tiny: Path) -> None:
+    result = _solve(
+        "--backend", "transformers", "--model", str(tiny), "--max-tokens", "32", "--json", PROBLEM
+    )
+    assert result.exit_code == 0, result.output
+    solved = SolveResult.model_validate_json(result.stdout)
+    assert solved.schedule == [4, 1]
+    assert [len(r.trajectories) for r in solved.rounds] == [4, 1]
+    assert {t.call for t in solved.rounds[0].trajectories} == {0}  # the round was one batched generate
+    assert solved.usage.prompt_tokens > 0 and solved.usage.completion_tokens > 0
+    assert solved.final is not None and solved.final.model == str(tiny)
+    assert "loading" in result.stderr
+
+
+def test_cli_defaults_to_transformers_without_an_endpoint(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not endpoint_configured(None, None)
+    result = _solve("--model", str(tiny), "--schedule", "2", "--max-tokens", "16", "--json", PROBLEM)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["final"]["model"] == str(tiny)
+    assert endpoint_configured("http://127.0.0.1:1/v1", None)
+    monkeypatch.setenv("PACORE_BASE_URL", "http://127.0.0.1:1/v1")
+    assert endpoint_configured(None, None)
+
+
+def test_cli_sim_backend_is_labelled_simulated() -> None:
+    result = _solve("--backend", "sim", "--schedule", "3", "--json", PROBLEM)
+    assert result.exit_code == 0, result.output
+    solved = SolveResult.model_validate_json(result.stdout)
+    assert solved.final is not None and solved.final.model == "pacore-sim"
+    assert "SIMULATED" in result.stderr
+    assert "simulated reasoning" in (solved.final.content or "")
+
+
+def test_cli_reports_a_model_that_cannot_load() -> None:
+    result = _solve("--backend", "transformers", "--model", "pacore-tests/no-such-model", PROBLEM)
+    assert result.exit_code == 2
+    assert "cannot load the model 'pacore-tests/no-such-model'" in result.stderr
+
+
+def test_cli_help_mentions_the_default_model_download() -> None:
+    result = CliRunner().invoke(app, ["solve", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert DEFAULT_LOCAL_MODEL in result.stdout and "downloaded" in result.stdout
