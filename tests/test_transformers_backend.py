@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from pacore_agent import (
@@ -32,6 +31,9 @@ from pacore_agent.exceptions import ContextLengthError, RequestRejectedError
 from pacore_agent.prompts import build_prompt
 from pacore_agent.testing.tiny_model import build_tiny_model
 from tests.helpers import wait_until
+
+torch = pytest.importorskip("torch")  # the `local` extra: torch, transformers, tokenizers
+pytest.importorskip("transformers")
 
 PROBLEM = "What is 2+3?"
 MESSAGES = [{"role": "user", "content": PROBLEM}]
