@@ -1,6 +1,7 @@
 """The ``pacore`` command line.
 
-- ``pacore solve PROBLEM``: solve one problem with PaCoRe and print the answer, rounds and tokens.
+- ``pacore solve PROBLEM``: solve one problem with PaCoRe and print the answer, rounds and tokens, on an
+  OpenAI-compatible endpoint, an in-process Hugging Face model, or the simulated model (``--backend``).
 - ``pacore models``: what an endpoint serves.
 - ``pacore sim-server``: the SIMULATED reasoning endpoint, for demos and tests.
 - ``pacore serve``: an OpenAI-compatible server answering with PaCoRe over an upstream endpoint.
@@ -13,16 +14,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from pacore_agent.backends.base import Backend, SamplingParams
+from pacore_agent.backends.base import DEFAULT_MAX_CONCURRENCY, Backend, SamplingParams
+from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
 from pacore_agent.exceptions import PacoreError, SolveError
 from pacore_agent.results import SolveResult
+from pacore_agent.schedule import Schedule
 
 __all__ = ["app", "main"]
 
@@ -43,10 +46,6 @@ BaseUrl = Annotated[
         help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:30000/v1 (default: PACORE_BASE_URL / OPENAI_BASE_URL).",
     ),
 ]
-Model = Annotated[
-    str | None,
-    typer.Option("--model", help="Model id (default: PACORE_MODEL, else the endpoint's only model)."),
-]
 ApiKeyEnv = Annotated[
     str | None,
     typer.Option(
@@ -54,6 +53,13 @@ ApiKeyEnv = Annotated[
         help="Name of the environment variable holding the API key (default: PACORE_API_KEY, then OPENAI_API_KEY).",
     ),
 ]
+
+
+BackendKind = Literal["openai", "transformers", "sim"]
+LOCAL_BATCH = 8
+"""Trajectories per batched ``generate`` of the transformers backend (a round of 4 is one call)."""
+
+_ENDPOINT_VARIABLES = ("PACORE_BASE_URL", "OPENAI_BASE_URL", "PACORE_API_KEY", "OPENAI_API_KEY")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -83,6 +89,13 @@ def make_backend(base_url: str | None, model: str | None, api_key_env: str | Non
     if api_key_env and os.environ.get(api_key_env):
         environ["PACORE_API_KEY"] = os.environ[api_key_env]
     return backend_from_env(environ, **options)
+
+
+def endpoint_configured(base_url: str | None, api_key_env: str | None) -> bool:
+    """Whether an OpenAI-compatible endpoint is configured: ``--base-url``, or one in the environment."""
+    if base_url or (api_key_env and os.environ.get(api_key_env)):
+        return True
+    return any(os.environ.get(name) for name in _ENDPOINT_VARIABLES)
 
 
 def _print_result(result: SolveResult) -> None:
@@ -116,8 +129,30 @@ def _print_result(result: SolveResult) -> None:
 @app.command()
 def solve(
     problem: Annotated[str, typer.Argument(help="The problem text, or - to read it from stdin.")],
+    backend_kind: Annotated[
+        BackendKind | None,
+        typer.Option(
+            "--backend",
+            help=(
+                "openai: an OpenAI-compatible endpoint (the default when one is configured with --base-url "
+                "or PACORE_BASE_URL / OPENAI_BASE_URL / an API key variable). transformers: a Hugging Face "
+                f"model in this process (the default otherwise: --model, else {DEFAULT_LOCAL_MODEL}, about "
+                "1.5 GB downloaded from the Hugging Face Hub on first use). sim: the SIMULATED reasoning "
+                "model, a test double."
+            ),
+        ),
+    ] = None,
     base_url: BaseUrl = None,
-    model: Model = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help=(
+                "openai: the model id (default: PACORE_MODEL, else the endpoint's only model). transformers: "
+                f"a hub model id or a local folder (default: {DEFAULT_LOCAL_MODEL})."
+            ),
+        ),
+    ] = None,
     api_key_env: ApiKeyEnv = None,
     schedule: Annotated[
         str,
@@ -136,26 +171,52 @@ def solve(
         int, typer.Option(help="Seed of the reference order (and of request seeds with --sampling-seed).")
     ] = 0,
     max_tokens: Annotated[
-        int | None, typer.Option(help="Cap on tokens per trajectory (default: the server's).")
+        int | None,
+        typer.Option(help="Cap on tokens per trajectory (default: the server's; 4096 with transformers)."),
     ] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight at once against the endpoint.")] = 64,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Requests in flight at once (default: {DEFAULT_MAX_CONCURRENCY}; 2 with transformers)."
+        ),
+    ] = None,
     order: Annotated[str, typer.Option(help="Reference order: seeded, official or launch.")] = "seeded",
 ) -> None:
     """Solve one problem with PaCoRe and print the answer, the rounds and the token totals."""
     from pacore_agent.coordinator import Coordinator
 
     text = sys.stdin.read() if problem == "-" else problem
+    if backend_kind is None:
+        backend_kind = "openai" if endpoint_configured(base_url, api_key_env) else "transformers"
+    n_per_request = 1
     try:
-        backend = make_backend(base_url, model, api_key_env, max_concurrency=concurrency)
+        if backend_kind == "openai":
+            backend = make_backend(
+                base_url, model, api_key_env, max_concurrency=concurrency or DEFAULT_MAX_CONCURRENCY
+            )
+        else:
+            backend = make_local_backend(backend_kind, model, seed=seed, concurrency=concurrency)
+            # One batched generate per round (up to LOCAL_BATCH trajectories) rather than one per trajectory.
+            n_per_request = min(max(Schedule.parse(schedule).widths), LOCAL_BATCH)
         sampling = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-        coordinator = Coordinator(schedule, backend, sampling=sampling, seed=seed, order=order)  # type: ignore[arg-type]
+        coordinator = Coordinator(
+            schedule,
+            backend,
+            sampling=sampling,
+            seed=seed,
+            order=order,  # type: ignore[arg-type]
+            n_per_request=n_per_request,
+        )
     except PacoreError as error:
         raise _fail(str(error)) from None
 
     async def run() -> SolveResult:
         async with backend:
+            if isinstance(backend, TransformersBackend) and not backend.loaded:
+                err.print(f"loading {backend.source} with transformers...", highlight=False)
+                await backend.load()
             return await coordinator.solve(text)
 
     try:
@@ -172,6 +233,19 @@ def solve(
         sys.stdout.write(result.model_dump_json() + "\n")
     else:
         _print_result(result)
+
+
+def make_local_backend(
+    kind: Literal["transformers", "sim"], model: str | None, *, seed: int = 0, concurrency: int | None = None
+) -> Backend:
+    """The in-process backend of ``--backend transformers`` or ``--backend sim``."""
+    options: dict[str, Any] = {} if concurrency is None else {"max_concurrency": concurrency}
+    if kind == "sim":
+        from pacore_agent.backends.sim import SIM_LABEL, SIM_MODEL, SimBackend, SimConfig
+
+        err.print(f"backend: SIMULATED model {SIM_LABEL}", highlight=False)
+        return SimBackend(SimConfig(model=model or SIM_MODEL, seed=seed), **options)
+    return TransformersBackend(model or DEFAULT_LOCAL_MODEL, **options)
 
 
 @app.command()
