@@ -13,7 +13,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -513,7 +514,7 @@ class Coordinator:
             (first, min(self.n_per_request, launched - first))
             for first in range(0, launched, self.n_per_request)
         ]
-        with anyio.move_on_after(min(limits) if limits else None) as deadline:
+        with _lone_error(), anyio.move_on_after(min(limits) if limits else None) as deadline:
             async with anyio.create_task_group() as group:
                 for call_index, (first, count) in enumerate(groups):
                     if tracker is not None and not tracker.start_call():
@@ -693,6 +694,21 @@ def _failure_message(outcome: RoundResult, *, final: bool) -> str:
     which = "the final round" if final else f"round {outcome.index}"
     detail = f"; first error: {errors[0]}" if errors else " (no trajectory returned content)"
     return f"every trajectory of {which} failed ({len(outcome.trajectories)} launched){detail}"
+
+
+@contextmanager
+def _lone_error() -> Iterator[None]:
+    """Re-raise pacore errors of a task group as the first of them, by its own class.
+
+    A replay miss or a model that will not load then reaches callers by its class, not inside a group.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        # Concurrent calls tend to fail alike (every request misses the replay file): the first says it.
+        if all(isinstance(error, PacoreError) for error in group.exceptions):
+            raise group.exceptions[0] from None
+        raise
 
 
 def _per_round(value: Any, rounds: int, name: str, kind: type) -> list[Any]:
