@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 import typer
@@ -23,9 +23,13 @@ from rich.table import Table
 
 from pacore_agent.backends.base import DEFAULT_MAX_CONCURRENCY, Backend, SamplingParams
 from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
-from pacore_agent.exceptions import PacoreError, SolveError
-from pacore_agent.results import SolveResult
+from pacore_agent.budget import Budget, Price
+from pacore_agent.exceptions import PacoreError, SolveError, UsageError
+from pacore_agent.results import Done, SolveResult, TokenDelta, TrajectoryFinished
 from pacore_agent.schedule import Schedule
+
+if TYPE_CHECKING:
+    from pacore_agent.coordinator import Coordinator
 
 __all__ = ["app", "main"]
 
@@ -183,6 +187,42 @@ def solve(
         ),
     ] = None,
     order: Annotated[str, typer.Option(help="Reference order: seeded, official or launch.")] = "seeded",
+    stream: Annotated[
+        bool, typer.Option("--stream", help="Show rounds, trajectories and the final round's tokens live.")
+    ] = False,
+    min_success: Annotated[
+        float | None,
+        typer.Option(
+            help="Start the next round once this share (0.75) or count (24) of a round has finished."
+        ),
+    ] = None,
+    round_timeout: Annotated[
+        float | None, typer.Option(help="Seconds after which a round goes on with what finished.")
+    ] = None,
+    hedge: Annotated[
+        float,
+        typer.Option(help="Extra trajectories per round, a share (0.25) or a count; the first K are kept."),
+    ] = 0,
+    budget_calls: Annotated[int | None, typer.Option(help="Budget: at most this many requests.")] = None,
+    budget_tokens: Annotated[
+        int | None, typer.Option(help="Budget: at most this many tokens in total.")
+    ] = None,
+    budget_seconds: Annotated[float | None, typer.Option(help="Budget: at most this many seconds.")] = None,
+    budget_cost: Annotated[
+        float | None, typer.Option(help="Budget: at most this cost (needs --price).")
+    ] = None,
+    price: Annotated[
+        str | None,
+        typer.Option(
+            help="Price of the model per million tokens as INPUT,OUTPUT (e.g. 0.2,0.8), for --budget-cost."
+        ),
+    ] = None,
+    on_budget: Annotated[
+        str,
+        typer.Option(
+            help="When a budget runs out: raise (exit 1, partial trace kept) or synthesize an answer."
+        ),
+    ] = "raise",
 ) -> None:
     """Solve one problem with PaCoRe and print the answer, the rounds and the token totals."""
     from pacore_agent.coordinator import Coordinator
@@ -201,6 +241,7 @@ def solve(
             # One batched generate per round (up to LOCAL_BATCH trajectories) rather than one per trajectory.
             n_per_request = min(max(Schedule.parse(schedule).widths), LOCAL_BATCH)
         sampling = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        budget = _budget(backend, budget_calls, budget_tokens, budget_seconds, budget_cost, price, on_budget)
         coordinator = Coordinator(
             schedule,
             backend,
@@ -208,6 +249,10 @@ def solve(
             seed=seed,
             order=order,  # type: ignore[arg-type]
             n_per_request=n_per_request,
+            min_success=_count_or_share(min_success),
+            round_timeout=round_timeout,
+            hedge=_count_or_share(hedge) or 0,
+            budget=budget,
         )
     except PacoreError as error:
         raise _fail(str(error)) from None
@@ -217,6 +262,8 @@ def solve(
             if isinstance(backend, TransformersBackend) and not backend.loaded:
                 err.print(f"loading {backend.source} with transformers...", highlight=False)
                 await backend.load()
+            if stream:
+                return await _solve_live(coordinator, text)
             return await coordinator.solve(text)
 
     try:
@@ -233,6 +280,94 @@ def solve(
         sys.stdout.write(result.model_dump_json() + "\n")
     else:
         _print_result(result)
+
+
+def _count_or_share(value: float | None) -> int | float | None:
+    """``0.75`` stays a share; ``24.0`` (typer parses floats) becomes the count ``24``."""
+    if value is None or value < 1 or value != int(value):
+        return value
+    return int(value)
+
+
+def _budget(
+    backend: Backend,
+    calls: int | None,
+    tokens: int | None,
+    seconds: float | None,
+    cost: float | None,
+    price: str | None,
+    on_budget: str,
+) -> Budget | None:
+    if calls is None and tokens is None and seconds is None and cost is None:
+        return None
+    prices: dict[str, Price] = {}
+    if price is not None:
+        try:
+            input_price, output_price = (float(part) for part in price.split(","))
+        except ValueError:
+            raise UsageError(
+                f"--price must be INPUT,OUTPUT per million tokens, e.g. 0.2,0.8; got {price!r}"
+            ) from None
+        prices[getattr(backend, "model", None) or backend.name] = Price(
+            input=input_price, output=output_price
+        )
+    return Budget(
+        max_calls=calls,
+        max_tokens=tokens,
+        max_wall_s=seconds,
+        max_cost=cost,
+        prices=prices,
+        on_exceeded=on_budget,  # type: ignore[arg-type]
+    )
+
+
+async def _solve_live(coordinator: Coordinator, problem: str) -> SolveResult:
+    """Solve while a live panel shows every round's progress and the final round's tokens."""
+    from rich.live import Live
+    from rich.panel import Panel
+
+    widths = coordinator.rounds
+    done: dict[int, dict[str, int]] = {}
+    tokens: dict[int, int] = {}
+    tail = ""
+
+    def render() -> Table:
+        table = Table(title=f"{coordinator.method} (live)", title_justify="left")
+        for column in ("round", "width", "ok", "failed", "cancelled", "completion tokens"):
+            table.add_column(column, justify="right")
+        for index, width in enumerate(widths):
+            counts = done.get(index, {})
+            table.add_row(
+                str(index),
+                str(width),
+                str(counts.get("ok", 0)),
+                str(counts.get("failed", 0)),
+                str(counts.get("cancelled", 0)),
+                f"{tokens.get(index, 0):,}",
+            )
+        if tail:
+            table.caption = tail[-300:].replace("\n", " ")
+        return table
+
+    result: SolveResult | None = None
+    with Live(render(), console=err, refresh_per_second=8, transient=False) as live:
+        async for event in coordinator.stream(problem):
+            if isinstance(event, TrajectoryFinished):
+                trajectory = event.trajectory
+                counts = done.setdefault(trajectory.round, {})
+                counts[trajectory.status] = counts.get(trajectory.status, 0) + 1
+                tokens[trajectory.round] = (
+                    tokens.get(trajectory.round, 0) + trajectory.usage.completion_tokens
+                )
+            elif isinstance(event, TokenDelta):
+                tail += event.text
+            elif isinstance(event, Done):
+                result = event.result
+            live.update(render())
+    if result is None:  # pragma: no cover - stream always ends with Done or raises
+        raise RuntimeError("the solve ended without a result")
+    err.print(Panel.fit("done", style="green"))
+    return result
 
 
 def make_local_backend(

@@ -379,7 +379,8 @@ class TransformersBackend(Backend):
             except (OSError, ValueError) as exc:
                 hint = " (offline: only local folders and cached models load)" if offline else ""
                 raise ConfigurationError(
-                    f"cannot load the model {self.source!r} with transformers{hint}: {exc}"
+                    f"cannot load the model {self.source!r} with transformers{hint}: {exc}\n"
+                    "To use a served model instead, pass --base-url URL or set PACORE_BASE_URL."
                 ) from exc
             _check_chat_template(tokenizer, self.source)
             model.to(device)
