@@ -117,7 +117,7 @@ def make_policy(
 class ToySettings:
     """Everything a toy run depends on."""
 
-    steps: int = 40
+    steps: int = 50
     """PPO updates."""
     seed: int = 0
     """Seeds the model, the problems and the sampling."""
@@ -131,6 +131,9 @@ class ToySettings:
     """Transformer layers of the tiny policy (and critic)."""
     eval_problems: int = 512
     """Problems in the fixed evaluation set (one sample each, temperature 1)."""
+    anneal_lr: bool = True
+    """Decay both learning rates linearly to 0 over the run (as cleanrl does); it steadies the end of a
+    run, where a constant rate keeps the reward swinging by +-0.1."""
     ppo: PPOConfig = field(
         default_factory=lambda: PPOConfig(
             actor_lr=1e-3,
@@ -199,6 +202,12 @@ def train(settings: ToySettings, on_step: Callable[[int, dict[str, float]], None
     start_reward = evaluate(engine, eval_problems())
     history = []
     for step in range(settings.steps):
+        if settings.anneal_lr:
+            frac = 1.0 - step / settings.steps
+            for group in trainer.actor_optimizer.param_groups:
+                group["lr"] = frac * ppo.actor_lr
+            for group in trainer.critic_optimizer.param_groups:
+                group["lr"] = frac * ppo.critic_lr
         problems = sample_problems(
             ppo.problems_per_step,
             rng,
