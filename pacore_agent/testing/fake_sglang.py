@@ -39,10 +39,11 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, NoReturn, Self
+from typing import Any, NoReturn
 
 from aiohttp import web
+
+from pacore_agent._serving import AppServer
 
 __all__ = ["DIE_EXIT_CODE", "FakeSGLangServer", "main"]
 
@@ -58,7 +59,7 @@ _FIRST_TOKEN_ID = 3
 _LABEL = "fake SGLang server (a test double, not SGLang)"
 
 
-class FakeSGLangServer:
+class FakeSGLangServer(AppServer):
     """SGLang's HTTP API with deterministic fake generations, on a loopback port.
 
     Args:
@@ -97,8 +98,6 @@ class FakeSGLangServer:
             raise ValueError(f"vocab_size must exceed {_FIRST_TOKEN_ID}, got {vocab_size}")
         self.model_path = model_path
         self.served_model_name = served_model_name or model_path
-        self.host = host
-        self.port = port
         self.seed = seed
         self.vocab_size = vocab_size
         self.context_length = context_length
@@ -118,43 +117,21 @@ class FakeSGLangServer:
         self.child_pids: list[int] = []
         self._dead = False
         self._ready_at = 0.0
-        self._runner: web.AppRunner | None = None
-        self.app = self._build_app()
+        super().__init__(self._build_app(), host=host, port=port)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
         """``http://host:port`` of the running server."""
-        return f"http://{self.host}:{self.port}"
+        return self.root_url
 
     async def start(self) -> None:
         """Listen on `host`:`port` (a free port when 0)."""
         self._ready_at = time.monotonic() + self.startup_delay
-        runner = web.AppRunner(self.app, access_log=logger if self.exit_on_die else None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        """Stop listening and close open connections. Idempotent."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        if self.exit_on_die:
+            self._runner_options["access_log"] = logger
+        await super().start()
 
     def state(self) -> dict[str, Any]:
         """What the server recorded: weight updates, flushes, request counts, model path, ..."""
