@@ -166,7 +166,15 @@ def test_pacore_train_layout_loads(tmp_path: Path, layout: str) -> None:
         ),
         (
             {"conversation": [{"role": "user", "content": "q"}], "ground_truth": "3", "responses": [7]},
-            "responses",
+            "field 'responses': a cached response must be a string or a chat message",
+        ),
+        (
+            {
+                "conversation": [{"role": "user", "content": "q"}],
+                "ground_truth": "3",
+                "responses": [{"content": 5}],
+            },
+            "field 'responses': message content must be a string",
         ),
     ],
 )

@@ -287,7 +287,7 @@ def load_pacore_train(
             raise fail("field 'responses' must be a list of cached responses")
         try:
             texts = [_response_text(r) for r in responses]
-        except TypeError as exc:
+        except (TypeError, UsageError) as exc:
             raise fail(f"field 'responses': {exc}") from exc
         truth = record["ground_truth"]
         tests = parse_tests(truth)

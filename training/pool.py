@@ -298,7 +298,8 @@ async def _from_round(
     problem: TrainProblem, coordinator: Coordinator, config: PoolConfig
 ) -> tuple[PoolEntry | None, Usage, str | None]:
     outcome: RoundResult = await coordinator.run_round(problem.messages, config.size)
-    finished = [outcome.trajectories[i] for i in outcome.order]
+    by_index = {t.index: t for t in outcome.trajectories}
+    finished = [by_index[i] for i in outcome.order]  # reference order
     texts = [(t.message or "", t.finish_reason, t.usage, t) for t in finished]
     failed = sum(1 for t in outcome.trajectories if not t.ok)
     if not texts:
