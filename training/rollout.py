@@ -7,9 +7,12 @@ The PPO trainer sees an engine through two methods of `RolloutEngine`:
   gave every sampled token;
 - ``sync_weights(model)`` loads the actor's current weights into the engine before the next rollout.
 
-`HFRollout` samples in-process with a transformers model, for CPU runs and tests. An engine that talks
-to an inference server (SGLang's native ``/generate`` and weight-update endpoints) implements the same
-two methods.
+An engine may hold resources (a server, an event-loop thread): ``close()`` releases them, and every
+engine is a context manager that closes on exit (a no-op for in-process engines).
+
+`HFRollout` samples in-process with a transformers model, for CPU runs and tests.
+`training.sglang_rollout.SGLangRollout` implements the same methods on an SGLang server (its native
+``/generate`` and weight-update endpoints).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from types import TracebackType
+from typing import Any, Literal, Self
 
 import torch
 from torch import nn
@@ -75,6 +79,20 @@ class RolloutEngine(ABC):
     @abstractmethod
     def sync_weights(self, model: nn.Module) -> None:
         """Load ``model``'s weights (the actor after its update) into the engine."""
+
+    def close(self) -> None:  # noqa: B027 - a no-op default, not an abstract method
+        """Release what the engine holds (a server, connections, threads). Idempotent; nothing here."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class HFRollout(RolloutEngine):

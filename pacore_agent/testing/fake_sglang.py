@@ -76,6 +76,11 @@ class FakeSGLangServer(AppServer):
         die_after_requests: Serve this many ``/generate`` requests, then die on the next one.
         exit_on_die: Dying exits the process (command-line mode); in-process, the connection of the
             fatal request and of every later request is dropped instead.
+
+    Generation honours ``max_new_tokens`` (default 128, as SGLang), ``temperature`` 0 (greedy: every
+    sample the same), ``ignore_eos`` and ``stop_token_ids`` (a sampled stop token ends the sequence and
+    is kept, with ``finish_reason`` ``{"type": "stop", "matched": id}``). In-process, the JSON body of
+    every ``/generate`` request is kept in `generate_bodies`.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class FakeSGLangServer(AppServer):
         self.tensor_updates: list[dict[str, Any]] = []
         self.flush_count = 0
         self.generate_requests = 0
+        self.generate_bodies: list[Any] = []
         self.chat_requests = 0
         self.child_pids: list[int] = []
         self._dead = False
@@ -213,6 +219,7 @@ class FakeSGLangServer(AppServer):
         if self.die_after_requests is not None and self.generate_requests > self.die_after_requests:
             self._die(request)
         body = await _json_body(request)
+        self.generate_bodies.append(body)
         if not isinstance(body, dict):
             return _validation_error("the request body must be a JSON object (GenerateReqInput)")
         text, input_ids = body.get("text"), body.get("input_ids")
@@ -415,6 +422,11 @@ class FakeSGLangServer(AppServer):
         else:
             ids = [rng.randrange(_FIRST_TOKEN_ID, self.vocab_size) for _ in range(max_new_tokens)]
             finish = {"type": "length", "length": max_new_tokens}
+        stop_ids = set(params.get("stop_token_ids") or ()) if not params.get("ignore_eos") else set()
+        end = next((i for i, token in enumerate(ids) if token in stop_ids), None)
+        if end is not None:  # a stop token ends the sequence and is kept, like EOS
+            finish = {"type": "stop", "matched": ids[end]}
+            ids = ids[: end + 1]
         meta: dict[str, Any] = {
             "id": uuid.uuid4().hex,
             "finish_reason": finish,
