@@ -372,3 +372,41 @@ def test_cli_help_lists_the_options() -> None:
     for option in ("--method", "--samples", "--out", "--data", "--base-url", "--model", "--pool-size"):
         assert option in text
     assert "oracle" in text
+
+
+# -- the turnstile that memory.py motivated -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_requests_start_a_few_per_loop_iteration() -> None:
+    """Thousands of requests launched together start a few per event-loop iteration, not all in one
+    (each start costs the client milliseconds of CPU: all in one iteration would stall the loop)."""
+    import anyio
+    import anyio.lowlevel
+
+    from pacore_agent import Coordinator, SimBackend
+    from pacore_agent.backends.base import STARTS_PER_TICK, Completion, DeltaCallback, GenerationRequest
+
+    iteration = 0
+    started: Counter[int] = Counter()
+
+    class Recording(SimBackend):
+        async def generate(
+            self, request: GenerationRequest, *, on_delta: DeltaCallback | None = None
+        ) -> list[Completion]:
+            started[iteration] += 1
+            return await super().generate(request, on_delta=on_delta)
+
+    async def count_iterations() -> None:
+        nonlocal iteration
+        while True:
+            await anyio.lowlevel.checkpoint()  # wakes once per loop iteration
+            iteration += 1
+
+    backend = Recording(SimConfig(think_words=4, record_requests=False), max_concurrency=1000)
+    async with anyio.create_task_group() as group:
+        group.start_soon(count_iterations)
+        round_ = await Coordinator([300], backend).run_round("What is 6*7?", 300)
+        group.cancel_scope.cancel()
+    assert len(round_.messages) == 300 and sum(started.values()) == 300
+    assert max(started.values()) <= STARTS_PER_TICK
