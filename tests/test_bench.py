@@ -204,6 +204,20 @@ async def test_budget_exhaustion_is_a_graded_outcome(aime: list[Problem], tmp_pa
     assert record.correct is False and record.result.calls == 2
 
 
+@pytest.mark.anyio
+async def test_a_usage_error_stops_the_run_instead_of_failing_every_item(
+    aime: list[Problem], tmp_path: Path
+) -> None:
+    from pacore_agent.budget import Budget, Price
+
+    budget = Budget(max_cost=1.0, prices={"another-model": Price(input=1.0, output=1.0)})
+    settings = BenchSettings("aime2025", parse_methods(["single"]), samples=2, budget=budget)
+    async with SimServer(sim_config(aime)) as server, OpenAIBackend(server.base_url) as backend:
+        with pytest.raises(UsageError, match="price"):
+            await run_bench(settings, aime[:3], backend, tmp_path)
+    assert records_of(tmp_path) == [] and read_failures(tmp_path) == []
+
+
 # -- pool evaluation -------------------------------------------------------------------------------
 
 

@@ -142,6 +142,8 @@ class BenchSettings:
             raise UsageError("a method is given twice")
         if self.samples < 1:
             raise UsageError(f"samples must be at least 1, got {self.samples}")
+        if self.order not in ("seeded", "official", "launch"):
+            raise UsageError(f"unknown reference order {self.order!r}: use seeded, official or launch")
         if self.max_in_flight < 1:
             raise UsageError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.pool_size is not None:
@@ -389,6 +391,8 @@ class _Runner:
         self.progress = progress
         self.summary = BenchSummary()
         self.pools: dict[str, Pool] | None = None
+        self._fatal: UsageError | None = None
+        self._scope = anyio.CancelScope()
 
     async def run(self, fingerprint: str, pool_dir: str | os.PathLike[str] | None) -> BenchSummary:
         started = time.perf_counter()
@@ -497,9 +501,12 @@ class _Runner:
                 slots.release()
 
         async with anyio.create_task_group() as group:
+            self._scope = group.cancel_scope
             for function, args in calls:
                 await slots.acquire()
                 group.start_soon(run, function, args)
+        if self._fatal is not None:
+            raise self._fatal
 
     def _key(self, item: _Item) -> RunKey:
         return RunKey(self.settings.benchmark, item.problem.id, item.spec.label, item.sample)
@@ -514,6 +521,10 @@ class _Runner:
             result, grading, error = await self._solve(item)
         except SolveError as exc:
             await self._fail(item, exc, exc.partial)
+            return
+        except UsageError as exc:  # the settings are wrong for every item: stop and say so
+            self._fatal = self._fatal or exc
+            self._scope.cancel()
             return
         except Exception as exc:  # one item's failure must never lose the others
             await self._fail(item, exc, None)
