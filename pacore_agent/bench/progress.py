@@ -41,15 +41,14 @@ class BenchProgress:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
             console=self.console,
             disable=not self.enabled,
         )
         self._tasks: dict[str, TaskID] = {}
-        self._status: TaskID | None = None
 
     def __enter__(self) -> Self:
         self._progress.start()
-        self._status = self._progress.add_task(self._status_text(), total=None)
         return self
 
     def __exit__(
@@ -61,15 +60,17 @@ class BenchProgress:
         return f"tokens {self.tokens:,}  errors {self.errors}"
 
     def _refresh_status(self) -> None:
-        if self._status is not None:
-            self._progress.update(self._status, description=self._status_text())
+        # The counters ride on the first bar (pool parts or items).
+        if self._tasks:
+            self._progress.update(next(iter(self._tasks.values())), note=self._status_text())
 
     def start(self, name: str, total: int, *, completed: int = 0) -> None:
         """Add (or reset) a bar."""
         if name in self._tasks:
             self._progress.update(self._tasks[name], total=total, completed=completed)
         else:
-            self._tasks[name] = self._progress.add_task(name, total=total, completed=completed)
+            note = "" if self._tasks else self._status_text()
+            self._tasks[name] = self._progress.add_task(name, total=total, completed=completed, note=note)
 
     def advance(self, name: str, amount: int = 1) -> None:
         """Advance a bar (ignored when there is no such bar)."""
