@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from pacore_agent.backends.base import Backend, Completion, GenerationRequest, SamplingParams
     from pacore_agent.backends.env import backend_from_env
     from pacore_agent.backends.openai_compat import OpenAIBackend
+    from pacore_agent.backends.replay import RecordingBackend, ReplayBackend
     from pacore_agent.backends.sglang import SGLangBackend, SGLangServer
     from pacore_agent.backends.sim import Faults, Latency, SimBackend, SimConfig
     from pacore_agent.backends.sim_server import SimServer
+    from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
     from pacore_agent.budget import Budget, Price
     from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens
     from pacore_agent.coordinator import Coordinator
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
         BudgetExceeded,
         ConfigurationError,
         PacoreError,
+        ReplayMissError,
         RoundFailedError,
         SolveError,
         UsageError,
@@ -61,6 +64,7 @@ _LAZY: dict[str, str] = {
     "Completion": "pacore_agent.backends.base",
     "ConfigurationError": "pacore_agent.exceptions",
     "Coordinator": "pacore_agent.coordinator",
+    "DEFAULT_LOCAL_MODEL": "pacore_agent.backends.transformers",
     "Done": "pacore_agent.results",
     "Event": "pacore_agent.results",
     "Faults": "pacore_agent.backends.sim",
@@ -71,6 +75,9 @@ _LAZY: dict[str, str] = {
     "PacoreError": "pacore_agent.exceptions",
     "PacoreServer": "pacore_agent.server",
     "Price": "pacore_agent.budget",
+    "RecordingBackend": "pacore_agent.backends.replay",
+    "ReplayBackend": "pacore_agent.backends.replay",
+    "ReplayMissError": "pacore_agent.exceptions",
     "RetryPolicy": "pacore_agent.retry",
     "RoundFailedError": "pacore_agent.exceptions",
     "RoundFinished": "pacore_agent.results",
@@ -91,6 +98,7 @@ _LAZY: dict[str, str] = {
     "TokenDelta": "pacore_agent.results",
     "Trajectory": "pacore_agent.results",
     "TrajectoryFinished": "pacore_agent.results",
+    "TransformersBackend": "pacore_agent.backends.transformers",
     "Usage": "pacore_agent.results",
     "UsageError": "pacore_agent.exceptions",
     "backend_from_env": "pacore_agent.backends.env",
@@ -102,6 +110,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "DEFAULT_LOCAL_MODEL",
     "Backend",
     "BackendError",
     "BestOfN",
@@ -120,6 +129,9 @@ __all__ = [
     "PacoreError",
     "PacoreServer",
     "Price",
+    "RecordingBackend",
+    "ReplayBackend",
+    "ReplayMissError",
     "RetryPolicy",
     "RoundFailedError",
     "RoundFinished",
@@ -140,6 +152,7 @@ __all__ = [
     "TokenDelta",
     "Trajectory",
     "TrajectoryFinished",
+    "TransformersBackend",
     "Usage",
     "UsageError",
     "backend_from_env",

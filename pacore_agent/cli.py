@@ -1,6 +1,7 @@
 """The ``pacore`` command line.
 
-- ``pacore solve PROBLEM``: solve one problem with PaCoRe and print the answer, rounds and tokens.
+- ``pacore solve PROBLEM``: solve one problem with PaCoRe and print the answer, rounds and tokens, on an
+  OpenAI-compatible endpoint, an in-process Hugging Face model, or the simulated model (``--backend``).
 - ``pacore models``: what an endpoint serves.
 - ``pacore sim-server``: the SIMULATED reasoning endpoint, for demos and tests.
 - ``pacore serve``: an OpenAI-compatible server answering with PaCoRe over an upstream endpoint.
@@ -15,16 +16,22 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from pacore_agent.backends.base import Backend, SamplingParams
-from pacore_agent.exceptions import PacoreError, SolveError
-from pacore_agent.results import SolveResult
+from pacore_agent.backends.base import DEFAULT_MAX_CONCURRENCY, Backend, SamplingParams
+from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
+from pacore_agent.budget import Budget, Price
+from pacore_agent.exceptions import PacoreError, SolveError, UsageError
+from pacore_agent.results import Done, SolveResult, TokenDelta, TrajectoryFinished
+from pacore_agent.schedule import Schedule
+
+if TYPE_CHECKING:
+    from pacore_agent.coordinator import Coordinator
 
 __all__ = ["app", "main"]
 
@@ -45,10 +52,6 @@ BaseUrl = Annotated[
         help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:30000/v1 (default: PACORE_BASE_URL / OPENAI_BASE_URL).",
     ),
 ]
-Model = Annotated[
-    str | None,
-    typer.Option("--model", help="Model id (default: PACORE_MODEL, else the endpoint's only model)."),
-]
 ApiKeyEnv = Annotated[
     str | None,
     typer.Option(
@@ -56,6 +59,13 @@ ApiKeyEnv = Annotated[
         help="Name of the environment variable holding the API key (default: PACORE_API_KEY, then OPENAI_API_KEY).",
     ),
 ]
+
+
+BackendKind = Literal["openai", "transformers", "sim"]
+LOCAL_BATCH = 8
+"""Trajectories per batched ``generate`` of the transformers backend (a round of 4 is one call)."""
+
+_ENDPOINT_VARIABLES = ("PACORE_BASE_URL", "OPENAI_BASE_URL", "PACORE_API_KEY", "OPENAI_API_KEY")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -85,6 +95,13 @@ def make_backend(base_url: str | None, model: str | None, api_key_env: str | Non
     if api_key_env and os.environ.get(api_key_env):
         environ["PACORE_API_KEY"] = os.environ[api_key_env]
     return backend_from_env(environ, **options)
+
+
+def endpoint_configured(base_url: str | None, api_key_env: str | None) -> bool:
+    """Whether an OpenAI-compatible endpoint is configured: ``--base-url``, or one in the environment."""
+    if base_url or (api_key_env and os.environ.get(api_key_env)):
+        return True
+    return any(os.environ.get(name) for name in _ENDPOINT_VARIABLES)
 
 
 def _print_result(result: SolveResult) -> None:
@@ -118,8 +135,30 @@ def _print_result(result: SolveResult) -> None:
 @app.command()
 def solve(
     problem: Annotated[str, typer.Argument(help="The problem text, or - to read it from stdin.")],
+    backend_kind: Annotated[
+        BackendKind | None,
+        typer.Option(
+            "--backend",
+            help=(
+                "openai: an OpenAI-compatible endpoint (the default when one is configured with --base-url "
+                "or PACORE_BASE_URL / OPENAI_BASE_URL / an API key variable). transformers: a Hugging Face "
+                f"model in this process (the default otherwise: --model, else {DEFAULT_LOCAL_MODEL}, about "
+                "1.5 GB downloaded from the Hugging Face Hub on first use). sim: the SIMULATED reasoning "
+                "model, a test double."
+            ),
+        ),
+    ] = None,
     base_url: BaseUrl = None,
-    model: Model = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help=(
+                "openai: the model id (default: PACORE_MODEL, else the endpoint's only model). transformers: "
+                f"a hub model id or a local folder (default: {DEFAULT_LOCAL_MODEL})."
+            ),
+        ),
+    ] = None,
     api_key_env: ApiKeyEnv = None,
     schedule: Annotated[
         str,
@@ -138,26 +177,95 @@ def solve(
         int, typer.Option(help="Seed of the reference order (and of request seeds with --sampling-seed).")
     ] = 0,
     max_tokens: Annotated[
-        int | None, typer.Option(help="Cap on tokens per trajectory (default: the server's).")
+        int | None,
+        typer.Option(help="Cap on tokens per trajectory (default: the server's; 4096 with transformers)."),
     ] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight at once against the endpoint.")] = 64,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Requests in flight at once (default: {DEFAULT_MAX_CONCURRENCY}; 2 with transformers)."
+        ),
+    ] = None,
     order: Annotated[str, typer.Option(help="Reference order: seeded, official or launch.")] = "seeded",
+    stream: Annotated[
+        bool, typer.Option("--stream", help="Show rounds, trajectories and the final round's tokens live.")
+    ] = False,
+    min_success: Annotated[
+        float | None,
+        typer.Option(
+            help="Start the next round once this share (0.75) or count (24) of a round has finished."
+        ),
+    ] = None,
+    round_timeout: Annotated[
+        float | None, typer.Option(help="Seconds after which a round goes on with what finished.")
+    ] = None,
+    hedge: Annotated[
+        float,
+        typer.Option(help="Extra trajectories per round, a share (0.25) or a count; the first K are kept."),
+    ] = 0,
+    budget_calls: Annotated[int | None, typer.Option(help="Budget: at most this many requests.")] = None,
+    budget_tokens: Annotated[
+        int | None, typer.Option(help="Budget: at most this many tokens in total.")
+    ] = None,
+    budget_seconds: Annotated[float | None, typer.Option(help="Budget: at most this many seconds.")] = None,
+    budget_cost: Annotated[
+        float | None, typer.Option(help="Budget: at most this cost (needs --price).")
+    ] = None,
+    price: Annotated[
+        str | None,
+        typer.Option(
+            help="Price of the model per million tokens as INPUT,OUTPUT (e.g. 0.2,0.8), for --budget-cost."
+        ),
+    ] = None,
+    on_budget: Annotated[
+        str,
+        typer.Option(
+            help="When a budget runs out: raise (exit 1, partial trace kept) or synthesize an answer."
+        ),
+    ] = "raise",
 ) -> None:
     """Solve one problem with PaCoRe and print the answer, the rounds and the token totals."""
     from pacore_agent.coordinator import Coordinator
 
     text = sys.stdin.read() if problem == "-" else problem
+    if backend_kind is None:
+        backend_kind = "openai" if endpoint_configured(base_url, api_key_env) else "transformers"
+    n_per_request = 1
     try:
-        backend = make_backend(base_url, model, api_key_env, max_concurrency=concurrency)
+        if backend_kind == "openai":
+            backend = make_backend(
+                base_url, model, api_key_env, max_concurrency=concurrency or DEFAULT_MAX_CONCURRENCY
+            )
+        else:
+            backend = make_local_backend(backend_kind, model, seed=seed, concurrency=concurrency)
+            # One batched generate per round (up to LOCAL_BATCH trajectories) rather than one per trajectory.
+            n_per_request = min(max(Schedule.parse(schedule).widths), LOCAL_BATCH)
         sampling = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-        coordinator = Coordinator(schedule, backend, sampling=sampling, seed=seed, order=order)  # type: ignore[arg-type]
+        budget = _budget(backend, budget_calls, budget_tokens, budget_seconds, budget_cost, price, on_budget)
+        coordinator = Coordinator(
+            schedule,
+            backend,
+            sampling=sampling,
+            seed=seed,
+            order=order,  # type: ignore[arg-type]
+            n_per_request=n_per_request,
+            min_success=_count_or_share(min_success),
+            round_timeout=round_timeout,
+            hedge=_count_or_share(hedge) or 0,
+            budget=budget,
+        )
     except PacoreError as error:
         raise _fail(str(error)) from None
 
     async def run() -> SolveResult:
         async with backend:
+            if isinstance(backend, TransformersBackend) and not backend.loaded:
+                err.print(f"loading {backend.source} with transformers...", highlight=False)
+                await backend.load()
+            if stream:
+                return await _solve_live(coordinator, text)
             return await coordinator.solve(text)
 
     try:
@@ -174,6 +282,107 @@ def solve(
         sys.stdout.write(result.model_dump_json() + "\n")
     else:
         _print_result(result)
+
+
+def _count_or_share(value: float | None) -> int | float | None:
+    """``0.75`` stays a share; ``24.0`` (typer parses floats) becomes the count ``24``."""
+    if value is None or value < 1 or value != int(value):
+        return value
+    return int(value)
+
+
+def _budget(
+    backend: Backend,
+    calls: int | None,
+    tokens: int | None,
+    seconds: float | None,
+    cost: float | None,
+    price: str | None,
+    on_budget: str,
+) -> Budget | None:
+    if calls is None and tokens is None and seconds is None and cost is None:
+        return None
+    prices: dict[str, Price] = {}
+    if price is not None:
+        try:
+            input_price, output_price = (float(part) for part in price.split(","))
+        except ValueError:
+            raise UsageError(
+                f"--price must be INPUT,OUTPUT per million tokens, e.g. 0.2,0.8; got {price!r}"
+            ) from None
+        prices[getattr(backend, "model", None) or backend.name] = Price(
+            input=input_price, output=output_price
+        )
+    return Budget(
+        max_calls=calls,
+        max_tokens=tokens,
+        max_wall_s=seconds,
+        max_cost=cost,
+        prices=prices,
+        on_exceeded=on_budget,  # type: ignore[arg-type]
+    )
+
+
+async def _solve_live(coordinator: Coordinator, problem: str) -> SolveResult:
+    """Solve while a live panel shows every round's progress and the final round's tokens."""
+    from rich.live import Live
+    from rich.panel import Panel
+
+    widths = coordinator.rounds
+    done: dict[int, dict[str, int]] = {}
+    tokens: dict[int, int] = {}
+    tail = ""
+
+    def render() -> Table:
+        table = Table(title=f"{coordinator.method} (live)", title_justify="left")
+        for column in ("round", "width", "ok", "failed", "cancelled", "completion tokens"):
+            table.add_column(column, justify="right")
+        for index, width in enumerate(widths):
+            counts = done.get(index, {})
+            table.add_row(
+                str(index),
+                str(width),
+                str(counts.get("ok", 0)),
+                str(counts.get("failed", 0)),
+                str(counts.get("cancelled", 0)),
+                f"{tokens.get(index, 0):,}",
+            )
+        if tail:
+            table.caption = tail[-300:].replace("\n", " ")
+        return table
+
+    result: SolveResult | None = None
+    with Live(render(), console=err, refresh_per_second=8, transient=False) as live:
+        async for event in coordinator.stream(problem):
+            if isinstance(event, TrajectoryFinished):
+                trajectory = event.trajectory
+                counts = done.setdefault(trajectory.round, {})
+                counts[trajectory.status] = counts.get(trajectory.status, 0) + 1
+                tokens[trajectory.round] = (
+                    tokens.get(trajectory.round, 0) + trajectory.usage.completion_tokens
+                )
+            elif isinstance(event, TokenDelta):
+                tail += event.text
+            elif isinstance(event, Done):
+                result = event.result
+            live.update(render())
+    if result is None:  # pragma: no cover - stream always ends with Done or raises
+        raise RuntimeError("the solve ended without a result")
+    err.print(Panel.fit("done", style="green"))
+    return result
+
+
+def make_local_backend(
+    kind: Literal["transformers", "sim"], model: str | None, *, seed: int = 0, concurrency: int | None = None
+) -> Backend:
+    """The in-process backend of ``--backend transformers`` or ``--backend sim``."""
+    options: dict[str, Any] = {} if concurrency is None else {"max_concurrency": concurrency}
+    if kind == "sim":
+        from pacore_agent.backends.sim import SIM_LABEL, SIM_MODEL, SimBackend, SimConfig
+
+        err.print(f"backend: SIMULATED model {SIM_LABEL}", highlight=False)
+        return SimBackend(SimConfig(model=model or SIM_MODEL, seed=seed), **options)
+    return TransformersBackend(model or DEFAULT_LOCAL_MODEL, **options)
 
 
 @app.command()
@@ -421,7 +630,10 @@ def bench(
         Path | None, typer.Option("--data", help="JSONL file with id, problem, answer (and tests for code).")
     ] = None,
     base_url: BaseUrl = None,
-    model: Model = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Model id (default: PACORE_MODEL, else the endpoint's only model)."),
+    ] = None,
     api_key_env: ApiKeyEnv = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once against the endpoint.")] = 64,
     max_in_flight: Annotated[
@@ -574,7 +786,7 @@ def _report_console() -> Console:
 @app.command("report")
 def report(
     directories: Annotated[
-        list[Path], typer.Argument(help="One or more run directories of `pacore bench`.", metavar="DIR...")
+        list[Path], typer.Argument(help="One or more run directories of `pacore bench`.", metavar="DIR")
     ],
     csv_path: Annotated[
         Path | None,

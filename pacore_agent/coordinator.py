@@ -13,7 +13,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -317,10 +318,9 @@ class Coordinator:
                 requests anyway).
             budget: Limits shared by the whole batch (each solve also keeps the coordinator's own).
         """
-        results: list[SolveResult | SolveError | None] = [None] * len(problems)
-        async for index, result in self.solve_iter(problems, max_in_flight=max_in_flight, budget=budget):
-            results[index] = result
-        return [r for r in results if r is not None]
+        return await collect(
+            self.solve_iter(problems, max_in_flight=max_in_flight, budget=budget), len(problems)
+        )
 
     async def solve_iter(
         self,
@@ -331,30 +331,15 @@ class Coordinator:
     ) -> AsyncIterator[tuple[int, SolveResult | SolveError]]:
         """Like `solve_many`, yielding ``(index, result)`` as each problem finishes."""
         conversations = [normalize_problem(p) for p in problems]  # bad input fails before any request
-        if max_in_flight is not None and max_in_flight < 1:
-            raise UsageError(f"max_in_flight must be at least 1, got {max_in_flight}")
         if budget is not None:
             budget.check_models([getattr(b, "model", b.name) for b in self.backends])
         batch = BudgetTracker(budget, self.clock) if budget is not None else None
-        gate = anyio.CapacityLimiter(max_in_flight or max(len(conversations), 1))
-        send, receive = anyio.create_memory_object_stream[tuple[int, SolveResult | SolveError]](math.inf)
 
-        async def one(index: int, messages: Messages) -> None:
-            async with gate:
-                try:
-                    result: SolveResult | SolveError = await self._solve(messages, emit=None, batch=batch)
-                except SolveError as error:
-                    result = error
-            await send.send((index, result))
+        async def solve(messages: Messages) -> SolveResult:
+            return await self._solve(messages, emit=None, batch=batch)
 
-        async with anyio.create_task_group() as group, send:
-            for index, messages in enumerate(conversations):
-                group.start_soon(one, index, messages)
-            async with receive:
-                remaining = len(conversations)
-                while remaining:
-                    yield await receive.receive()
-                    remaining -= 1
+        async for item in solve_each(solve, conversations, max_in_flight):
+            yield item
 
     async def aclose(self) -> None:
         """Close the backend if the coordinator created it."""
@@ -513,7 +498,7 @@ class Coordinator:
             (first, min(self.n_per_request, launched - first))
             for first in range(0, launched, self.n_per_request)
         ]
-        with anyio.move_on_after(min(limits) if limits else None) as deadline:
+        with _lone_error(), anyio.move_on_after(min(limits) if limits else None) as deadline:
             async with anyio.create_task_group() as group:
                 for call_index, (first, count) in enumerate(groups):
                     if tracker is not None and not tracker.start_call():
@@ -693,6 +678,61 @@ def _failure_message(outcome: RoundResult, *, final: bool) -> str:
     which = "the final round" if final else f"round {outcome.index}"
     detail = f"; first error: {errors[0]}" if errors else " (no trajectory returned content)"
     return f"every trajectory of {which} failed ({len(outcome.trajectories)} launched){detail}"
+
+
+async def solve_each(
+    solve: Callable[[Messages], Awaitable[SolveResult]],
+    conversations: Sequence[Messages],
+    max_in_flight: int | None = None,
+) -> AsyncIterator[tuple[int, SolveResult | SolveError]]:
+    """Run ``solve`` on every conversation concurrently, yielding ``(index, result)`` as each finishes.
+
+    A failed solve yields its `SolveError` (with ``.partial``); the others are unaffected.
+    """
+    if max_in_flight is not None and max_in_flight < 1:
+        raise UsageError(f"max_in_flight must be at least 1, got {max_in_flight}")
+    gate = anyio.CapacityLimiter(max_in_flight or max(len(conversations), 1))
+    send, receive = anyio.create_memory_object_stream[tuple[int, SolveResult | SolveError]](math.inf)
+
+    async def one(index: int, messages: Messages) -> None:
+        async with gate:
+            try:
+                result: SolveResult | SolveError = await solve(messages)
+            except SolveError as error:
+                result = error
+        await send.send((index, result))
+
+    async with anyio.create_task_group() as group, send:
+        for index, messages in enumerate(conversations):
+            group.start_soon(one, index, messages)
+        async with receive:
+            for _ in conversations:
+                yield await receive.receive()
+
+
+async def collect(
+    results: AsyncIterator[tuple[int, SolveResult | SolveError]], count: int
+) -> list[SolveResult | SolveError]:
+    """The results of `solve_each` in problem order."""
+    ordered: list[SolveResult | SolveError | None] = [None] * count
+    async for index, result in results:
+        ordered[index] = result
+    return [r for r in ordered if r is not None]
+
+
+@contextmanager
+def _lone_error() -> Iterator[None]:
+    """Re-raise pacore errors of a task group as the first of them, by its own class.
+
+    A replay miss or a model that will not load then reaches callers by its class, not inside a group.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        # Concurrent calls tend to fail alike (every request misses the replay file): the first says it.
+        if all(isinstance(error, PacoreError) for error in group.exceptions):
+            raise group.exceptions[0] from None
+        raise
 
 
 def _per_round(value: Any, rounds: int, name: str, kind: type) -> list[Any]:

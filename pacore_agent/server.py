@@ -27,12 +27,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 from aiohttp import web
 
+from pacore_agent._serving import AppServer
 from pacore_agent.backends.base import Backend, SamplingParams
 from pacore_agent.coordinator import Coordinator
 from pacore_agent.exceptions import (
@@ -327,7 +327,7 @@ class _Chunks:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class PacoreServer:
+class PacoreServer(AppServer):
     """An OpenAI-compatible HTTP server answering with PaCoRe over one upstream backend.
 
     Example::
@@ -386,8 +386,6 @@ class PacoreServer:
                 f"coordinator_options must not set {', '.join(sorted(reserved))}: the server does"
             )
         self.backend = backend
-        self.host = host
-        self.port = port
         self.max_request_bytes = max_request_bytes
         self.max_trajectories = max_trajectories
         self.sampling = sampling or SamplingParams()
@@ -395,11 +393,13 @@ class PacoreServer:
         self.coordinator_options = options
         self.heartbeat_s = heartbeat_s
         self._api_key = api_key
-        self._runner: web.AppRunner | None = None
-        self.app = web.Application(client_max_size=max_request_bytes, middlewares=[self._middleware])
-        self.app.router.add_post("/v1/chat/completions", self._chat)
-        self.app.router.add_get("/v1/models", self._models)
-        self.app.router.add_get("/health", self._health)
+        app = web.Application(client_max_size=max_request_bytes, middlewares=[self._middleware])
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        # handler_cancellation: a client that disconnects cancels its solve and the upstream requests.
+        options = {"handler_cancellation": True, "shutdown_timeout": _SHUTDOWN_TIMEOUT}
+        super().__init__(app, host=host, port=port, runner_options=options)
 
     def __repr__(self) -> str:
         auth = "on" if self._api_key else "off"
@@ -408,45 +408,12 @@ class PacoreServer:
     @property
     def base_url(self) -> str:
         """``http://host:port/v1``, for OpenAI clients."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
+        return f"{self.root_url}/v1"
 
     @property
     def models(self) -> list[str]:
         """The model names listed by ``/v1/models``: one per preset."""
         return list(PRESET_MODELS)
-
-    async def start(self) -> None:
-        """Bind and start serving."""
-        # handler_cancellation: a client that disconnects cancels its solve and the upstream requests.
-        runner = web.AppRunner(
-            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        if runner.addresses:
-            self.port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        """Stop serving; solves still running after a short grace period are cancelled."""
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # -- plumbing ----------------------------------------------------------------------------------
 

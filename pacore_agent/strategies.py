@@ -15,19 +15,16 @@ Sequential refinement needs no class: ``Coordinator(schedule=[1, 1, 1])``.
 from __future__ import annotations
 
 import inspect
-import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import anyio
-
 from pacore_agent.answers import agrade, avote, extract_answer
 from pacore_agent.backends.base import Backend, GenerationRequest, SamplingParams
 from pacore_agent.budget import Budget
 from pacore_agent.compactors import final_conclusion
-from pacore_agent.coordinator import Coordinator, Problem
+from pacore_agent.coordinator import Coordinator, Problem, collect, solve_each
 from pacore_agent.exceptions import RoundFailedError, SolveError, UsageError
 from pacore_agent.prompts import Messages, message_text, normalize_problem
 from pacore_agent.results import SolveResult, Trajectory
@@ -123,33 +120,15 @@ class _Sampling:
         self, problems: Sequence[Problem], *, max_in_flight: int | None = None
     ) -> list[SolveResult | SolveError]:
         """Solve many problems concurrently; a failed problem gets its `SolveError` in its slot."""
-        results: list[SolveResult | SolveError | None] = [None] * len(problems)
-        async for index, result in self.solve_iter(problems, max_in_flight=max_in_flight):
-            results[index] = result
-        return [r for r in results if r is not None]
+        return await collect(self.solve_iter(problems, max_in_flight=max_in_flight), len(problems))
 
     async def solve_iter(
         self, problems: Sequence[Problem], *, max_in_flight: int | None = None
     ) -> AsyncIterator[tuple[int, SolveResult | SolveError]]:
         """Like `solve_many`, yielding ``(index, result)`` as each problem finishes."""
         conversations = [normalize_problem(p) for p in problems]
-        gate = anyio.CapacityLimiter(max_in_flight or max(len(conversations), 1))
-        send, receive = anyio.create_memory_object_stream[tuple[int, SolveResult | SolveError]](math.inf)
-
-        async def one(index: int, messages: Messages) -> None:
-            async with gate:
-                try:
-                    result: SolveResult | SolveError = await self.solve(messages)
-                except SolveError as error:
-                    result = error
-            await send.send((index, result))
-
-        async with anyio.create_task_group() as group, send:
-            for index, messages in enumerate(conversations):
-                group.start_soon(one, index, messages)
-            async with receive:
-                for _ in conversations:
-                    yield await receive.receive()
+        async for item in solve_each(self.solve, conversations, max_in_flight):
+            yield item
 
     async def aclose(self) -> None:
         """Close the backend if it was built from the environment."""

@@ -102,7 +102,8 @@ def test_models_lists_the_simulated_model(sim_url: str) -> None:
     [
         (["solve", "--base-url", "http://127.0.0.1:9/v1", "--schedule", "huge", "x"], "unknown schedule"),
         (["solve", "--base-url", "http://127.0.0.1:9/v1", ""], "problem is empty"),
-        (["solve", "x"], "PACORE_BASE_URL"),
+        (["solve", "--model", "/nonexistent/model", "x"], "cannot load the model"),
+        (["solve", "--model", "/nonexistent/model", "x"], "PACORE_BASE_URL"),
     ],
 )
 def test_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
@@ -129,3 +130,40 @@ def test_help_is_useful() -> None:
         assert done.returncode == 0
         assert "--" in done.stdout
     assert "--schedule" in run("solve", "--help").stdout
+
+
+def test_solve_stream_shows_live_progress(sim_url: str) -> None:
+    done = run(
+        "solve", "--base-url", sim_url, "-s", "6,2", "--stream", "--min-success", "0.5", "What is 6*7?"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "(live)" in done.stderr  # the live panel goes to stderr
+    assert "\\boxed{" in done.stdout
+
+
+def test_solve_budget_options(sim_url: str, tmp_path: Path) -> None:
+    trace = tmp_path / "partial.json"
+    stopped = run(
+        "solve", "--base-url", sim_url, "-s", "8,2", "--budget-calls", "5", "--trace", str(trace), "x"
+    )
+    assert stopped.returncode == 1
+    assert "calls budget" in " ".join(stopped.stderr.split())
+    assert SolveResult.model_validate_json(trace.read_text()).calls == 5
+    synthesized = run(
+        "solve",
+        "--base-url",
+        sim_url,
+        "-s",
+        "8,2",
+        "--budget-calls",
+        "5",
+        "--on-budget",
+        "synthesize",
+        "--json",
+        "x",
+    )
+    assert synthesized.returncode == 0, synthesized.stderr
+    result = SolveResult.model_validate_json(synthesized.stdout)
+    assert [len(r.trajectories) for r in result.rounds] == [5, 1]
+    bad = run("solve", "--base-url", sim_url, "--budget-cost", "1", "--price", "cheap", "x")
+    assert bad.returncode == 2 and "--price must be" in bad.stderr

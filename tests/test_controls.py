@@ -35,6 +35,12 @@ def heavy_tailed(seed: int, **options: object) -> SimConfig:
     return SimConfig(seed=seed, latency=STRAGGLERS, synthesis_latency=Latency(), **options)  # type: ignore[arg-type]
 
 
+def all_answered_or_cut(server: SimServer) -> bool:
+    """Every request that reached the server was answered or cancelled there: none is left running."""
+    engine = server.engine
+    return engine.in_flight == 0 and engine.served + engine.disconnects == len(engine.requests)
+
+
 @asynccontextmanager
 async def served(config: SimConfig, **options: object) -> AsyncIterator[tuple[SimServer, OpenAIBackend]]:
     async with SimServer(config) as server, OpenAIBackend(server.base_url, **options) as backend:  # type: ignore[arg-type]
@@ -66,7 +72,7 @@ async def test_round_deadline_cuts_a_stalled_round() -> None:
         assert first.stop_reason == "deadline"
         cancelled = _statuses(result, 0).count("cancelled")
         assert cancelled >= 1 and _statuses(result, 0).count("ok") == 8 - cancelled
-        await wait_until(lambda: server.engine.disconnects >= cancelled)
+        await wait_until(lambda: all_answered_or_cut(server))
     assert result.answer is not None
 
 
@@ -79,7 +85,7 @@ async def test_hedging_keeps_the_first_k_and_cancels_the_rest() -> None:
         assert all(first.trajectories[i].ok for i in first.order)
         cancelled = _statuses(result, 0).count("cancelled")
         assert cancelled >= 1
-        await wait_until(lambda: server.engine.disconnects >= cancelled)
+        await wait_until(lambda: all_answered_or_cut(server))
 
 
 async def test_cancelled_trajectories_keep_partial_output() -> None:
@@ -137,10 +143,13 @@ async def test_cost_budget_uses_the_price_table() -> None:
 async def test_wall_time_budget_cuts_a_stalled_run() -> None:
     async with served(SimConfig(seed=1, latency=Latency(stall_probability=1.0))) as (server, backend):
         with pytest.raises(BudgetExceeded) as caught:
-            await Coordinator([4], backend, budget=Budget(max_wall_s=0.2)).solve(PROBLEM)
+            await Coordinator([4], backend, budget=Budget(max_wall_s=0.5)).solve(PROBLEM)
         assert caught.value.budget == "wall_time"
         assert _statuses(caught.value.partial, 0) == ["cancelled"] * 4
-        await wait_until(lambda: server.engine.disconnects == 4)
+        # Every request that reached the server was cancelled there (on a loaded machine some may not
+        # have arrived before the budget ran out).
+        assert server.engine.requests
+        await wait_until(lambda: server.engine.disconnects == len(server.engine.requests))
 
 
 async def test_synthesize_mode_answers_from_what_exists() -> None:

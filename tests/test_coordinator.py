@@ -376,3 +376,10 @@ async def test_solve_many_keeps_finished_work_when_one_fails() -> None:
         results = await coordinator.solve_many([f"{PROBLEM} #{i}" for i in range(3)], max_in_flight=1)
     assert isinstance(results[0], RoundFailedError)
     assert all(isinstance(r, SolveResult) and r.answer for r in results[1:])
+
+
+async def test_hosted_endpoint_without_a_key_is_refused_at_construction() -> None:
+    with pytest.raises(ConfigurationError, match="API key missing for the hosted endpoint"):
+        OpenAIBackend("https://api.example.com/v1", "m")
+    local = OpenAIBackend("http://127.0.0.1:1/v1", "m")  # local servers need no key
+    assert "EMPTY" not in repr(local)

@@ -9,13 +9,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlparse
 
-from pacore_agent.backends.openai_compat import OpenAIBackend
+from pacore_agent.backends.openai_compat import OpenAIBackend, is_local_url
 from pacore_agent.exceptions import ConfigurationError
 
 __all__ = ["OPENAI_BASE_URL", "backend_from_env", "is_local_url"]
@@ -27,18 +25,6 @@ _NO_ENDPOINT = (
     "server) and optionally PACORE_MODEL, or set OPENAI_API_KEY (and PACORE_MODEL) for api.openai.com; "
     "or pass backend=... explicitly"
 )
-
-
-def is_local_url(url: str) -> bool:
-    """Whether ``url`` points at this machine or a private network (no API key needed)."""
-    host = urlparse(url).hostname or ""
-    if host in ("localhost", "") or host.endswith((".local", ".internal", ".localhost")) or "." not in host:
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_private or address.is_link_local
 
 
 def backend_from_env(environ: Mapping[str, str] | None = None, **options: Any) -> OpenAIBackend:

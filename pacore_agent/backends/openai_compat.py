@@ -8,9 +8,12 @@ into `pacore_agent.exceptions` at this boundary.
 from __future__ import annotations
 
 import email.utils
+import ipaddress
+import os
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import anyio
 import openai
@@ -36,12 +39,24 @@ from pacore_agent.exceptions import (
 )
 from pacore_agent.results import Usage
 
-__all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "translate_error"]
+__all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "is_local_url", "translate_error"]
 
 DEFAULT_TIMEOUT = 7200.0
 """Seconds a request may take; long reasoning without streaming needs hours (as the official pipeline)."""
 
 _BODY_EXCERPT = 500
+
+
+def is_local_url(url: str) -> bool:
+    """Whether ``url`` points at this machine or a private network (no API key needed)."""
+    host = urlparse(url).hostname or ""
+    if host in ("localhost", "") or host.endswith((".local", ".internal", ".localhost")) or "." not in host:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
 
 
 def _excerpt(body: object) -> str | None:
@@ -147,7 +162,8 @@ class OpenAIBackend(Backend):
     Args:
         base_url: The endpoint's base URL, e.g. ``http://127.0.0.1:30000/v1``.
         model: Model id; when ``None``, the endpoint's only model (from ``/v1/models``) is used.
-        api_key: The key; never logged or shown in reprs. Local servers accept any value.
+        api_key: The key; never logged or shown in reprs. Default: ``PACORE_API_KEY``, then
+            ``OPENAI_API_KEY``; required for hosted endpoints, optional for local servers.
         max_concurrency: Requests in flight at once against this endpoint.
         stream: Stream responses (collected before returning): long generations then never hit a
             read timeout, and callers can watch tokens arrive.
@@ -185,7 +201,13 @@ class OpenAIBackend(Backend):
         self.timeout = timeout
         self.extra_body = dict(extra_body or {})
         self.supports_n = supports_n
-        self._api_key = api_key or "EMPTY"
+        api_key = api_key or os.environ.get("PACORE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        if not api_key and not is_local_url(self.base_url):
+            raise ConfigurationError(
+                f"API key missing for the hosted endpoint {self.base_url}: pass api_key=... or set PACORE_API_KEY "
+                "(or OPENAI_API_KEY)"
+            )
+        self._api_key = api_key or "EMPTY"  # local servers accept any key
         self._extra_headers = dict(extra_headers or {})
         self._http_client_kind = http_client
         self._client: openai.AsyncOpenAI | None = None

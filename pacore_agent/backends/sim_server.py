@@ -13,11 +13,11 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
+from pacore_agent._serving import AppServer
 from pacore_agent.backends.sim import SIM_LABEL, SimChoice, SimConfig, SimEngine, SimFault, SimReply
 
 __all__ = ["SimServer"]
@@ -56,7 +56,7 @@ def _pieces(text: str) -> list[str]:
     ]
 
 
-class SimServer:
+class SimServer(AppServer):
     """The simulated model served over HTTP, as an async context manager.
 
     Example::
@@ -82,46 +82,19 @@ class SimServer:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.engine = config if isinstance(config, SimEngine) else SimEngine(config)
-        self.host = host
-        self.port = port
         self._api_key = api_key
         self._sleep = sleep
-        self._runner: web.AppRunner | None = None
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
-        self.app.router.add_post("/v1/chat/completions", self._chat)
-        self.app.router.add_get("/v1/models", self._models)
-        self.app.router.add_get("/health", self._health)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        # handler_cancellation: a client disconnect cancels its handler, as real servers abort the request.
+        super().__init__(app, host=host, port=port, runner_options={"handler_cancellation": True})
 
     @property
     def base_url(self) -> str:
         """``http://host:port/v1``, for OpenAI clients."""
-        return f"http://{self.host}:{self.port}/v1"
-
-    async def start(self) -> None:
-        """Bind and start serving."""
-        # handler_cancellation: a client disconnect cancels its handler, as real servers abort the request.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        sockets = self._runner.addresses
-        if sockets:
-            self.port = int(sockets[0][1])
-
-    async def stop(self) -> None:
-        """Stop serving and close connections."""
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+        return f"{self.root_url}/v1"
 
     async def serve_forever(self) -> None:
         """Serve until cancelled (``pacore sim-server``)."""

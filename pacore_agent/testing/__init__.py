@@ -1,4 +1,4 @@
-"""Test doubles that ship with the package: fake servers for tests and offline demos.
+"""Test doubles and helpers that ship with the package: fake servers, tiny offline models.
 
 They are labelled as test doubles in everything they return; nothing here is a model.
 """

@@ -39,10 +39,11 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, NoReturn, Self
+from typing import Any, NoReturn
 
 from aiohttp import web
+
+from pacore_agent._serving import AppServer
 
 __all__ = ["DIE_EXIT_CODE", "FakeSGLangServer", "main"]
 
@@ -58,7 +59,7 @@ _FIRST_TOKEN_ID = 3
 _LABEL = "fake SGLang server (a test double, not SGLang)"
 
 
-class FakeSGLangServer:
+class FakeSGLangServer(AppServer):
     """SGLang's HTTP API with deterministic fake generations, on a loopback port.
 
     Args:
@@ -75,6 +76,11 @@ class FakeSGLangServer:
         die_after_requests: Serve this many ``/generate`` requests, then die on the next one.
         exit_on_die: Dying exits the process (command-line mode); in-process, the connection of the
             fatal request and of every later request is dropped instead.
+
+    Generation honours ``max_new_tokens`` (default 128, as SGLang), ``temperature`` 0 (greedy: every
+    sample the same), ``ignore_eos`` and ``stop_token_ids`` (a sampled stop token ends the sequence and
+    is kept, with ``finish_reason`` ``{"type": "stop", "matched": id}``). In-process, the JSON body of
+    every ``/generate`` request is kept in `generate_bodies`.
     """
 
     def __init__(
@@ -97,8 +103,6 @@ class FakeSGLangServer:
             raise ValueError(f"vocab_size must exceed {_FIRST_TOKEN_ID}, got {vocab_size}")
         self.model_path = model_path
         self.served_model_name = served_model_name or model_path
-        self.host = host
-        self.port = port
         self.seed = seed
         self.vocab_size = vocab_size
         self.context_length = context_length
@@ -114,47 +118,26 @@ class FakeSGLangServer:
         self.tensor_updates: list[dict[str, Any]] = []
         self.flush_count = 0
         self.generate_requests = 0
+        self.generate_bodies: list[Any] = []
         self.chat_requests = 0
         self.child_pids: list[int] = []
         self._dead = False
         self._ready_at = 0.0
-        self._runner: web.AppRunner | None = None
-        self.app = self._build_app()
+        super().__init__(self._build_app(), host=host, port=port)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
         """``http://host:port`` of the running server."""
-        return f"http://{self.host}:{self.port}"
+        return self.root_url
 
     async def start(self) -> None:
         """Listen on `host`:`port` (a free port when 0)."""
         self._ready_at = time.monotonic() + self.startup_delay
-        runner = web.AppRunner(self.app, access_log=logger if self.exit_on_die else None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        """Stop listening and close open connections. Idempotent."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        if self.exit_on_die:
+            self._runner_options["access_log"] = logger
+        await super().start()
 
     def state(self) -> dict[str, Any]:
         """What the server recorded: weight updates, flushes, request counts, model path, ..."""
@@ -236,6 +219,7 @@ class FakeSGLangServer:
         if self.die_after_requests is not None and self.generate_requests > self.die_after_requests:
             self._die(request)
         body = await _json_body(request)
+        self.generate_bodies.append(body)
         if not isinstance(body, dict):
             return _validation_error("the request body must be a JSON object (GenerateReqInput)")
         text, input_ids = body.get("text"), body.get("input_ids")
@@ -438,6 +422,11 @@ class FakeSGLangServer:
         else:
             ids = [rng.randrange(_FIRST_TOKEN_ID, self.vocab_size) for _ in range(max_new_tokens)]
             finish = {"type": "length", "length": max_new_tokens}
+        stop_ids = set(params.get("stop_token_ids") or ()) if not params.get("ignore_eos") else set()
+        end = next((i for i, token in enumerate(ids) if token in stop_ids), None)
+        if end is not None:  # a stop token ends the sequence and is kept, like EOS
+            finish = {"type": "stop", "matched": ids[end]}
+            ids = ids[: end + 1]
         meta: dict[str, Any] = {
             "id": uuid.uuid4().hex,
             "finish_reason": finish,

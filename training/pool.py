@@ -1,0 +1,417 @@
+"""The message pool: N first-round messages per training problem, graded, in the `PoolStore` format.
+
+For each problem, `build_pool` runs ONE first round of N trajectories (default 24) through
+`Coordinator.run_round`, the very code path `solve` uses (same prompt, backend limiter, retries and
+compactor C), so a pool built with any backend (SGLang, an OpenAI-compatible endpoint, the in-process
+transformers model, the simulated server) holds exactly the messages inference would pass on. Each
+message is graded (math: `pacore_agent.answers.agrade`, binary; code: the pass rate of the problem's
+tests in the sandbox) and the entry (problem, messages, correctness, usage) is appended durably to a
+`PoolStore` as soon as its problem is done.
+
+Problems already in the store are skipped, so a killed run, rerun with the same arguments, loses at most
+the problems that were in flight. Problems run concurrently, at most `PoolConfig.max_concurrent_problems`
+at a time; requests of every problem share the backend's own limiter.
+
+A problem that ships cached responses (PaCoRe-Train-8k) can take its pool from them instead
+(`PoolConfig.use_cached`): C is applied to each cached response and it is graded the same way.
+
+Entry layout (`pacore_agent.store.PoolEntry`): ``problem`` is the statement, ``answer`` the reference
+answer (empty for code), ``domain``, ``model``, ``messages`` (one `PoolMessage` per finished trajectory,
+in the round's reference order), and ``metadata`` with ``source`` (``"generated"`` or ``"cached"``),
+``launched``/``failed`` trajectory counts, ``tests`` (code problems: the tests, so an entry is
+self-contained), ``conversation`` (when the problem is a multi-message conversation) and the problem's own
+metadata under ``problem_metadata``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from pacore_agent.answers import agrade, extract_answer
+from pacore_agent.compactors import Compactor, apply_compactor, final_conclusion
+from pacore_agent.coordinator import Coordinator
+from pacore_agent.datasets import CodeTest
+from pacore_agent.exceptions import PacoreRuntimeError, UsageError
+from pacore_agent.results import RoundResult, Usage
+from pacore_agent.sandbox import SandboxConfig, arun_code_tests, extract_program
+from pacore_agent.store import PoolEntry, PoolKey, PoolMessage, PoolStore
+from training.data import TrainProblem
+
+__all__ = [
+    "DEFAULT_POOL_SIZE",
+    "PoolConfig",
+    "PoolReport",
+    "build_pool",
+    "entry_problem",
+    "grade_message",
+    "load_pool_entries",
+    "pool_accuracy",
+    "pool_summary",
+    "write_pool_entries",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POOL_SIZE = 24
+"""Messages cached per problem in the paper's training pool."""
+
+DEFAULT_MAX_CONCURRENT_PROBLEMS = 8
+"""Problems whose rounds run at once when the caller sets no limit."""
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How a message pool is built.
+
+    Attributes:
+        size: Trajectories per problem (N; the paper caches 24).
+        max_concurrent_problems: Problems in flight at once (their requests also share the backend's
+            own concurrency limit).
+        use_cached: Take a problem's pool from its cached ``responses`` when it has at least ``size``
+            of them (the first ``size``), instead of generating.
+        keep_trajectories: Store each full trajectory (reasoning included) beside its message.
+        sandbox: Sandbox limits for grading code messages (default `SandboxConfig()`).
+        math_timeout: Seconds math-verify may spend on one comparison.
+    """
+
+    size: int = DEFAULT_POOL_SIZE
+    max_concurrent_problems: int = DEFAULT_MAX_CONCURRENT_PROBLEMS
+    use_cached: bool = True
+    keep_trajectories: bool = False
+    sandbox: SandboxConfig | None = None
+    math_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise UsageError(f"pool size must be at least 1, got {self.size}")
+        if self.max_concurrent_problems < 1:
+            raise UsageError(
+                f"max_concurrent_problems must be at least 1, got {self.max_concurrent_problems}"
+            )
+
+
+@dataclass
+class PoolReport:
+    """What one `build_pool` call did.
+
+    Attributes:
+        built: Ids of the problems whose entry was written by this call.
+        skipped: Ids already in the store (from an earlier run).
+        failed: Ids whose round produced no message or raised, with the reason; they are not stored,
+            so a rerun tries them again.
+        usage: Tokens spent by this call.
+    """
+
+    built: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+
+
+# --------------------------------------------------------------------------------------------------
+# Grading one message
+
+
+async def grade_message(
+    message: str,
+    problem: TrainProblem,
+    *,
+    sandbox: SandboxConfig | None = None,
+    math_timeout: float = 5.0,
+) -> tuple[str | None, bool, float]:
+    """Grade one pooled message against its problem: ``(predicted, correct, score)``.
+
+    Math: ``predicted`` is the extracted answer and ``score`` 1.0/0.0 (`pacore_agent.answers.agrade`).
+    Code: ``predicted`` is None and ``score`` the pass rate of the message's program on the problem's tests;
+    ``correct`` means every test passed.
+
+    Args:
+        message: C(trajectory).
+        problem: The problem (answer or tests).
+        sandbox: Sandbox limits for code.
+        math_timeout: Seconds math-verify may spend.
+
+    Raises:
+        UsageError: A math problem without an answer, or a code problem without tests.
+    """
+    if problem.domain == "code":
+        if not problem.tests:
+            raise UsageError(f"code problem {problem.id!r} has no tests to grade its messages with")
+        tests = [t.model_dump() for t in problem.tests]
+        result = await arun_code_tests(extract_program(message), tests, sandbox)
+        return None, result.all_passed, result.pass_rate
+    if not problem.answer.strip():
+        raise UsageError(f"math problem {problem.id!r} has no answer to grade its messages with")
+    correct = await agrade(message, problem.answer, timeout=math_timeout)
+    return extract_answer(message), correct, 1.0 if correct else 0.0
+
+
+def pool_accuracy(entry: PoolEntry) -> float | None:
+    """Mean message score of a pool (fraction correct for math, mean pass rate for code).
+
+    Messages without a score count by their ``correct`` flag. None when nothing is graded.
+    """
+    scores = [
+        m.score if m.score is not None else (1.0 if m.correct else 0.0)
+        for m in entry.messages
+        if m.score is not None or m.correct is not None
+    ]
+    return sum(scores) / len(scores) if scores else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Entries <-> problems
+
+
+def entry_problem(entry: PoolEntry) -> TrainProblem:
+    """The problem a pool entry was built for (statement, answer, domain, tests, conversation).
+
+    Raises:
+        UsageError: The entry's ``metadata["tests"]`` are malformed.
+    """
+    metadata = entry.metadata
+    try:
+        tests = [CodeTest.model_validate(t) for t in metadata.get("tests") or []]
+    except ValueError as exc:
+        raise UsageError(f"pool entry {entry.problem_id!r}: malformed metadata['tests']: {exc}") from exc
+    return TrainProblem(
+        id=entry.problem_id,
+        problem=entry.problem,
+        answer=entry.answer,
+        domain=entry.domain,
+        tests=tests,
+        metadata=dict(metadata.get("problem_metadata") or {}),
+        conversation=list(metadata.get("conversation") or []),
+    )
+
+
+def _entry(
+    problem: TrainProblem,
+    messages: list[PoolMessage],
+    *,
+    model: str | None,
+    source: str,
+    launched: int,
+    failed: int,
+) -> PoolEntry:
+    metadata: dict[str, Any] = {"source": source, "launched": launched, "failed": failed}
+    if problem.tests:
+        metadata["tests"] = [t.model_dump() for t in problem.tests]
+    if problem.conversation:
+        metadata["conversation"] = problem.conversation
+    if problem.metadata:
+        metadata["problem_metadata"] = problem.metadata
+    return PoolEntry(
+        problem_id=problem.id,
+        problem=problem.problem,
+        answer=problem.answer,
+        domain=problem.domain,
+        model=model,
+        messages=messages,
+        metadata=metadata,
+    )
+
+
+def load_pool_entries(path: str | os.PathLike[str]) -> list[PoolEntry]:
+    """Pool entries from a pool directory (``pool.jsonl`` inside) or a JSONL file of entries.
+
+    A directory is read as a `PoolStore` (parts joined per problem); a file holds one `PoolEntry` per
+    line (what `write_pool_entries` and the curriculum filters write).
+
+    Raises:
+        UsageError: A line is not a valid entry (the message names file and line), or an id repeats.
+        FileNotFoundError: Nothing at ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        store = PoolStore.open(path, readonly=True)
+        return list(store.pools().values())
+    entries: list[PoolEntry] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = PoolEntry.model_validate_json(line)
+            except ValueError as exc:
+                raise UsageError(f"{path}:{number}: not a valid pool entry: {exc}") from exc
+            if entry.problem_id in seen:
+                raise UsageError(f"{path}:{number}: duplicate problem id {entry.problem_id!r}")
+            seen.add(entry.problem_id)
+            entries.append(entry)
+    return entries
+
+
+def write_pool_entries(path: str | os.PathLike[str], entries: Iterable[PoolEntry]) -> Path:
+    """Write entries as JSONL (atomically: the file is replaced whole), readable by `load_pool_entries`."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with partial.open("w", encoding="utf-8") as handle:
+        for entry in entries:
+            handle.write(entry.model_dump_json() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    partial.replace(target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# Building
+
+
+async def _graded(
+    texts: Sequence[tuple[str, str | None, Usage, Any]],
+    problem: TrainProblem,
+    config: PoolConfig,
+) -> list[PoolMessage]:
+    """(message, finish_reason, usage, trajectory) per finished trajectory -> graded pool messages."""
+    messages = []
+    for message, finish_reason, usage, trajectory in texts:
+        predicted, correct, score = await grade_message(
+            message, problem, sandbox=config.sandbox, math_timeout=config.math_timeout
+        )
+        messages.append(
+            PoolMessage(
+                message=message,
+                predicted=predicted,
+                correct=correct,
+                score=score,
+                usage=usage,
+                finish_reason=finish_reason,
+                trajectory=trajectory if config.keep_trajectories else None,
+            )
+        )
+    return messages
+
+
+async def _from_round(
+    problem: TrainProblem, coordinator: Coordinator, config: PoolConfig
+) -> tuple[PoolEntry | None, Usage, str | None]:
+    outcome: RoundResult = await coordinator.run_round(problem.messages, config.size)
+    by_index = {t.index: t for t in outcome.trajectories}
+    finished = [by_index[i] for i in outcome.order]  # reference order
+    texts = [(t.message or "", t.finish_reason, t.usage, t) for t in finished]
+    failed = sum(1 for t in outcome.trajectories if not t.ok)
+    if not texts:
+        errors = [t.error.message for t in outcome.trajectories if t.error is not None]
+        reason = f"no trajectory finished ({failed} failed)" + (
+            f"; first error: {errors[0]}" if errors else ""
+        )
+        return None, outcome.usage, reason
+    messages = await _graded(texts, problem, config)
+    models = {t.model for t in finished if t.model}
+    model = models.pop() if len(models) == 1 else coordinator.backend.name
+    entry = _entry(
+        problem, messages, model=model, source="generated", launched=len(outcome.trajectories), failed=failed
+    )
+    return entry, outcome.usage, None
+
+
+async def _from_cache(problem: TrainProblem, config: PoolConfig, compactor: Compactor) -> PoolEntry:
+    texts = []
+    for response in problem.responses[: config.size]:
+        texts.append((await apply_compactor(compactor, response), None, Usage(), None))
+    messages = await _graded(texts, problem, config)
+    return _entry(problem, messages, model=None, source="cached", launched=len(texts), failed=0)
+
+
+async def build_pool(
+    problems: Iterable[TrainProblem],
+    coordinator: Coordinator | None,
+    store: PoolStore,
+    *,
+    config: PoolConfig | None = None,
+    on_entry: Callable[[PoolEntry], None] | None = None,
+) -> PoolReport:
+    """Build (or resume) the message pool of ``problems`` into ``store``.
+
+    Args:
+        problems: The training problems (ids must be unique).
+        coordinator: Runs the first rounds (its backend, sampling, compactor and retry policy apply);
+            may be None only when every problem takes its pool from cached responses.
+        store: Where entries go (part 0 per problem); problems already in it are skipped.
+        config: Pool settings.
+        on_entry: Called with each entry once it is stored (progress display).
+
+    Returns:
+        What was built, skipped and failed, and the tokens spent.
+
+    Raises:
+        UsageError: Repeated problem ids; a problem without an answer (math) or tests (code); no
+            coordinator while some problem needs generating.
+    """
+    config = config or PoolConfig()
+    pending: list[TrainProblem] = []
+    report = PoolReport()
+    seen: set[str] = set()
+    for problem in problems:
+        if problem.id in seen:
+            raise UsageError(f"problem id {problem.id!r} appears twice: pool entries are keyed by id")
+        seen.add(problem.id)
+        if problem.domain == "code" and not problem.tests:
+            raise UsageError(f"code problem {problem.id!r} has no tests: its messages cannot be graded")
+        if problem.domain == "math" and not problem.answer.strip():
+            raise UsageError(f"math problem {problem.id!r} has no answer: its messages cannot be graded")
+        if PoolKey(problem.id, 0) in store:
+            report.skipped.append(problem.id)
+        else:
+            pending.append(problem)
+    cached = config.use_cached
+    if coordinator is None and any(not (cached and len(p.responses) >= config.size) for p in pending):
+        raise UsageError(
+            "a coordinator is needed: some problems have fewer cached responses than the pool size"
+        )
+    compactor: Compactor = coordinator.compactor if coordinator is not None else final_conclusion
+    limiter = anyio.CapacityLimiter(config.max_concurrent_problems)
+
+    async def one(problem: TrainProblem) -> None:
+        async with limiter:
+            try:
+                if cached and len(problem.responses) >= config.size:
+                    entry: PoolEntry | None = await _from_cache(problem, config, compactor)
+                    usage, reason = Usage(), None
+                else:
+                    assert coordinator is not None
+                    entry, usage, reason = await _from_round(problem, coordinator, config)
+            except PacoreRuntimeError as error:
+                report.failed[problem.id] = f"{type(error).__name__}: {error}"
+                logger.warning("pool: problem %s failed: %s", problem.id, error)
+                return
+        report.usage = report.usage + usage
+        if entry is None:
+            report.failed[problem.id] = reason or "no message"
+            return
+        if await store.append(entry):
+            report.built.append(problem.id)
+            if on_entry is not None:
+                on_entry(entry)
+
+    async with anyio.create_task_group() as group:
+        for problem in pending:
+            group.start_soon(one, problem)
+    return report
+
+
+def pool_summary(entries: Iterable[PoolEntry]) -> dict[str, Any]:
+    """Counts and mean accuracy per domain of a pool (for logs and reports)."""
+    summary: dict[str, Any] = {}
+    for entry in entries:
+        domain = summary.setdefault(entry.domain, {"problems": 0, "messages": 0, "accuracy_sum": 0.0})
+        domain["problems"] += 1
+        domain["messages"] += len(entry.messages)
+        domain["accuracy_sum"] += pool_accuracy(entry) or 0.0
+    for domain in summary.values():
+        domain["mean_accuracy"] = (
+            domain.pop("accuracy_sum") / domain["problems"] if domain["problems"] else 0.0
+        )
+    return summary
