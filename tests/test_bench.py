@@ -221,6 +221,7 @@ async def test_a_usage_error_stops_the_run_instead_of_failing_every_item(
 # -- pool evaluation -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_pool_evaluation_matches_fresh_runs(aime: list[Problem], tmp_path: Path) -> None:
     problems = aime[:8]
@@ -309,6 +310,7 @@ def sim_server(shared_dir: Path) -> Iterator[str]:
             process.stdout.close()
 
 
+@pytest.mark.slow
 def test_cli_bench_killed_midway_resumes_then_reports(sim_server: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
     methods = ["-m", "pacore:low", "-m", "pacore:medium", "-m", "sc@4", "-m", "sc@16"]

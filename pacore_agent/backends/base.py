@@ -21,6 +21,7 @@ from pacore_agent.results import Usage
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
+    "STARTS_PER_TICK",
     "Backend",
     "Completion",
     "DeltaCallback",
