@@ -128,6 +128,7 @@ async def call_with_retries(
     # client-side work at high request rates.
     try:
         async with backend.limiter:
+            await backend.turn()
             return Call(
                 completions=await backend.generate(current, on_delta=on_delta), attempts=1, request=current
             )
@@ -151,6 +152,7 @@ async def call_with_retries(
             with attempt:
                 attempts += 1
                 async with backend.limiter:
+                    await backend.turn()
                     completions = await backend.generate(current, on_delta=on_delta)
     except BackendError as error:
         error.attempt = attempts

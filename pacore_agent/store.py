@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from pacore_agent.datasets import Domain
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
-from pacore_agent.results import SolveResult, Trajectory, Usage
+from pacore_agent.results import ErrorInfo, SolveResult, Trajectory, Usage
 
 if sys.platform != "win32":
     import fcntl
@@ -98,6 +98,8 @@ class RunRecord(BaseModel):
         correct: The grade (``None`` when not graded).
         score: A graded score in [0, 1], e.g. the pass rate of a code problem's tests.
         info: Grading details (tests passed, grader used, ...).
+        error: Why the solve stopped early, when it did but its partial result was still graded (e.g. a
+            budget ran out): the record then counts as a graded sample.
         finished_at: Unix time the record was made.
     """
 
@@ -110,6 +112,7 @@ class RunRecord(BaseModel):
     correct: bool | None = None
     score: float | None = None
     info: dict[str, Any] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
     finished_at: float = Field(default_factory=time.time)
 
     @property
