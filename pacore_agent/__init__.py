@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pacore_agent.backends.sim import Faults, Latency, SimBackend, SimConfig
     from pacore_agent.backends.sim_server import SimServer
     from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
+    from pacore_agent.bench import BenchSettings, MethodSpec, run_bench
     from pacore_agent.budget import Budget, Price
     from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens
     from pacore_agent.coordinator import Coordinator
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "Backend": "pacore_agent.backends.base",
     "BackendError": "pacore_agent.exceptions",
+    "BenchSettings": "pacore_agent.bench",
     "BestOfN": "pacore_agent.strategies",
     "Budget": "pacore_agent.budget",
     "BudgetExceeded": "pacore_agent.exceptions",
@@ -70,6 +72,7 @@ _LAZY: dict[str, str] = {
     "Faults": "pacore_agent.backends.sim",
     "GenerationRequest": "pacore_agent.backends.base",
     "Latency": "pacore_agent.backends.sim",
+    "MethodSpec": "pacore_agent.bench",
     "OpenAIBackend": "pacore_agent.backends.openai_compat",
     "PaCoRe": "pacore_agent.strategies",
     "PacoreError": "pacore_agent.exceptions",
@@ -107,12 +110,14 @@ _LAZY: dict[str, str] = {
     "final_conclusion": "pacore_agent.compactors",
     "full": "pacore_agent.compactors",
     "last_tokens": "pacore_agent.compactors",
+    "run_bench": "pacore_agent.bench",
 }
 
 __all__ = [
     "DEFAULT_LOCAL_MODEL",
     "Backend",
     "BackendError",
+    "BenchSettings",
     "BestOfN",
     "Budget",
     "BudgetExceeded",
@@ -124,6 +129,7 @@ __all__ = [
     "Faults",
     "GenerationRequest",
     "Latency",
+    "MethodSpec",
     "OpenAIBackend",
     "PaCoRe",
     "PacoreError",
@@ -161,6 +167,7 @@ __all__ = [
     "final_conclusion",
     "full",
     "last_tokens",
+    "run_bench",
 ]
 
 
