@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import gc
 import os
+import random
 import resource
 import signal
 import statistics
@@ -70,7 +71,7 @@ def p99(values: list[float]) -> float:
 # -- the gated server (a subprocess) ---------------------------------------------------------------
 
 
-async def serve(port: int, gate: int, hold: float, think_words: int) -> None:
+async def serve(port: int, gate: int, hold: float, think_words: int, spread: float) -> None:
     from aiohttp import web
 
     from pacore_agent.backends.sim import SimConfig, SimEngine
@@ -79,6 +80,7 @@ async def serve(port: int, gate: int, hold: float, think_words: int) -> None:
     engine = SimEngine(SimConfig(seed=1, think_words=think_words, record_requests=False))
     released = asyncio.Event()
     arrived: list[float] = []
+    spread_rng = random.Random(0)
 
     async def release_later() -> None:
         print(f"arrived_all={time.time():.3f} in_flight={engine.in_flight}", flush=True)
@@ -100,6 +102,8 @@ async def serve(port: int, gate: int, hold: float, think_words: int) -> None:
         except TimeoutError:  # fewer than N arrived (the client failed): do not hang
             print(f"gate_timeout in_flight={engine.in_flight}", flush=True)
             released.set()
+        # A real engine finishes its sequences at different times: answers come back spread out.
+        await asyncio.sleep(spread_rng.uniform(0.0, spread))
 
     server = SimServer(engine, sleep=gated_sleep)
     # The site is built here for its backlog: thousands of connections arrive at once.
@@ -176,17 +180,27 @@ def main() -> None:
         "--hold", type=float, default=2.0, help="seconds all requests stay in flight together"
     )
     parser.add_argument("--think-words", type=int, default=32)
+    parser.add_argument(
+        "--answer-rate",
+        type=float,
+        default=250.0,
+        help="answers per second once released (spread uniformly, as an engine finishes sequences at "
+        "different times; 0 = all at the same instant, the worst case)",
+    )
+    parser.add_argument("--spread", type=float, default=0.0, help=argparse.SUPPRESS)  # internal
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # internal: run the gated server
     parser.add_argument("--gate", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_fd_limit()
     if args.serve:
-        asyncio.run(serve(args.serve, args.gate, args.hold, args.think_words))
+        asyncio.run(serve(args.serve, args.gate, args.hold, args.think_words, args.spread))
         return
 
     gate = args.problems * args.width
     port = free_port()
+    spread = gate / args.answer_rate if args.answer_rate > 0 else 0.0
     command = [sys.executable, __file__, "--serve", str(port), "--gate", str(gate), "--hold", str(args.hold)]
+    command += ["--spread", str(spread)]
     server = subprocess.Popen(
         [*command, "--think-words", str(args.think_words)],
         stdout=subprocess.PIPE,
