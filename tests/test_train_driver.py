@@ -433,6 +433,12 @@ def test_crash_then_resume_consumes_the_same_episodes(
         got = [m[key] for m in read_jsonl(out / "metrics.jsonl")]
         want = [m[key] for m in read_jsonl(full_run / "metrics.jsonl")]
         assert got == pytest.approx(want, rel=1e-5, abs=1e-7), key
+    from safetensors.torch import load_file
+
+    final = "checkpoints/step-000005/actor.safetensors"
+    resumed_weights, uninterrupted = load_file(out / final), load_file(full_run / final)
+    assert resumed_weights.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed_weights[k], uninterrupted[k]) for k in resumed_weights)
 
 
 def test_checkpoint_from_another_config_is_refused(
