@@ -1,0 +1,917 @@
+"""Train a PaCoRe synthesizer with PPO on one node, top to bottom.
+
+::
+
+    python -m training.train --model Qwen/Qwen3-8B --pool data/stage1.jsonl --out runs/ppo
+    python -m training.train --model ./tiny --problems train.jsonl --build-pool sim --out runs/try
+    python -m training.train --help
+
+Every option is a field of `TrainConfig`; the defaults are the paper's (DESIGN.md, "Training"): strict
+on-policy PPO with GAE gamma = lambda = 1, actor lr 2e-6, critic lr 5e-6, 16 problems x 64 responses per
+step, no KL, no entropy bonus, |M| ~ U(16, 24) messages per episode, temperature 1.0.
+
+One step:
+
+1. Data: the next ``problems_per_step`` problems of a seeded order. Position p of the data stream is
+   problem ``epoch_order(N, seed, p // N)[p % N]``: every epoch is a fresh permutation of all N problems,
+   and step s reads positions [s * B, (s + 1) * B).
+2. Episodes: ``problems_per_step x responses_per_problem`` of them, each its own message set
+   (`training.env.SynthesisEnv.episode`, seeded by (seed, step, index)); ``--shared-message-set`` gives
+   the ``responses_per_problem`` responses of a problem one message set instead, as the verl adapter does.
+3. Rollout: P(x, M) rendered with the model's chat template and tokenized, then sampled by the rollout
+   engine (`HFRollout` in-process, or `SGLangRollout` from ``training.sglang_rollout``), the sampler
+   seeded by (seed, step).
+4. Rewards: each response decoded and scored with the environment's reward (binary math grade of
+   C(trajectory), or the pass rate of the code tests), with the flags all-messages-wrong, emergent
+   (right although every message was wrong) and cross-check (the response cites its references).
+5. PPO: `PPOTrainer.step`, then the actor's new weights are pushed to the rollout engine.
+6. Logs: one line per step in ``metrics.jsonl`` (``losses/*``, ``charts/*``, ``time/*``) and in
+   ``episodes.jsonl`` (the (problem id, message indices) of every episode).
+7. Checkpoints: every ``--save-every`` steps and at the end, atomically, with the reward curve redrawn.
+
+The run directory::
+
+    OUT/
+      run.json            the configuration and fingerprint of the latest start
+      metrics.jsonl       one JSON line per step
+      episodes.jsonl      one JSON line per step: the episodes it consumed
+      reward_curve.png    charts/reward_mean per step
+      checkpoints/step-000050/   actor, critic, optimizers, RNG states, data position, fingerprint
+      pool/               the message pool, when built with --build-pool
+      model/              the final actor and tokenizer (save_pretrained), when --export-model
+
+Resume: a run directory that holds a checkpoint is resumed from its latest one (``--resume auto``, the
+default): weights, optimizers, random states and the data position come back, the log lines of steps
+after the checkpoint are dropped (those steps run again, drawing the same episodes), so the finished
+logs equal those of an uninterrupted run. A checkpoint written under another model, pool, seed or batch
+layout is refused with the fields that differ (``--force-resume`` continues anyway).
+
+Testing hook: with ``PACORE_TRAIN_KILL_AT_STEP=k`` in the environment the process SIGKILLs itself at
+the start of step k (0-based), to test crash recovery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import importlib
+import inspect
+import itertools
+import json
+import math
+import os
+import random
+import shlex
+import shutil
+import signal
+import sys
+import textwrap
+import time
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import torch
+
+from pacore_agent.exceptions import PacoreError, UsageError
+from pacore_agent.store import PoolEntry, PoolStore
+from training.checkpoint import (
+    capture_rng_state,
+    checkpoint_metadata,
+    checkpoint_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from training.data import TrainProblem, arithmetic_problems, load_training_problems
+from training.env import (
+    DEFAULT_HI,
+    DEFAULT_LO,
+    EnvConfig,
+    Episode,
+    RewardResult,
+    SynthesisEnv,
+    apply_chat_template,
+)
+from training.metrics import StepLog, jsonable, plot_reward_curve
+from training.pool import DEFAULT_POOL_SIZE, PoolConfig, build_pool, load_pool_entries
+from training.ppo import PPOConfig, PPOTrainer
+from training.rollout import HFRollout, RolloutEngine, Sample
+
+__all__ = [
+    "FINGERPRINT_FIELDS",
+    "FingerprintError",
+    "RunSummary",
+    "TrainConfig",
+    "build_parser",
+    "config_fingerprint",
+    "episode_metrics",
+    "epoch_order",
+    "fingerprint_differences",
+    "latest_checkpoint",
+    "load_or_build_pool",
+    "main",
+    "make_rollout",
+    "parse_args",
+    "pool_digest",
+    "step_positions",
+    "train",
+]
+
+_PPO = PPOConfig()  # the paper's PPO defaults, in one place
+
+KILL_AT_STEP_ENV = "PACORE_TRAIN_KILL_AT_STEP"
+"""Testing hook: SIGKILL the process at the start of this (0-based) step."""
+
+CHECKPOINT_PREFIX = "step-"
+"""Checkpoint directories are ``OUT/checkpoints/step-<steps done, 6 digits>``."""
+
+FINGERPRINT_FIELDS = (
+    "model",
+    "pool",
+    "problems",
+    "seed",
+    "problems_per_step",
+    "responses_per_problem",
+    "min_messages",
+    "max_messages",
+    "shared_message_set",
+)
+"""What a checkpoint must agree on to be resumed: the model, the data and how episodes are drawn."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Arguments
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; every field is a command-line flag of the same name."""
+
+    # -- the run
+    model: str = ""
+    """The policy to train: a Hugging Face hub name or a local folder (a causal LM with a chat template).
+    The critic starts from the same weights, with a fresh scalar value head."""
+    out: str = ""
+    """The run directory (metrics, episodes, reward curve, checkpoints, pool, final model)."""
+    steps: int | None = None
+    """PPO steps of the whole run, counting those done before a resume (default: one pass over the
+    problems)."""
+    save_every: int = 50
+    """Write a checkpoint every this many steps (and always after the last step)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep on disk."""
+    resume: Literal["auto", "yes", "no"] = "auto"
+    """auto: resume from OUT's latest checkpoint when there is one; yes: require one; no: refuse to start
+    in a directory that holds one."""
+    force_resume: bool = False
+    """Resume from a checkpoint even when it was written under another model, pool, seed or batch layout."""
+    seed: int = 0
+    """Seeds the data order, the message draws, the sampler, the value head and the mini-batches."""
+    device: str = "auto"
+    """Torch device of the actor and critic: auto (cuda when available, else cpu), cpu, cuda, cuda:1."""
+    bf16: Literal["auto", "on", "off"] = "auto"
+    """bf16 autocast for forward passes: auto (where the device supports it), on (require it), off."""
+    export_model: bool = True
+    """Save the final actor and tokenizer with save_pretrained to OUT/model at the end."""
+
+    # -- the data
+    pool: str | None = None
+    """The message pool: a PoolStore directory or a JSONL of pool entries (training.pool,
+    training.curriculum write them)."""
+    problems: tuple[str, ...] = ()
+    """Problem files to build a pool from (our JSONL or PaCoRe-Train-8k; repeatable), instead of --pool."""
+    arithmetic: int = 0
+    """Add this many synthetic large-integer arithmetic problems to those to build a pool from."""
+    build_pool: Literal["cached", "sim", "transformers", "openai"] = "cached"
+    """Where the pool's messages come from: cached (the problems' own cached responses), sim (the
+    SIMULATED test double), transformers (the --model, in-process), openai (an endpoint, --pool-base-url).
+    The pool is written to OUT/pool and resumed on reruns."""
+    pool_size: int = DEFAULT_POOL_SIZE
+    """Messages per problem in a built pool (the paper caches 24)."""
+    pool_base_url: str | None = None
+    """OpenAI-compatible endpoint of --build-pool openai (its key comes from $PACORE_API_KEY)."""
+    pool_model: str | None = None
+    """Model name on the --pool-base-url endpoint (default: its only model)."""
+    pool_max_tokens: int | None = None
+    """Cap on the tokens of each pool trajectory (default: --max-response-tokens)."""
+    min_messages: int = DEFAULT_LO
+    """Fewest messages per episode: |M| ~ U(min_messages, max_messages)."""
+    max_messages: int = DEFAULT_HI
+    """Most messages per episode."""
+    shared_message_set: bool = False
+    """Give all responses of a problem within a step one message set (as the verl adapter does) instead
+    of a fresh one per response."""
+
+    # -- rollouts and rewards
+    rollout: Literal["hf", "sglang"] = "hf"
+    """Rollout engine: hf (in-process transformers sampling) or sglang (training.sglang_rollout)."""
+    temperature: float = _PPO.temperature
+    """Sampling temperature (the trainer divides its logits by it too)."""
+    max_response_tokens: int = 32768
+    """Cap on the tokens of each response."""
+    max_prompt_tokens: int = 32768
+    """Longest P(x, M) allowed, in tokens; a longer prompt stops the run with the problem's id."""
+    rollout_batch_size: int = 256
+    """Rows (prompt x response) per generate call of the hf engine."""
+    sglang_url: str | None = None
+    """Attach to this running SGLang server (e.g. http://127.0.0.1:30000) instead of launching one with
+    --model (either way its --api-key, if any, comes from $PACORE_SGLANG_API_KEY)."""
+    sglang_port: int | None = None
+    """Port of a launched SGLang server (default: a free one)."""
+    sglang_args: str = ""
+    """Extra arguments of a launched SGLang server, shell-quoted; on the trainer's GPU leave it room,
+    e.g. "--mem-fraction-static 0.4"."""
+    sglang_weights_dir: str | None = None
+    """Folder the SGLang server can read where new weights are written each step (default: a temporary
+    folder; use /dev/shm to keep the round trip in memory)."""
+    reward_workers: int = 8
+    """Threads scoring responses at once (math-verify, code sandbox)."""
+
+    # -- PPO (training.ppo.PPOConfig)
+    problems_per_step: int = _PPO.problems_per_step
+    """Problems per step (B)."""
+    responses_per_problem: int = _PPO.responses_per_problem
+    """Responses per problem (n); a step trains on B x n responses."""
+    actor_lr: float = _PPO.actor_lr
+    """Actor learning rate (AdamW)."""
+    critic_lr: float = _PPO.critic_lr
+    """Critic learning rate (AdamW)."""
+    gamma: float = _PPO.gamma
+    """GAE discount."""
+    lam: float = _PPO.lam
+    """GAE lambda."""
+    clip_eps: float = _PPO.clip_eps
+    """PPO ratio clip."""
+    value_clip_eps: float | None = _PPO.value_clip_eps
+    """Value clip around the rollout-time value (none: plain squared error)."""
+    whiten_advantages: bool = _PPO.whiten_advantages
+    """Normalise advantages over the batch's response tokens."""
+    entropy_coef: float = _PPO.entropy_coef
+    """Entropy bonus weight (the paper uses none)."""
+    tis_cap: float | None = _PPO.tis_cap
+    """Truncated importance sampling cap between the engine's and the trainer's logprobs (none: off)."""
+    ppo_epochs: int = _PPO.ppo_epochs
+    """Passes over each rollout batch (1: strictly on-policy)."""
+    actor_steps: int = _PPO.actor_steps
+    """Actor optimizer steps per pass (mini-batches)."""
+    critic_steps: int = _PPO.critic_steps
+    """Critic optimizer steps per pass (mini-batches)."""
+    max_tokens_per_micro_batch: int = _PPO.max_tokens_per_micro_batch
+    """Cap on the padded tokens of one forward/backward pass; gradients accumulate over micro-batches."""
+    max_grad_norm: float = _PPO.max_grad_norm
+    """Gradient norm clip before each optimizer step."""
+    gradient_checkpointing: bool = _PPO.gradient_checkpointing
+    """Recompute activations in the backward pass (saves memory on long responses)."""
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise UsageError("give --model: a hub name such as Qwen/Qwen3-8B or a local folder")
+        if not self.out:
+            raise UsageError("give --out: the run directory")
+        building = bool(self.problems or self.arithmetic)
+        if bool(self.pool) == building:
+            raise UsageError("give either --pool (a built pool) or --problems/--arithmetic to build one")
+        if self.arithmetic and self.build_pool == "cached":
+            raise UsageError("synthetic arithmetic problems have no cached responses: add --build-pool")
+        if self.build_pool == "openai" and not self.pool_base_url:
+            raise UsageError("--build-pool openai needs --pool-base-url")
+        positive = {
+            "save_every": self.save_every,
+            "keep_checkpoints": self.keep_checkpoints,
+            "pool_size": self.pool_size,
+            "max_response_tokens": self.max_response_tokens,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "rollout_batch_size": self.rollout_batch_size,
+            "reward_workers": self.reward_workers,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.steps is not None and self.steps < 0:
+            raise UsageError(f"--steps must be >= 0, got {self.steps}")
+        if self.arithmetic < 0:
+            raise UsageError(f"--arithmetic must be >= 0, got {self.arithmetic}")
+        if self.pool_max_tokens is not None and self.pool_max_tokens <= 0:
+            raise UsageError(f"--pool-max-tokens must be positive, got {self.pool_max_tokens}")
+        if self.rollout != "sglang" and (self.sglang_url or self.sglang_port or self.sglang_args):
+            raise UsageError("the --sglang-* options need --rollout sglang")
+        self.env_config()  # raises on a bad message range
+        self.ppo_config()  # raises on bad PPO settings
+
+    def ppo_config(self) -> PPOConfig:
+        """The trainer's settings."""
+        return PPOConfig(
+            actor_lr=self.actor_lr,
+            critic_lr=self.critic_lr,
+            problems_per_step=self.problems_per_step,
+            responses_per_problem=self.responses_per_problem,
+            gamma=self.gamma,
+            lam=self.lam,
+            clip_eps=self.clip_eps,
+            value_clip_eps=self.value_clip_eps,
+            whiten_advantages=self.whiten_advantages,
+            entropy_coef=self.entropy_coef,
+            tis_cap=self.tis_cap,
+            ppo_epochs=self.ppo_epochs,
+            actor_steps=self.actor_steps,
+            critic_steps=self.critic_steps,
+            max_tokens_per_micro_batch=self.max_tokens_per_micro_batch,
+            max_grad_norm=self.max_grad_norm,
+            gradient_checkpointing=self.gradient_checkpointing,
+            bf16=self.bf16 != "off",
+            temperature=self.temperature,
+            seed=self.seed,
+        )
+
+    def env_config(self) -> EnvConfig:
+        """The environment's settings."""
+        return EnvConfig(lo=self.min_messages, hi=self.max_messages, seed=self.seed)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. The command line, generated from TrainConfig (one flag per field, its docstring as help)
+
+_GROUPS = {
+    "model": "run",
+    "pool": "data",
+    "rollout": "rollouts and rewards",
+    "problems_per_step": "PPO (paper defaults)",
+}
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
+    docs = {}
+    for node, following in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _optional(convert: Any) -> Any:
+    """An argparse type that also accepts ``none``."""
+
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else convert(text)
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m training.train`` parser: one flag per `TrainConfig` field, documented."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description=(__doc__ or "").split("\n\n")[0] + "\n\nDefaults are the PaCoRe paper's (see DESIGN.md).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    docs = _field_docs(TrainConfig)
+    hints = typing.get_type_hints(TrainConfig)
+    group: Any = parser
+    for spec in dataclasses.fields(TrainConfig):
+        if spec.name in _GROUPS:
+            group = parser.add_argument_group(_GROUPS[spec.name])
+        flag = "--" + spec.name.replace("_", "-")
+        help_text = docs[spec.name].replace("%", "%%")
+        hint = hints[spec.name]
+        args: dict[str, Any] = {"dest": spec.name, "default": spec.default}
+        origin, members = typing.get_origin(hint), typing.get_args(hint)
+        if spec.name in ("model", "out"):
+            args.update(required=True, metavar=spec.name.upper())
+        elif hint is bool:
+            args["action"] = argparse.BooleanOptionalAction
+        elif origin is tuple:
+            args.update(action="append", default=None, metavar="FILE")
+        elif origin is Literal:
+            args["choices"] = list(members)
+        elif origin in (types.UnionType, typing.Union):  # X | None
+            (inner,) = (m for m in members if m is not type(None))
+            args["type"] = _optional(inner)
+        else:
+            args["type"] = hint
+        if spec.default not in ("", ()) and spec.name not in ("model", "out") and "default:" not in help_text:
+            help_text += f" (default: {'none' if spec.default is None else spec.default})"
+        group.add_argument(flag, help=help_text, **args)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parse a command line into a `TrainConfig` (argparse exits with usage on bad input).
+
+    Raises:
+        UsageError: The options are inconsistent (the message says what to change).
+    """
+    namespace = vars(build_parser().parse_args(argv))
+    namespace["problems"] = tuple(namespace["problems"] or ())
+    return TrainConfig(**namespace)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. Pure helpers: the data order, episode metrics, the fingerprint
+
+
+def _seed_of(*parts: object) -> int:
+    """A 63-bit seed derived from ``parts`` (stable across processes, unlike ``hash``)."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(num_problems: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The order of the problems in one epoch: a permutation of ``range(num_problems)``.
+
+    It is seeded by (seed, epoch), so every epoch has its own order and any process can recompute it.
+    """
+    order = list(range(num_problems))
+    random.Random(_seed_of("pacore-train-order", seed, epoch)).shuffle(order)
+    return tuple(order)
+
+
+def step_positions(data_position: int, count: int, num_problems: int, seed: int) -> list[int]:
+    """The problems (positions in the sorted pool) at ``count`` consecutive places of the data stream.
+
+    Place p of the stream is ``epoch_order(num_problems, seed, p // num_problems)[p % num_problems]``.
+    """
+    return [
+        epoch_order(num_problems, seed, p // num_problems)[p % num_problems]
+        for p in range(data_position, data_position + count)
+    ]
+
+
+def episode_metrics(results: Sequence[RewardResult]) -> dict[str, float]:
+    """The environment's view of a step: accuracy, emergent correctness, cross-checking.
+
+    ``charts/emergent_rate`` is the share of right answers among episodes whose messages were all
+    wrong (NaN when there were none); ``charts/emergent_frac`` the share of all episodes.
+    """
+    count = len(results)
+    all_wrong = sum(r.all_messages_wrong for r in results)
+    emergent = sum(r.emergent for r in results)
+    return {
+        "charts/accuracy": sum(r.correct for r in results) / count,
+        "charts/all_messages_wrong_frac": all_wrong / count,
+        "charts/emergent_rate": emergent / all_wrong if all_wrong else math.nan,
+        "charts/emergent_frac": emergent / count,
+        "charts/cross_check_rate": sum(r.cross_check for r in results) / count,
+        "charts/cross_check_mentions": sum(r.cross_check_mentions for r in results) / count,
+    }
+
+
+def pool_digest(entries: Sequence[PoolEntry]) -> str:
+    """A SHA-256 of what training reads from a pool: problems, answers, tests, messages and grades.
+
+    It does not depend on the order of the entries, their timestamps or where the pool lives.
+    """
+    digest = hashlib.sha256()
+    for entry in sorted(entries, key=lambda e: e.problem_id):
+        record = [
+            entry.problem_id,
+            entry.problem,
+            entry.answer,
+            entry.domain,
+            entry.metadata.get("tests"),
+            entry.metadata.get("conversation"),
+            [[m.message, m.correct, m.score] for m in entry.messages],
+        ]
+        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _model_id(model: str) -> str:
+    """A local folder as its absolute path (so a resume from another directory still matches)."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def config_fingerprint(config: TrainConfig, entries: Sequence[PoolEntry]) -> dict[str, Any]:
+    """The settings a checkpoint must share with the run that resumes it (`FINGERPRINT_FIELDS`)."""
+    return {
+        "model": _model_id(config.model),
+        "pool": pool_digest(entries),
+        "problems": len(entries),
+        "seed": config.seed,
+        "problems_per_step": config.problems_per_step,
+        "responses_per_problem": config.responses_per_problem,
+        "min_messages": config.min_messages,
+        "max_messages": config.max_messages,
+        "shared_message_set": config.shared_message_set,
+    }
+
+
+def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """One line per fingerprint field that differs: ``seed: 0 in the checkpoint, 1 now``."""
+    missing = object()
+    return [
+        f"{name}: {saved.get(name, missing)!r} in the checkpoint, {current.get(name)!r} now".replace(
+            repr(missing), "nothing"
+        )
+        for name in FINGERPRINT_FIELDS
+        if saved.get(name, missing) != current.get(name)
+    ]
+
+
+class FingerprintError(UsageError):
+    """A checkpoint was written under another configuration than the one resuming it.
+
+    Attributes:
+        checkpoint: The checkpoint directory.
+        differences: One line per field that differs.
+    """
+
+    def __init__(self, checkpoint: Path, differences: list[str]) -> None:
+        lines = "\n  ".join(differences)
+        super().__init__(
+            f"checkpoint {checkpoint} was written by a different configuration:\n  {lines}\n"
+            "Resume with the same settings, start a new run with another --out, or pass --force-resume "
+            "to continue from it anyway."
+        )
+        self.checkpoint = checkpoint
+        self.differences = differences
+
+
+def latest_checkpoint(out: str | os.PathLike[str]) -> Path | None:
+    """The run directory's newest complete checkpoint (``checkpoints/step-N`` with the largest N)."""
+    found = _checkpoints(Path(out))
+    return found[-1][1] if found else None
+
+
+def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        suffix = path.name.removeprefix(CHECKPOINT_PREFIX)
+        if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / "trainer.pt").is_file():
+            found.append((int(suffix), path))
+    return sorted(found)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Setup: the pool, the model, the rollout engine
+
+
+def load_or_build_pool(config: TrainConfig, out: Path) -> list[PoolEntry]:
+    """The pool entries to train on, sorted by problem id (built into ``OUT/pool`` when asked)."""
+    if config.pool:
+        entries = load_pool_entries(config.pool)
+    else:
+        problems: list[TrainProblem] = []
+        for path in config.problems:
+            problems.extend(load_training_problems(path))
+        problems.extend(arithmetic_problems(config.arithmetic, seed=config.seed))
+        entries = anyio.run(_build_pool, config, problems, out / "pool")
+    usable = [e for e in entries if len(e.messages) >= config.min_messages]
+    if len(usable) < len(entries):
+        short = sorted(e.problem_id for e in entries if len(e.messages) < config.min_messages)
+        print(
+            f"warning: {len(short)} problems have fewer than {config.min_messages} messages and are left "
+            f"out: {', '.join(short[:5])}{' ...' if len(short) > 5 else ''}",
+            file=sys.stderr,
+        )
+    if not usable:
+        raise UsageError(f"no problem in the pool has at least --min-messages {config.min_messages} messages")
+    return sorted(usable, key=lambda e: e.problem_id)
+
+
+async def _build_pool(config: TrainConfig, problems: list[TrainProblem], directory: Path) -> list[PoolEntry]:
+    from pacore_agent.backends.base import Backend, SamplingParams
+    from pacore_agent.coordinator import Coordinator
+
+    max_tokens = config.pool_max_tokens or config.max_response_tokens
+    store_config = {"backend": config.build_pool, "size": config.pool_size, "max_tokens": max_tokens}
+    pool_config = PoolConfig(size=config.pool_size, use_cached=True)
+    with PoolStore.open(directory, config=store_config) as store:
+        if config.build_pool == "cached":
+            report = await build_pool(problems, None, store, config=pool_config)
+        else:
+            backend: Backend
+            if config.build_pool == "sim":
+                from pacore_agent.backends.sim import SIM_LABEL, SimBackend, SimConfig
+
+                print(f"building the pool with the SIMULATED backend {SIM_LABEL}", file=sys.stderr)
+                backend = SimBackend(
+                    SimConfig(seed=config.seed, answers={p.problem: p.answer for p in problems})
+                )
+            elif config.build_pool == "transformers":
+                from pacore_agent.backends.transformers import TransformersBackend
+
+                backend = TransformersBackend(config.model, max_new_tokens=max_tokens)
+            else:
+                from pacore_agent.backends.openai_compat import OpenAIBackend
+
+                api_key = os.environ.get("PACORE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+                backend = OpenAIBackend(config.pool_base_url or "", config.pool_model, api_key=api_key)
+            sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=max_tokens, seed=config.seed)
+            async with backend:
+                coordinator = Coordinator("low", backend, sampling=sampling, seed=config.seed)
+                report = await build_pool(problems, coordinator, store, config=pool_config)
+    if report.failed:
+        failed = sorted(report.failed)
+        print(
+            f"warning: the pool of {len(failed)} problems failed (a rerun retries): {failed[:5]}",
+            file=sys.stderr,
+        )
+    wanted = {p.id for p in problems}
+    return [e for pid, e in PoolStore.open(directory, readonly=True).pools().items() if pid in wanted]
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def _check_bf16(config: TrainConfig, device: torch.device) -> bool:
+    supported = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if config.bf16 == "on" and not supported:
+        raise UsageError(
+            f"--bf16 on needs a CUDA device with bf16 support; {device} has none (use auto or off)"
+        )
+    return config.bf16 != "off" and supported
+
+
+def make_rollout(config: TrainConfig, actor: Any, tokenizer: Any, *, out: Path, bf16: bool) -> RolloutEngine:
+    """The rollout engine ``--rollout`` names; ``sglang`` imports ``training.sglang_rollout`` lazily."""
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if config.rollout == "hf":
+        return HFRollout(
+            actor,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            temperature=config.temperature,
+            batch_size=config.rollout_batch_size,
+        )
+    try:
+        module = importlib.import_module("training.sglang_rollout")
+    except ModuleNotFoundError as exc:
+        if exc.name != "training.sglang_rollout":
+            raise UsageError(f"--rollout sglang: training.sglang_rollout needs {exc.name!r}: {exc}") from exc
+        raise UsageError(
+            "--rollout sglang needs training/sglang_rollout.py (SGLangRollout), which this checkout does "
+            "not have; use --rollout hf"
+        ) from exc
+    from pacore_agent.backends.sglang import SGLangBackend
+
+    api_key = os.environ.get("PACORE_SGLANG_API_KEY")
+    if config.sglang_url:
+        backend = SGLangBackend.attach(config.sglang_url, api_key=api_key)
+    else:
+        backend = SGLangBackend.launch(
+            config.model,
+            port=config.sglang_port,
+            api_key=api_key,
+            extra_args=shlex.split(config.sglang_args),
+            log_path=out / "sglang.log",
+        )
+    engine: RolloutEngine = module.SGLangRollout(
+        backend,
+        weights_dir=config.sglang_weights_dir,
+        stop_token_ids=[eos] if eos is not None else [],
+        temperature=config.temperature,
+        save_dtype=torch.bfloat16 if bf16 else None,
+    )
+    return engine
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. The loop
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a call of `train` did.
+
+    Attributes:
+        out: The run directory.
+        steps_done: PPO steps done in the whole run.
+        resumed_from: The checkpoint it resumed from, if any.
+        last_metrics: The metrics line of the last step run by this call (None when it ran none).
+    """
+
+    out: Path
+    steps_done: int
+    resumed_from: Path | None
+    last_metrics: dict[str, Any] | None
+
+
+def _resume_point(config: TrainConfig, out: Path, fingerprint: Mapping[str, Any]) -> Path | None:
+    """The checkpoint to resume from (None: start fresh), after checking it belongs to this run."""
+    checkpoint = latest_checkpoint(out)
+    if config.resume == "no" and checkpoint is not None:
+        raise UsageError(
+            f"{out} already holds a checkpoint ({checkpoint.name}): use another --out, or --resume auto"
+        )
+    if config.resume == "yes" and checkpoint is None:
+        raise UsageError(f"--resume yes: {out} holds no checkpoint to resume from")
+    if checkpoint is None:
+        return None
+    saved = checkpoint_metadata(checkpoint).get("fingerprint", {})
+    differences = fingerprint_differences(saved, fingerprint)
+    if differences and not config.force_resume:
+        raise FingerprintError(checkpoint, differences)
+    if differences:
+        print("warning: --force-resume despite:\n  " + "\n  ".join(differences), file=sys.stderr)
+    return checkpoint
+
+
+def _tokenize(tokenizer: Any, episode: Episode, limit: int) -> list[int]:
+    ids: list[int] = apply_chat_template(tokenizer, episode.prompt, tokenize=True)
+    if len(ids) > limit:
+        raise UsageError(
+            f"problem {episode.problem_id!r}: P(x, M) has {len(ids)} tokens at step {episode.step}, more than "
+            f"--max-prompt-tokens {limit}; filter long pools out or raise the limit"
+        )
+    return ids
+
+
+def _save(
+    out: Path, trainer: PPOTrainer, steps_done: int, data_position: int, config: TrainConfig, fingerprint: Any
+) -> Path:
+    metadata = {
+        "data_position": data_position,
+        "fingerprint": fingerprint,
+        "config": jsonable(dataclasses.asdict(config)),
+    }
+    path = out / "checkpoints" / f"{CHECKPOINT_PREFIX}{steps_done:06d}"
+    save_checkpoint(path, trainer, steps_done, metadata=metadata, rng_state=capture_rng_state())
+    for _, old in _checkpoints(out)[: -config.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
+    return path
+
+
+def train(config: TrainConfig) -> RunSummary:
+    """Run (or resume) a training run; see the module docstring for what one step does.
+
+    Raises:
+        UsageError: Bad settings or data, or a checkpoint from another configuration (`FingerprintError`).
+    """
+    # Derived settings, computed once up front; a checkpoint from another run is refused before any
+    # model is loaded.
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ppo = config.ppo_config()
+    B, n = config.problems_per_step, config.responses_per_problem  # the paper's names
+    device = _device(config)
+    bf16 = _check_bf16(config, device)
+    entries = load_or_build_pool(config, out)
+    env = SynthesisEnv(entries, config.env_config())
+    total_steps = config.steps if config.steps is not None else math.ceil(len(env) / B)
+    fingerprint = config_fingerprint(config, entries)
+    checkpoint = _resume_point(config, out, fingerprint)
+    run_info = {"config": dataclasses.asdict(config), "fingerprint": fingerprint, "resumed_from": checkpoint}
+    (out / "run.json").write_text(
+        json.dumps(jsonable(run_info), indent=2, default=str) + "\n", encoding="utf-8"
+    )
+
+    # The actor, its critic and optimizers, and the rollout engine.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    actor: Any = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
+    actor.to(device)
+    trainer = PPOTrainer(actor, config=ppo)
+    steps_done, data_position = 0, 0
+    if checkpoint is not None:
+        steps_done = load_checkpoint(checkpoint, trainer)
+        data_position = int(checkpoint_metadata(checkpoint).get("data_position", steps_done * B))
+        rng = checkpoint_rng_state(checkpoint)
+        if rng is not None:
+            restore_rng_state(rng)
+    metrics_log, episode_log = StepLog(out / "metrics.jsonl"), StepLog(out / "episodes.jsonl")
+    metrics_log.truncate(steps_done)  # steps after the checkpoint run again
+    episode_log.truncate(steps_done)
+    print(
+        f"pacore train: {len(env)} problems, {B} x {n} responses per step, steps {steps_done} -> {total_steps}, "
+        f"device {device}{' (bf16)' if bf16 else ''}, rollout {config.rollout}"
+        + (f", resuming from {checkpoint}" if checkpoint else ""),
+        flush=True,
+    )
+    kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "-1"))
+    last: dict[str, Any] | None = None
+
+    with ExitStack() as stack:
+        engine = make_rollout(config, actor, tokenizer, out=out, bf16=bf16)
+        if hasattr(engine, "close"):
+            stack.callback(engine.close)
+        if checkpoint is not None:
+            engine.sync_weights(trainer.actor)  # the engine started from --model's weights
+        scorers = stack.enter_context(concurrent.futures.ThreadPoolExecutor(config.reward_workers))
+
+        for step in range(steps_done, total_steps):
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            started = time.perf_counter()
+
+            # 1. Data: the next B problems of the seeded order.
+            positions = step_positions(data_position, B, len(env), config.seed)
+
+            # 2. Episodes: B x n, each its own message set (or one per problem with --shared-message-set).
+            if config.shared_message_set:
+                drawn = [env.episode(p, step=step, index=i * n) for i, p in enumerate(positions)]
+                episodes = [e for e in drawn for _ in range(n)]
+            else:
+                drawn = [
+                    env.episode(p, step=step, index=i * n + j)
+                    for i, p in enumerate(positions)
+                    for j in range(n)
+                ]
+                episodes = drawn
+
+            # 3. Rollout: P(x, M) through the chat template, sampled by the engine (seeded per step).
+            prompts = [_tokenize(tokenizer, e, config.max_prompt_tokens) for e in drawn]
+            torch.manual_seed(_seed_of("pacore-train-sample", config.seed, step))
+            samples: list[Sample] = engine.generate(
+                prompts, n if config.shared_message_set else 1, config.max_response_tokens
+            )
+            rollout_done = time.perf_counter()
+
+            # 4. Rewards: decode, then score C(response) (and the episode's flags).
+            texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+            results = list(scorers.map(env.reward, episodes, texts))
+            rewards = [r.score for r in results]
+            reward_done = time.perf_counter()
+
+            # 5. PPO update, then the new weights to the rollout engine.
+            metrics = trainer.step(samples, rewards)
+            train_done = time.perf_counter()
+            engine.sync_weights(trainer.actor)
+            data_position += B
+            steps_done = step + 1
+            finished = time.perf_counter()
+
+            # 6. Logs.
+            response_tokens = sum(len(s.response_ids) for s in samples)
+            record: dict[str, Any] = {
+                "step": step,
+                "data_position": data_position,
+                "epoch": data_position / len(env),  # epochs done, counting parts
+                **metrics,
+                **episode_metrics(results),
+                "charts/prompt_length": sum(len(p) for p in prompts) / len(prompts),
+                "charts/tokens_per_s": response_tokens / (finished - started),
+                "time/rollout_s": rollout_done - started,
+                "time/reward_s": reward_done - rollout_done,
+                "time/train_s": train_done - reward_done,
+                "time/sync_s": finished - train_done,
+                "time/step_s": finished - started,
+            }
+            metrics_log.append(record)
+            episode_log.append(
+                {"step": step, "episodes": [[e.problem_id, list(e.message_indices)] for e in episodes]}
+            )
+            last = record
+            print(
+                f"step {step:5d}  reward {record['charts/reward_mean']:.3f}  "
+                f"len {record['charts/response_length']:.0f}  kl {record['charts/approx_kl']:.2e}  "
+                f"clip {record['charts/clipfrac']:.3f}  {record['time/step_s']:.1f}s",
+                flush=True,
+            )
+
+            # 7. Checkpoint.
+            if steps_done % config.save_every == 0 or steps_done == total_steps:
+                _save(out, trainer, steps_done, data_position, config, fingerprint)
+
+    plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
+    if config.export_model:
+        trainer.actor.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+    return RunSummary(out=out, steps_done=steps_done, resumed_from=checkpoint, last_metrics=last)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: parse, train; a usage error prints its message and exits with status 2."""
+    try:
+        config = parse_args(argv)
+        summary = train(config)
+    except PacoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, UsageError) else 1
+    print(f"done: {summary.steps_done} steps in {summary.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
