@@ -22,6 +22,7 @@ import anyio
 from benchmarks._sim import sim_server_process, wait_healthy
 from pacore_agent import Coordinator, OpenAIBackend
 from pacore_agent.prompts import build_prompt, normalize_problem
+from pacore_agent.runtime import tune_gc
 from pacore_agent.schedule import Schedule
 
 
@@ -133,4 +134,5 @@ if __name__ == "__main__":
     parser.add_argument("--schedule", default="32,4")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    tune_gc()  # as the pacore commands do (see pacore_agent.runtime)
     anyio.run(main, parser.parse_args())

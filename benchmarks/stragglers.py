@@ -29,6 +29,7 @@ import anyio
 from benchmarks._sim import sim_server_process, wait_healthy
 from pacore_agent import Coordinator, OpenAIBackend, SolveResult
 from pacore_agent.answers import agrade
+from pacore_agent.runtime import tune_gc
 
 
 async def run(
@@ -97,4 +98,5 @@ if __name__ == "__main__":
     parser.add_argument("--schedule", default="16")
     parser.add_argument("--median", type=float, default=0.5, help="median seconds per request")
     parser.add_argument("--seed", type=int, default=0)
+    tune_gc()  # as the pacore commands do (see pacore_agent.runtime)
     anyio.run(main, parser.parse_args())

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         Usage,
     )
     from pacore_agent.retry import RetryPolicy
+    from pacore_agent.runtime import tune_gc
     from pacore_agent.schedule import Schedule
     from pacore_agent.server import PacoreServer
     from pacore_agent.strategies import BestOfN, PaCoRe, SelfConsistency, Single, Strategy
@@ -111,6 +112,7 @@ _LAZY: dict[str, str] = {
     "full": "pacore_agent.compactors",
     "last_tokens": "pacore_agent.compactors",
     "run_bench": "pacore_agent.bench",
+    "tune_gc": "pacore_agent.runtime",
 }
 
 __all__ = [
@@ -168,6 +170,7 @@ __all__ = [
     "full",
     "last_tokens",
     "run_bench",
+    "tune_gc",
 ]
 
 

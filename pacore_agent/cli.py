@@ -836,6 +836,9 @@ def report(
 
 def main() -> None:
     """Entry point of the ``pacore`` console script."""
+    from pacore_agent.runtime import tune_gc
+
+    tune_gc()  # an application with thousands of requests in flight: see pacore_agent.runtime
     app()
 
 

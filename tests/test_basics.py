@@ -222,3 +222,17 @@ def test_official_order_matches_the_pipeline() -> None:
     random.Random(OFFICIAL_SEED).shuffle(responses)
     expected = [r["i"] for r in responses if r["content"]]
     assert reference_order("official", trajectories, random.Random(0)) == expected
+
+
+def test_tune_gc_raises_thresholds_and_returns_the_previous() -> None:
+    import gc
+
+    from pacore_agent.runtime import HIGH_CONCURRENCY_GC, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        assert tune_gc() == before
+        assert gc.get_threshold() == HIGH_CONCURRENCY_GC
+        assert gc.isenabled()
+    finally:
+        gc.set_threshold(*before)
