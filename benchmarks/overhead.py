@@ -133,6 +133,6 @@ if __name__ == "__main__":
     parser.add_argument("--problems", type=int, default=32)
     parser.add_argument("--schedule", default="32,4")
     parser.add_argument("--concurrency", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     tune_gc()  # as the pacore commands do (see pacore_agent.runtime)
     anyio.run(main, parser.parse_args())

@@ -127,8 +127,9 @@ async def call_with_retries(
     # Fast path: most calls succeed at once, and tenacity's bookkeeping costs more than the call's own
     # client-side work at high request rates.
     try:
+        # The turn comes before the limiter: a request waiting for its turn must not hold an idle slot.
+        await backend.turn()
         async with backend.limiter:
-            await backend.turn()
             return Call(
                 completions=await backend.generate(current, on_delta=on_delta), attempts=1, request=current
             )
@@ -151,8 +152,8 @@ async def call_with_retries(
         async for attempt in retrying:
             with attempt:
                 attempts += 1
+                await backend.turn()
                 async with backend.limiter:
-                    await backend.turn()
                     completions = await backend.generate(current, on_delta=on_delta)
     except BackendError as error:
         error.attempt = attempts

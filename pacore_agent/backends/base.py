@@ -8,6 +8,8 @@ problem in flight that uses that backend instance.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -119,6 +121,14 @@ class Completion:
     logprobs: list[float] | None = None
 
 
+def _next_iteration(callback: Callable[[], None]) -> None:
+    """Run ``callback`` at the start of the event loop's next iteration."""
+    try:
+        asyncio.get_running_loop().call_soon(callback)
+    except RuntimeError:  # not asyncio (trio): the iteration simply ends now
+        callback()
+
+
 class Backend(ABC):
     """Base class of every backend.
 
@@ -142,7 +152,8 @@ class Backend(ABC):
             raise UsageError(f"max_concurrency must be positive, got {max_concurrency}")
         self.max_concurrency = max_concurrency
         self._limiter: anyio.CapacityLimiter | None = None
-        self._turnstile: anyio.Semaphore | None = None
+        self._starts = 0
+        self._waiting: collections.deque[anyio.Event] = collections.deque()
 
     @property
     def limiter(self) -> anyio.CapacityLimiter:
@@ -156,12 +167,33 @@ class Backend(ABC):
 
         Starting a request costs the client a millisecond or more of CPU (building and sending it) in
         one go; thousands started in the same loop iteration would stall every other task for seconds.
-        Passing a turnstile spreads them over iterations at no cost in throughput (the work is the same).
+        The first starts of an iteration pass at once (the steady state costs nothing); past the limit,
+        requests wait in line and start a few per iteration.
         """
-        if self._turnstile is None:
-            self._turnstile = anyio.Semaphore(STARTS_PER_TICK)
-        async with self._turnstile:
-            pass
+        if not self._waiting and self._starts < STARTS_PER_TICK:
+            if self._starts == 0:
+                _next_iteration(self._new_iteration)
+            self._starts += 1
+            return
+        ticket = anyio.Event()
+        self._waiting.append(ticket)
+        try:
+            await ticket.wait()
+        except BaseException:
+            if ticket in self._waiting:
+                self._waiting.remove(ticket)
+            elif ticket.is_set():  # cancelled right after its turn came: give the turn on
+                self._new_iteration(refill_only=True)
+            raise
+
+    def _new_iteration(self, refill_only: bool = False) -> None:
+        if not refill_only:
+            self._starts = 0
+        while self._waiting and self._starts < STARTS_PER_TICK:
+            self._waiting.popleft().set()
+            self._starts += 1
+        if self._starts and not refill_only:
+            _next_iteration(self._new_iteration)
 
     @abstractmethod
     async def generate(
