@@ -628,19 +628,28 @@ class Coordinator:
     async def _trajectory(
         self, completion: Completion, index: int, latency: float, attempts: int, base: dict[str, Any]
     ) -> Trajectory:
-        trajectory = Trajectory(
+        content, reasoning = completion.content, completion.reasoning
+        message = None
+        if content:
+            text = f"<think>{reasoning}</think>{content}" if reasoning else content  # = Trajectory.text
+            message = await apply_compactor(self.compactor, text)
+        # Every field is set from values of known types: construction without re-validation is on the
+        # hot path of every trajectory.
+        return Trajectory.model_construct(
+            round=base["round"],
             index=index,
-            content=completion.content,
-            reasoning=completion.reasoning,
+            status="ok",
+            content=content,
+            reasoning=reasoning,
+            message=message,
             finish_reason=completion.finish_reason,
             usage=completion.usage,
             latency_s=latency,
             attempts=attempts,
-            **{**base, "model": completion.model or base["model"]},
+            call=base["call"],
+            model=completion.model or base["model"],
+            error=None,
         )
-        if trajectory.content:
-            trajectory.message = await apply_compactor(self.compactor, trajectory.text)
-        return trajectory
 
     async def _report(self, trajectories: Sequence[Trajectory | None], emit: Emit | None) -> None:
         if emit is None:

@@ -105,6 +105,27 @@ async def call_with_retries(
         BackendError: The last error, with ``attempt`` set, when retries are exhausted or the error is
             not retryable.
     """
+    # Fast path: most calls succeed at once, and at high request rates even building the retry
+    # machinery costs more than the call's own client-side work. The turn comes before the limiter:
+    # a request waiting for its turn must not hold an idle slot.
+    await backend.turn()
+    try:
+        async with backend.limiter:
+            return Call(
+                completions=await backend.generate(request, on_delta=on_delta), attempts=1, request=request
+            )
+    except BackendError as error:
+        return await _retry(backend, request, policy, on_delta, error)
+
+
+async def _retry(
+    backend: Backend,
+    request: GenerationRequest,
+    policy: RetryPolicy,
+    on_delta: DeltaCallback | None,
+    first_error: BackendError,
+) -> Call:
+    """The attempts after a failed first one."""
     current = request
     context_retried = False
 
@@ -124,21 +145,10 @@ async def call_with_retries(
         error = state.outcome.exception() if state.outcome else None
         return policy.backoff(state.attempt_number + 1, error)
 
-    # Fast path: most calls succeed at once, and tenacity's bookkeeping costs more than the call's own
-    # client-side work at high request rates.
-    try:
-        # The turn comes before the limiter: a request waiting for its turn must not hold an idle slot.
-        await backend.turn()
-        async with backend.limiter:
-            return Call(
-                completions=await backend.generate(current, on_delta=on_delta), attempts=1, request=current
-            )
-    except BackendError as error:
-        if policy.max_attempts == 1 or not should_retry(error):
-            error.attempt = 1
-            raise
-        first_wait = policy.backoff(1, error)
-    await policy.sleep(first_wait)
+    if policy.max_attempts == 1 or not should_retry(first_error):
+        first_error.attempt = 1
+        raise first_error
+    await policy.sleep(policy.backoff(1, first_error))
 
     attempts = 1
     retrying = AsyncRetrying(

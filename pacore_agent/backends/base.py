@@ -34,8 +34,9 @@ __all__ = [
 DEFAULT_MAX_CONCURRENCY = 64
 """Requests in flight per backend when the caller sets no limit."""
 
-STARTS_PER_TICK = 8
-"""Requests a backend starts per event-loop iteration at most (see `Backend.turn`)."""
+STARTS_PER_TICK = 16
+"""Requests a backend starts per event-loop iteration at most (see `Backend.turn`); fewer (down to 4)
+for backends allowed thousands of requests in flight, whose bursts leave each iteration more I/O to do."""
 
 Message = dict[str, Any]
 
@@ -152,6 +153,8 @@ class Backend(ABC):
             raise UsageError(f"max_concurrency must be positive, got {max_concurrency}")
         self.max_concurrency = max_concurrency
         self._limiter: anyio.CapacityLimiter | None = None
+        # Thousands of requests in flight: each iteration also carries their connections' I/O.
+        self.starts_per_tick = max(4, min(STARTS_PER_TICK, 4096 // max_concurrency))
         self._starts = 0
         self._waiting: collections.deque[anyio.Event] = collections.deque()
 
@@ -163,14 +166,14 @@ class Backend(ABC):
         return self._limiter
 
     async def turn(self) -> None:
-        """Wait for this request's turn to start: at most `STARTS_PER_TICK` per event-loop iteration.
+        """Wait for this request's turn to start: at most ``starts_per_tick`` per event-loop iteration.
 
         Starting a request costs the client a millisecond or more of CPU (building and sending it) in
         one go; thousands started in the same loop iteration would stall every other task for seconds.
         The first starts of an iteration pass at once (the steady state costs nothing); past the limit,
         requests wait in line and start a few per iteration.
         """
-        if not self._waiting and self._starts < STARTS_PER_TICK:
+        if not self._waiting and self._starts < self.starts_per_tick:
             if self._starts == 0:
                 _next_iteration(self._new_iteration)
             self._starts += 1
@@ -189,7 +192,7 @@ class Backend(ABC):
     def _new_iteration(self, refill_only: bool = False) -> None:
         if not refill_only:
             self._starts = 0
-        while self._waiting and self._starts < STARTS_PER_TICK:
+        while self._waiting and self._starts < self.starts_per_tick:
             self._waiting.popleft().set()
             self._starts += 1
         if self._starts and not refill_only:
