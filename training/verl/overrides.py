@@ -1,6 +1,6 @@
 """The Hydra overrides of the launch scripts, and a check of their keys against verl's config.
 
-`script_overrides` reads a launch script (``stage1.sh``, ``stage2.sh``) the way bash would split its
+`script_overrides` reads a launch script (``ppo.sh``, which ``stage1.sh`` and ``stage2.sh`` source) the way bash would split its
 ``python3 -m verl.trainer.main_ppo ...`` command and returns the ``key=value`` overrides. `check_keys`
 compares them with `VERL_CONFIG_KEYS`, the key paths of verl's PPO trainer config vendored in
 ``verl_config_keys.txt`` (its header names the verl release and file they come from): a plain key must
