@@ -94,20 +94,25 @@ async def main(args: argparse.Namespace) -> None:
             # Warm-up: connections, imports, the server's caches.
             await run_raw(backend, bodies[: len(bodies) // 4], args.concurrency)
             await run_coordinator(backend, problems[:4], schedule)
-            # Interleaved repetitions, median of each: the machine's noise hits all alike.
-            raw_times, typed_times, coordinator_times = [], [], []
+            # Alternating runs, raw first and last: raw, coordinator, raw, coordinator, ..., raw. This
+            # machine's speed drifts by tens of percent within seconds, so each coordinator run is
+            # compared with the mean of the raw runs just before and after it, which cancels a drift
+            # that is steady over the three; the headline is the median of these ratios. The typed
+            # call, printed for scale only, runs a few times at the end.
+            raw_times = [await run_raw(backend, bodies, args.concurrency)]
+            coordinator_times: list[float] = []
             for _ in range(args.repeats):
-                raw_times.append(await run_raw(backend, bodies, args.concurrency))
                 coordinator_times.append(await run_coordinator(backend, problems, schedule))
-                typed_times.append(await run_raw(backend, bodies, args.concurrency, typed=True))
-            raw_s, coordinator_s = statistics.median(raw_times), statistics.median(coordinator_times)
-            typed_s = statistics.median(typed_times)
-            print(
-                "raw times:",
-                [round(t, 2) for t in raw_times],
-                "coordinator times:",
-                [round(t, 2) for t in coordinator_times],
-            )
+                raw_times.append(await run_raw(backend, bodies, args.concurrency))
+            typed_times = [
+                await run_raw(backend, bodies, args.concurrency, typed=True)
+                for _ in range(args.typed_repeats)
+            ]
+    ratios = [
+        (raw_times[i] + raw_times[i + 1]) / 2 / coordinator for i, coordinator in enumerate(coordinator_times)
+    ]
+    raw_s, coordinator_s = statistics.median(raw_times), statistics.median(coordinator_times)
+    typed_s = statistics.median(typed_times)
     completions = len(bodies)
     raw_cps, coordinator_cps, typed_cps = (
         completions / raw_s,
@@ -115,12 +120,14 @@ async def main(args: argparse.Namespace) -> None:
         completions / typed_s,
     )
     print(f"completions per run: {completions} ({args.problems} problems x {list(schedule.rounds)})")
-    print(f"repeats: {args.repeats} interleaved; medians below")
+    print(f"runs: {args.repeats} coordinator runs, each between two raw runs; medians below")
+    print("ratios (coordinator rate over the mean rate of its two raw neighbours):")
+    print("  " + " ".join(f"{r:.3f}" for r in ratios))
     print(f"raw client (same call):       {raw_s:7.2f} s  {raw_cps:8.1f} completions/s")
     print(f"raw client (typed create):    {typed_s:7.2f} s  {typed_cps:8.1f} completions/s")
     print(f"coordinator:                  {coordinator_s:7.2f} s  {coordinator_cps:8.1f} completions/s")
     print(
-        f"ratio={coordinator_cps / raw_cps:.3f} ratio_vs_typed_create={coordinator_cps / typed_cps:.3f} "
+        f"ratio={statistics.median(ratios):.3f} ratio_vs_typed_create={typed_s / coordinator_s:.3f} "
         f"coordinator_cps={coordinator_cps:.1f} raw_cps={raw_cps:.1f} concurrency={args.concurrency} "
         f"problems={args.problems} schedule={schedule}"
     )
@@ -133,6 +140,7 @@ if __name__ == "__main__":
     parser.add_argument("--problems", type=int, default=32)
     parser.add_argument("--schedule", default="32,4")
     parser.add_argument("--concurrency", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=21, help="coordinator runs (default 21)")
+    parser.add_argument("--typed-repeats", type=int, default=3, help="runs of the typed call (default 3)")
     tune_gc()  # as the pacore commands do (see pacore_agent.runtime)
     anyio.run(main, parser.parse_args())

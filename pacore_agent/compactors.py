@@ -24,6 +24,7 @@ __all__ = [
     "apply_compactor",
     "boxed_only",
     "chain",
+    "compacted",
     "final_conclusion",
     "full",
     "last_boxed",
@@ -133,7 +134,11 @@ def chain(*compactors: Compactor) -> Callable[[str], Awaitable[str]]:
 
 async def apply_compactor(compactor: Compactor, text: str) -> str:
     """Run a sync or async compactor."""
-    result = compactor(text)
+    return await compacted(compactor, compactor(text))
+
+
+async def compacted(compactor: Compactor, result: str | Awaitable[str]) -> str:
+    """The message from what ``compactor`` returned: awaited when it is async, checked to be a string."""
     if inspect.isawaitable(result):
         result = await result
     if not isinstance(result, str):

@@ -9,6 +9,7 @@ server, the benchmarks and training all come through here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -23,7 +24,7 @@ import anyio
 
 from pacore_agent.backends.base import Backend, Completion, GenerationRequest, SamplingParams
 from pacore_agent.budget import Budget, BudgetTracker
-from pacore_agent.compactors import Compactor, apply_compactor, final_conclusion
+from pacore_agent.compactors import Compactor, compacted, final_conclusion
 from pacore_agent.exceptions import (
     BackendError,
     BudgetExceeded,
@@ -59,6 +60,12 @@ Emit = Callable[[Event], Awaitable[None]]
 TokenStreaming = Literal["final", "all", "none"]
 
 
+def completion_text(completion: Completion) -> str:
+    """A completion's whole text, as `Trajectory.text` gives it: reasoning re-wrapped in ``<think>``."""
+    content = completion.content or ""
+    return f"<think>{completion.reasoning}</think>{content}" if completion.reasoning else content
+
+
 def problem_key(messages: Messages) -> str:
     """A stable identity of a conversation, for seeding."""
     return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -84,7 +91,7 @@ class _RoundState:
     partial_reasoning: dict[int, list[str]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _CallSpec:
     """One request of a round: which trajectories it makes and how it reports them."""
 
@@ -97,6 +104,7 @@ class _CallSpec:
     emit: Emit | None
     tokens: bool
     collect: bool
+    request: GenerationRequest | None  # shared by the round's calls when no per-call seed is derived
 
 
 class Coordinator:
@@ -498,7 +506,18 @@ class Coordinator:
             (first, min(self.n_per_request, launched - first))
             for first in range(0, launched, self.n_per_request)
         ]
-        with _lone_error(), anyio.move_on_after(min(limits) if limits else None) as deadline:
+        sampling = self.samplings[round_index]
+        shared = (
+            {
+                count: GenerationRequest(messages=prompt, n=count, sampling=sampling)
+                for count in {c for _, c in groups}
+            }
+            if sampling.seed is None
+            else {}
+        )
+        # No limit, no cancel scope: a round without one is the common case, and scopes cost per round.
+        deadline = anyio.move_on_after(min(limits)) if limits else None
+        with _lone_error(), deadline or contextlib.nullcontext():
             async with anyio.create_task_group() as group:
                 for call_index, (first, count) in enumerate(groups):
                     if tracker is not None and not tracker.start_call():
@@ -516,6 +535,7 @@ class Coordinator:
                             emit,
                             tokens,
                             tokens or (cuts and streams),
+                            shared.get(count),
                         ),
                         state,
                         group.cancel_scope,
@@ -526,7 +546,7 @@ class Coordinator:
             for trajectory in trajectories:
                 if trajectory.status == "cancelled":
                     await emit(TrajectoryFinished(trajectory=trajectory))
-        timed_out = deadline.cancelled_caught
+        timed_out = deadline is not None and deadline.cancelled_caught
         budget_hit = state.budget_hit or (
             timed_out and tracker is not None and tracker.exceeded() == "wall_time"
         )
@@ -552,10 +572,12 @@ class Coordinator:
         self, spec: _CallSpec, state: _RoundState, scope: anyio.CancelScope, tracker: BudgetTracker | None
     ) -> None:
         backend = self.backends[spec.round]
-        sampling = self.samplings[spec.round]
-        if sampling.seed is not None:
-            sampling = sampling.with_(seed=_derived_seed(sampling.seed, spec.key, spec.round, spec.call))
-        request = GenerationRequest(messages=spec.prompt, n=spec.count, sampling=sampling)
+        request = spec.request
+        if request is None:
+            sampling = self.samplings[spec.round]
+            if sampling.seed is not None:
+                sampling = sampling.with_(seed=_derived_seed(sampling.seed, spec.key, spec.round, spec.call))
+            request = GenerationRequest(messages=spec.prompt, n=spec.count, sampling=sampling)
         started = self.clock()
         emit = spec.emit
 
@@ -605,7 +627,16 @@ class Coordinator:
         latency = self.clock() - started
         finished: list[Trajectory] = []
         for index, completion in zip(indices, call.completions, strict=True):
-            trajectory = await self._trajectory(completion, index, latency, call.attempts, base)
+            message = None
+            if completion.content:
+                text = completion_text(completion)
+                compacted_now = self.compactor(text)  # called directly: most compactors are plain functions
+                message = (
+                    compacted_now
+                    if isinstance(compacted_now, str)
+                    else await compacted(self.compactor, compacted_now)
+                )
+            trajectory = self._trajectory(completion, index, message, latency, call.attempts, base)
             state.trajectories[index] = trajectory
             state.finished.append(index)
             finished.append(trajectory)
@@ -615,27 +646,30 @@ class Coordinator:
             tracker.charge(
                 Usage.sum([t.usage for t in finished]), finished[0].model, extra_attempts=call.attempts - 1
             )
-        await self._report(finished, emit)
+        if emit is not None:
+            await self._report(finished, emit)
         budget_out = tracker is not None and tracker.overrun() is not None
         if budget_out:
             state.budget_hit = True
         if (state.successes >= state.target and not state.reached) or budget_out:
             state.reached = state.reached or state.successes >= state.target
-            if None in state.trajectories:  # calls still running: cut them
+            if any(t is None for t in state.trajectories):  # calls still running: cut them
                 state.cut = True
                 scope.cancel()
 
-    async def _trajectory(
-        self, completion: Completion, index: int, latency: float, attempts: int, base: dict[str, Any]
+    def _trajectory(
+        self,
+        completion: Completion,
+        index: int,
+        message: str | None,
+        latency: float,
+        attempts: int,
+        base: dict[str, Any],
     ) -> Trajectory:
         content, reasoning = completion.content, completion.reasoning
-        message = None
-        if content:
-            text = f"<think>{reasoning}</think>{content}" if reasoning else content  # = Trajectory.text
-            message = await apply_compactor(self.compactor, text)
-        # Every field is set from values of known types: construction without re-validation is on the
-        # hot path of every trajectory.
-        return Trajectory.model_construct(
+        # Validating construction: pydantic's core checks these few fields faster than `model_construct`
+        # skips them in Python (this is on the hot path of every trajectory).
+        return Trajectory(
             round=base["round"],
             index=index,
             status="ok",

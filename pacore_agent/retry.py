@@ -106,9 +106,7 @@ async def call_with_retries(
             not retryable.
     """
     # Fast path: most calls succeed at once, and at high request rates even building the retry
-    # machinery costs more than the call's own client-side work. The turn comes before the limiter:
-    # a request waiting for its turn must not hold an idle slot.
-    await backend.turn()
+    # machinery costs more than the call's own client-side work.
     try:
         async with backend.limiter:
             return Call(
@@ -162,7 +160,6 @@ async def _retry(
         async for attempt in retrying:
             with attempt:
                 attempts += 1
-                await backend.turn()
                 async with backend.limiter:
                     completions = await backend.generate(current, on_delta=on_delta)
     except BackendError as error:

@@ -395,8 +395,8 @@ def test_cli_help_lists_the_options() -> None:
 
 @pytest.mark.anyio
 async def test_requests_start_a_few_per_loop_iteration() -> None:
-    """Thousands of requests launched together start a few per event-loop iteration, not all in one
-    (each start costs the client milliseconds of CPU: all in one iteration would stall the loop)."""
+    """Hundreds of requests launched together start a few per event-loop iteration, not all in one
+    (each start costs the client a millisecond of CPU: all in one iteration would stall the loop)."""
     import anyio
     import anyio.lowlevel
 
@@ -425,5 +425,8 @@ async def test_requests_start_a_few_per_loop_iteration() -> None:
         round_ = await Coordinator([300], backend).run_round("What is 6*7?", 300)
         group.cancel_scope.cancel()
     assert len(round_.messages) == 300 and sum(started.values()) == 300
-    assert backend.starts_per_tick == 4  # a thousand in flight: the smaller share per iteration
-    assert 1 < max(started.values()) <= backend.starts_per_tick
+    assert backend.limiter.starts_per_tick == 4  # a thousand in flight: the smaller share per iteration
+    # The burst's first iteration starts exactly the pace; later ones add the replacements of requests
+    # that ended (these simulated ones end at once), so the burst spreads over many iterations.
+    assert started[min(started)] == backend.limiter.starts_per_tick
+    assert len(started) >= 8 and max(started.values()) < 100

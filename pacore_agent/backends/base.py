@@ -2,28 +2,24 @@
 
 A backend turns a `GenerationRequest` (chat messages, ``n``, sampling settings) into ``n``
 `Completion` objects. Everything else (retries, recording, the PaCoRe rounds) is built on top of it.
-Each backend owns one `anyio.CapacityLimiter`: the concurrency limit of its endpoint, shared by every
+Each backend owns one `EndpointLimiter`: the concurrency limit of its endpoint, shared by every
 problem in flight that uses that backend instance.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, Self
 
-import anyio
-
+from pacore_agent.backends.limiter import EndpointLimiter
 from pacore_agent.exceptions import UsageError
 from pacore_agent.results import Usage
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
-    "STARTS_PER_TICK",
     "Backend",
     "Completion",
     "DeltaCallback",
@@ -33,10 +29,6 @@ __all__ = [
 
 DEFAULT_MAX_CONCURRENCY = 64
 """Requests in flight per backend when the caller sets no limit."""
-
-STARTS_PER_TICK = 16
-"""Requests a backend starts per event-loop iteration at most (see `Backend.turn`); fewer (down to 4)
-for backends allowed thousands of requests in flight, whose bursts leave each iteration more I/O to do."""
 
 Message = dict[str, Any]
 
@@ -122,14 +114,6 @@ class Completion:
     logprobs: list[float] | None = None
 
 
-def _next_iteration(callback: Callable[[], None]) -> None:
-    """Run ``callback`` at the start of the event loop's next iteration."""
-    try:
-        asyncio.get_running_loop().call_soon(callback)
-    except RuntimeError:  # not asyncio (trio): the iteration simply ends now
-        callback()
-
-
 class Backend(ABC):
     """Base class of every backend.
 
@@ -152,51 +136,15 @@ class Backend(ABC):
         if max_concurrency <= 0:
             raise UsageError(f"max_concurrency must be positive, got {max_concurrency}")
         self.max_concurrency = max_concurrency
-        self._limiter: anyio.CapacityLimiter | None = None
-        # Thousands of requests in flight: each iteration also carries their connections' I/O.
-        self.starts_per_tick = max(4, min(STARTS_PER_TICK, 4096 // max_concurrency))
-        self._starts = 0
-        self._waiting: collections.deque[anyio.Event] = collections.deque()
+        self._limiter = EndpointLimiter(max_concurrency)
 
     @property
-    def limiter(self) -> anyio.CapacityLimiter:
-        """The concurrency limit of this backend's endpoint, shared by every caller."""
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.max_concurrency)
-        return self._limiter
+    def limiter(self) -> EndpointLimiter:
+        """The concurrency limit of this backend's endpoint, shared by every caller.
 
-    async def turn(self) -> None:
-        """Wait for this request's turn to start: at most ``starts_per_tick`` per event-loop iteration.
-
-        Starting a request costs the client a millisecond or more of CPU (building and sending it) in
-        one go; thousands started in the same loop iteration would stall every other task for seconds.
-        The first starts of an iteration pass at once (the steady state costs nothing); past the limit,
-        requests wait in line and start a few per iteration.
+        Every request holds one of its slots: ``async with backend.limiter: ...``.
         """
-        if not self._waiting and self._starts < self.starts_per_tick:
-            if self._starts == 0:
-                _next_iteration(self._new_iteration)
-            self._starts += 1
-            return
-        ticket = anyio.Event()
-        self._waiting.append(ticket)
-        try:
-            await ticket.wait()
-        except BaseException:
-            if ticket in self._waiting:
-                self._waiting.remove(ticket)
-            elif ticket.is_set():  # cancelled right after its turn came: give the turn on
-                self._new_iteration(refill_only=True)
-            raise
-
-    def _new_iteration(self, refill_only: bool = False) -> None:
-        if not refill_only:
-            self._starts = 0
-        while self._waiting and self._starts < self.starts_per_tick:
-            self._waiting.popleft().set()
-            self._starts += 1
-        if self._starts and not refill_only:
-            _next_iteration(self._new_iteration)
+        return self._limiter
 
     @abstractmethod
     async def generate(

@@ -134,16 +134,17 @@ def translate_error(exc: Exception, *, endpoint: str) -> BackendError:
 
 
 def _usage(raw: Any) -> Usage:
-    if not isinstance(raw, Mapping):
+    # Bodies come from `json.loads`: plain dicts (checked as `dict`, not the slower `Mapping`).
+    if not isinstance(raw, dict):
         return Usage()
-    details = raw.get("completion_tokens_details") or {}
-    prompt_details = raw.get("prompt_tokens_details") or {}
+    details = raw.get("completion_tokens_details")
+    prompt_details = raw.get("prompt_tokens_details")
     return Usage(
         prompt_tokens=int(raw.get("prompt_tokens") or 0),
         completion_tokens=int(raw.get("completion_tokens") or 0),
-        reasoning_tokens=int(details.get("reasoning_tokens") or 0) if isinstance(details, Mapping) else 0,
+        reasoning_tokens=int(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0,
         cached_tokens=int(prompt_details.get("cached_tokens") or 0)
-        if isinstance(prompt_details, Mapping)
+        if isinstance(prompt_details, dict)
         else 0,
     )
 
@@ -296,7 +297,7 @@ class OpenAIBackend(Backend):
         self, request: GenerationRequest, *, on_delta: DeltaCallback | None = None
     ) -> list[Completion]:
         """Generate ``request.n`` completions (see `Backend.generate`)."""
-        model = request.model or await self.resolve_model()
+        model = request.model or self.model or await self.resolve_model()
         n = request.n
         if n > 1 and self.supports_n is False:
             completions: list[Completion] = []
@@ -336,15 +337,20 @@ class OpenAIBackend(Backend):
             raise translate_error(exc, endpoint=self.base_url) from exc
 
     def _parse(self, response: Any) -> list[Completion]:
-        if not isinstance(response, Mapping):
+        # On the hot path of every request: plain-dict checks, and no second `Usage` per choice.
+        if not isinstance(response, dict):
             raise MalformedResponseError(f"{self.base_url} sent a body that is not a JSON object")
         choices = response.get("choices")
         if not isinstance(choices, list) or not choices:
             raise MalformedResponseError(f"{self.base_url} returned no choices")
+        if len(choices) > 1:
+            choices = sorted(choices, key=lambda c: c.get("index") or 0 if isinstance(c, dict) else 0)
+        usage = _usage(response.get("usage"))
+        model = response.get("model")
         parsed: list[Completion] = []
-        for choice in sorted(choices, key=lambda c: c.get("index") or 0 if isinstance(c, Mapping) else 0):
-            message = choice.get("message") if isinstance(choice, Mapping) else None
-            if not isinstance(message, Mapping):
+        for choice in choices:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict):
                 raise MalformedResponseError(f"{self.base_url} returned a choice without a message")
             content = message.get("content")
             parsed.append(
@@ -352,14 +358,14 @@ class OpenAIBackend(Backend):
                     content=content if isinstance(content, str) else None,
                     reasoning=_reasoning_of(message),
                     finish_reason=choice.get("finish_reason"),
-                    model=response.get("model"),
+                    usage=usage,
+                    model=model,
                 )
             )
-        usages = _usage(response.get("usage")).split(
-            [len(c.content or "") + len(c.reasoning or "") for c in parsed]
-        )
-        for completion, usage in zip(parsed, usages, strict=True):
-            completion.usage = usage
+        if len(parsed) > 1:
+            shares = usage.split([len(c.content or "") + len(c.reasoning or "") for c in parsed])
+            for completion, share in zip(parsed, shares, strict=True):
+                completion.usage = share
         return parsed
 
     async def _streamed(

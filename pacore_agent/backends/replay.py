@@ -44,6 +44,7 @@ from pacore_agent.backends.base import (
     DeltaCallback,
     GenerationRequest,
 )
+from pacore_agent.backends.limiter import EndpointLimiter
 from pacore_agent.exceptions import BackendError, PacoreError, ReplayMissError, UsageError
 from pacore_agent.prompts import message_text
 from pacore_agent.results import Usage
@@ -241,7 +242,7 @@ class RecordingBackend(Backend):
         self.inner.name = value
 
     @property
-    def limiter(self) -> anyio.CapacityLimiter:
+    def limiter(self) -> EndpointLimiter:
         """The wrapped backend's limiter: recording adds no concurrency."""
         return self.inner.limiter
 
