@@ -223,6 +223,9 @@ def test_explained_variance() -> None:
     assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
     assert explained_variance(torch.zeros(B, R), returns, mask) == pytest.approx(0.0, abs=1e-6)
     assert math.isnan(explained_variance(rand(26, B, R), torch.ones(B, R), mask))
+    # All rewards equal: GAE leaves rounding noise of ~1e-8 on the returns; no variance to explain.
+    noise = 1e-8 * torch.randn(B, R, generator=torch.Generator().manual_seed(27))
+    assert math.isnan(explained_variance(rand(28, B, R), noise, mask))
 
 
 def test_split_micro_batches_respects_the_token_cap() -> None:

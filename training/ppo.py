@@ -281,10 +281,15 @@ def truncated_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, cap: fl
     return torch.exp(old_logprobs - rollout_logprobs).clamp(max=cap).detach()
 
 
+_FLAT_RETURNS_VARIANCE = 1e-8
+"""Below this variance the returns count as constant: GAE leaves rounding noise of order 1e-8 on returns
+whose rewards are all equal, and dividing by its square made explained variance -1e12."""
+
+
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     """1 - Var[returns - values] / Var[returns] over masked tokens; nan when the returns do not vary."""
     var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-    if var_returns.item() == 0.0:
+    if var_returns.item() < _FLAT_RETURNS_VARIANCE:
         return math.nan
     residual = returns - values
     var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
