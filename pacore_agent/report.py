@@ -48,6 +48,7 @@ __all__ = [
     "MethodReport",
     "RunData",
     "bootstrap_interval",
+    "label_offsets",
     "load_run",
     "plot_scaling",
     "render_table",
@@ -457,6 +458,23 @@ _FAMILY_STYLE = {
 }
 
 
+def label_offsets(points: Sequence[tuple[float, float]], x_span: float, y_span: float) -> list[int]:
+    """Vertical offsets (in points) for point labels so that labels of nearby points do not overlap.
+
+    Each label sits 5 points above its point, raised by 10 points for every earlier label within 8% of
+    the x span and 4% of the y span of it (x in the axis' own units: pass log10 for a log axis).
+    """
+    offsets: list[int] = []
+    for number, (x, y) in enumerate(points):
+        crowd = sum(
+            1
+            for other_x, other_y in points[:number]
+            if abs(other_x - x) < 0.08 * x_span and abs(other_y - y) < 0.04 * y_span
+        )
+        offsets.append(5 + 10 * crowd)
+    return offsets
+
+
 def plot_scaling(reports: Sequence[MethodReport], path: str | os.PathLike[str]) -> Path:
     """Accuracy against tokens per problem (log x), one panel per benchmark, one line per method family.
 
@@ -477,6 +495,7 @@ def plot_scaling(reports: Sequence[MethodReport], path: str | os.PathLike[str]) 
     runs = sorted({r.run for r in reports})
     figure, axes = plt.subplots(1, len(benchmarks), figsize=(8.5 * len(benchmarks), 5.2), squeeze=False)
     for axis, benchmark in zip(axes[0], benchmarks, strict=True):
+        labels: list[tuple[float, float, str, str | None]] = []  # placed after every line, see below
         for number, run in enumerate(runs):
             dashes = _RUN_STYLES[number % len(_RUN_STYLES)]
             rows = [r for r in reports if r.benchmark == benchmark and r.run == run and r.n]
@@ -505,15 +524,18 @@ def plot_scaling(reports: Sequence[MethodReport], path: str | os.PathLike[str]) 
                     capsize=3,
                     markersize=6,
                 )
-                for x, y, row in zip(xs, ys, members, strict=True):
-                    axis.annotate(
-                        row.method,
-                        (x, y),
-                        textcoords="offset points",
-                        xytext=(5, 5),
-                        fontsize=8,
-                        color=colour,
-                    )
+                labels += [(x, y, row.method, colour) for x, y, row in zip(xs, ys, members, strict=True)]
+        # Methods at the same compute and accuracy would print their names on top of each other.
+        spread = [math.log10(x) for x, _, _, _ in labels]
+        offsets = label_offsets(
+            [(lx, y) for lx, (_, y, _, _) in zip(spread, labels, strict=True)],
+            x_span=max(max(spread) - min(spread), 1.0) if spread else 1.0,  # at least a decade
+            y_span=100.0,
+        )
+        for (x, y, method, colour), offset in zip(labels, offsets, strict=True):
+            axis.annotate(
+                method, (x, y), textcoords="offset points", xytext=(5, offset), fontsize=8, color=colour
+            )
         axis.set_xscale("log")
         axis.set_xlabel("test-time compute per problem (thousands of completion tokens, log scale)")
         axis.set_ylabel("accuracy (%, pass@1 averaged over samples)")
@@ -521,7 +543,7 @@ def plot_scaling(reports: Sequence[MethodReport], path: str | os.PathLike[str]) 
         axis.set_title(f"{benchmark}: accuracy vs compute" + (" (SIMULATED endpoint)" if simulated else ""))
         axis.grid(True, which="both", alpha=0.3)
         shown = [max(r.ttc_k, 1e-3) for r in reports if r.benchmark == benchmark and r.n] or [1.0]
-        low, high = min(shown) / 1.5, max(shown) * 1.5
+        low, high = min(shown) / 1.5, max(shown) * 2.5  # room on the right for the last labels
         axis.set_xlim(low, high)
         axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
         # Label a few minor ticks (2, 3, 5 x 10^k) when the axis spans too little for decades to show.

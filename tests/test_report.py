@@ -14,6 +14,7 @@ from pacore_agent.report import (
     CSV_COLUMNS,
     MethodReport,
     bootstrap_interval,
+    label_offsets,
     summarize,
     to_markdown,
     wilson_interval,
@@ -240,3 +241,11 @@ def test_cli_report_writes_table_csv_markdown_and_plot(run_dir: Path, tmp_path: 
         [*PACORE, "report", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60, cwd=REPO
     )
     assert empty.returncode == 2 and "holds no benchmark results" in empty.stderr
+
+
+def test_labels_of_coinciding_points_are_stacked() -> None:
+    # Two methods at the same compute and accuracy, a third close by, a fourth far away.
+    points = [(2.0, 60.0), (2.0, 60.0), (2.02, 61.0), (3.5, 60.0)]
+    offsets = label_offsets(points, x_span=2.0, y_span=100.0)
+    assert offsets == [5, 15, 25, 5]
+    assert label_offsets([(1.0, 10.0), (1.5, 10.0)], x_span=1.0, y_span=100.0) == [5, 5]
