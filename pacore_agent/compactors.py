@@ -24,7 +24,6 @@ __all__ = [
     "apply_compactor",
     "boxed_only",
     "chain",
-    "compacted",
     "final_conclusion",
     "full",
     "last_boxed",
@@ -134,11 +133,7 @@ def chain(*compactors: Compactor) -> Callable[[str], Awaitable[str]]:
 
 async def apply_compactor(compactor: Compactor, text: str) -> str:
     """Run a sync or async compactor."""
-    return await compacted(compactor, compactor(text))
-
-
-async def compacted(compactor: Compactor, result: str | Awaitable[str]) -> str:
-    """The message from what ``compactor`` returned: awaited when it is async, checked to be a string."""
+    result = compactor(text)
     if inspect.isawaitable(result):
         result = await result
     if not isinstance(result, str):

@@ -24,7 +24,7 @@ import anyio
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest, SamplingParams
 from pacore_agent.budget import Budget, BudgetTracker
-from pacore_agent.compactors import Compactor, compacted, final_conclusion
+from pacore_agent.compactors import Compactor, apply_compactor, final_conclusion
 from pacore_agent.exceptions import (
     BackendError,
     BudgetExceeded,
@@ -58,12 +58,6 @@ Problem = str | Sequence[dict[str, Any]]
 
 Emit = Callable[[Event], Awaitable[None]]
 TokenStreaming = Literal["final", "all", "none"]
-
-
-def completion_text(completion: Completion) -> str:
-    """A completion's whole text, as `Trajectory.text` gives it: reasoning re-wrapped in ``<think>``."""
-    content = completion.content or ""
-    return f"<think>{completion.reasoning}</think>{content}" if completion.reasoning else content
 
 
 def problem_key(messages: Messages) -> str:
@@ -615,16 +609,7 @@ class Coordinator:
         latency = self.clock() - started
         finished: list[Trajectory] = []
         for index, completion in zip(indices, call.completions, strict=True):
-            message = None
-            if completion.content:
-                text = completion_text(completion)
-                compacted_now = self.compactor(text)  # called directly: most compactors are plain functions
-                message = (
-                    compacted_now
-                    if isinstance(compacted_now, str)
-                    else await compacted(self.compactor, compacted_now)
-                )
-            trajectory = self._trajectory(completion, index, message, latency, call.attempts, base)
+            trajectory = await self._trajectory(completion, index, latency, call.attempts, base)
             state.trajectories[index] = trajectory
             state.finished.append(index)
             finished.append(trajectory)
@@ -645,14 +630,8 @@ class Coordinator:
                 state.cut = True  # calls still running: cut them
                 state.scope.cancel()
 
-    def _trajectory(
-        self,
-        completion: Completion,
-        index: int,
-        message: str | None,
-        latency: float,
-        attempts: int,
-        base: dict[str, Any],
+    async def _trajectory(
+        self, completion: Completion, index: int, latency: float, attempts: int, base: dict[str, Any]
     ) -> Trajectory:
         # Validating construction with the defaults left out (a `None` reasoning passed explicitly costs
         # pydantic twice the time of the default): faster than `model_construct`, which skips validation
@@ -661,7 +640,6 @@ class Coordinator:
             "round": base["round"],
             "index": index,
             "content": completion.content,
-            "message": message,
             "finish_reason": completion.finish_reason,
             "usage": completion.usage,
             "latency_s": latency,
@@ -671,7 +649,10 @@ class Coordinator:
         }
         if completion.reasoning is not None:
             fields["reasoning"] = completion.reasoning
-        return Trajectory(**fields)
+        trajectory = Trajectory(**fields)
+        if trajectory.content:
+            trajectory.message = await apply_compactor(self.compactor, trajectory.text)
+        return trajectory
 
     async def _report(self, trajectories: Sequence[Trajectory | None], emit: Emit | None) -> None:
         if emit is None:

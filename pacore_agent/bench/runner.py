@@ -200,13 +200,7 @@ class BenchSettings:
                 "prices": {k: vars(v) for k, v in b.prices.items()},
             }
         return {
-            "version": CONFIG_VERSION,
-            "benchmark": self.benchmark,
-            "problems_sha256": fingerprint,
-            "model": model,
-            "seed": self.seed,
-            "sampling": self._sampling_config(),
-            "request_seeds": self.request_seeds,
+            **self._generation_config(model=model, fingerprint=fingerprint),
             "order": self.order,
             "budget": budget,
             "grade_messages": self.grade_messages,
@@ -217,6 +211,14 @@ class BenchSettings:
     def pool_config(self, *, model: str | None, fingerprint: str) -> dict[str, Any]:
         """What the pool directory's ``config.json`` records."""
         return {
+            **self._generation_config(model=model, fingerprint=fingerprint),
+            "size": self.pool_size,
+            "chunk": self.pool_chunk,
+        }
+
+    def _generation_config(self, *, model: str | None, fingerprint: str) -> dict[str, Any]:
+        """The settings both a run and a pool record: which problems, which model, how sampled."""
+        return {
             "version": CONFIG_VERSION,
             "benchmark": self.benchmark,
             "problems_sha256": fingerprint,
@@ -224,8 +226,6 @@ class BenchSettings:
             "seed": self.seed,
             "sampling": self._sampling_config(),
             "request_seeds": self.request_seeds,
-            "size": self.pool_size,
-            "chunk": self.pool_chunk,
         }
 
 
