@@ -28,7 +28,7 @@ import anyio
 
 from benchmarks._sim import sim_server_process, wait_healthy
 from pacore_agent import Coordinator, OpenAIBackend, SolveResult
-from pacore_agent.answers import agrade
+from pacore_agent.evaluation.answers import agrade
 from pacore_agent.runtime import tune_gc
 
 

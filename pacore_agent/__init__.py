@@ -23,10 +23,10 @@ if TYPE_CHECKING:
     from pacore_agent.backends.sim import Faults, Latency, SimBackend, SimConfig
     from pacore_agent.backends.sim_server import SimServer
     from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
-    from pacore_agent.bench import BenchSettings, MethodSpec, run_bench
     from pacore_agent.budget import Budget, Price
     from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens
     from pacore_agent.coordinator import Coordinator
+    from pacore_agent.evaluation.bench import BenchSettings, MethodSpec, run_bench
     from pacore_agent.exceptions import (
         BackendError,
         BudgetExceeded,
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from pacore_agent.retry import RetryPolicy
     from pacore_agent.runtime import tune_gc
     from pacore_agent.schedule import Schedule
-    from pacore_agent.server import PacoreServer
+    from pacore_agent.serving.server import PacoreServer
     from pacore_agent.strategies import BestOfN, PaCoRe, SelfConsistency, Single, Strategy
 
 # Public names are imported on first use, so `pacore --help` and the simulated server start without
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "Backend": "pacore_agent.backends.base",
     "BackendError": "pacore_agent.exceptions",
-    "BenchSettings": "pacore_agent.bench",
+    "BenchSettings": "pacore_agent.evaluation.bench",
     "BestOfN": "pacore_agent.strategies",
     "Budget": "pacore_agent.budget",
     "BudgetExceeded": "pacore_agent.exceptions",
@@ -73,11 +73,11 @@ _LAZY: dict[str, str] = {
     "Faults": "pacore_agent.backends.sim",
     "GenerationRequest": "pacore_agent.backends.base",
     "Latency": "pacore_agent.backends.sim",
-    "MethodSpec": "pacore_agent.bench",
+    "MethodSpec": "pacore_agent.evaluation.bench",
     "OpenAIBackend": "pacore_agent.backends.openai_compat",
     "PaCoRe": "pacore_agent.strategies",
     "PacoreError": "pacore_agent.exceptions",
-    "PacoreServer": "pacore_agent.server",
+    "PacoreServer": "pacore_agent.serving.server",
     "Price": "pacore_agent.budget",
     "RecordingBackend": "pacore_agent.backends.replay",
     "ReplayBackend": "pacore_agent.backends.replay",
@@ -111,7 +111,7 @@ _LAZY: dict[str, str] = {
     "final_conclusion": "pacore_agent.compactors",
     "full": "pacore_agent.compactors",
     "last_tokens": "pacore_agent.compactors",
-    "run_bench": "pacore_agent.bench",
+    "run_bench": "pacore_agent.evaluation.bench",
     "tune_gc": "pacore_agent.runtime",
 }
 

@@ -432,7 +432,7 @@ class Coordinator:
 
     async def _agreed(self, result: SolveResult, outcome: RoundResult) -> bool:
         """Adaptive stop: do the first round's answers agree enough to skip the remaining rounds?"""
-        from pacore_agent.answers import avote, extract_answer
+        from pacore_agent.evaluation.answers import avote, extract_answer
 
         finished = [t for t in outcome.trajectories if t.ok]
         answers = [extract_answer(final_conclusion(t.text)) for t in finished]

@@ -20,11 +20,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from pacore_agent.answers import agrade, avote, extract_answer
 from pacore_agent.backends.base import Backend, GenerationRequest, SamplingParams
 from pacore_agent.budget import Budget
 from pacore_agent.compactors import final_conclusion
 from pacore_agent.coordinator import Coordinator, Problem, collect, solve_each
+from pacore_agent.evaluation.answers import agrade, avote, extract_answer
 from pacore_agent.exceptions import RoundFailedError, SolveError, UsageError
 from pacore_agent.prompts import Messages, message_text, normalize_problem
 from pacore_agent.results import SolveResult, Trajectory
@@ -264,7 +264,7 @@ def code_scorer(tests: Sequence[dict[str, Any]]) -> Scorer:
     """The pass rate of the conclusion's program on stdin/stdout ``tests`` (sandboxed)."""
 
     async def score(messages: Messages, conclusion: str) -> float:
-        from pacore_agent.sandbox import arun_code_tests, extract_program
+        from pacore_agent.evaluation.sandbox import arun_code_tests, extract_program
 
         return (await arun_code_tests(extract_program(conclusion), list(tests))).pass_rate
 

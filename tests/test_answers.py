@@ -13,8 +13,8 @@ import time
 import anyio
 import pytest
 
-from pacore_agent import answers
-from pacore_agent.answers import (
+from pacore_agent.evaluation import answers
+from pacore_agent.evaluation.answers import (
     AnswerClass,
     SynthesisOutcome,
     agrade,

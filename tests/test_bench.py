@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pacore_agent import Faults, OpenAIBackend, SimConfig, SimServer, UsageError
-from pacore_agent.bench import (
+from pacore_agent.evaluation.bench import (
     BenchSettings,
     MethodSpec,
     load_problems,
@@ -25,10 +25,10 @@ from pacore_agent.bench import (
     read_failures,
     run_bench,
 )
-from pacore_agent.datasets import DatasetUnavailableError, Problem
-from pacore_agent.grading import grade_result
-from pacore_agent.report import CSV_COLUMNS, summarize
-from pacore_agent.store import RunRecord, RunStore
+from pacore_agent.evaluation.datasets import DatasetUnavailableError, Problem
+from pacore_agent.evaluation.grading import grade_result
+from pacore_agent.evaluation.report import CSV_COLUMNS, summarize
+from pacore_agent.evaluation.store import RunRecord, RunStore
 from tests.helpers import closed_port
 
 PACORE = [sys.executable, "-m", "pacore_agent.cli"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pacore_agent.datasets import (
+from pacore_agent.evaluation.datasets import (
     BENCHMARKS,
     LIVECODEBENCH_SUBSET_IDS,
     CodeTest,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pacore_agent.bench import FAILURES_FILENAME, FailedItem
-from pacore_agent.report import (
+from pacore_agent.evaluation.bench import FAILURES_FILENAME, FailedItem
+from pacore_agent.evaluation.report import (
     CSV_COLUMNS,
     MethodReport,
     bootstrap_interval,
@@ -20,8 +20,8 @@ from pacore_agent.report import (
     wilson_interval,
     write_csv,
 )
+from pacore_agent.evaluation.store import RunRecord, RunStore
 from pacore_agent.results import ErrorInfo, RoundResult, SolveResult, Trajectory, Usage
-from pacore_agent.store import RunRecord, RunStore
 
 PACORE = [sys.executable, "-m", "pacore_agent.cli"]
 REPO = Path(__file__).resolve().parents[1]

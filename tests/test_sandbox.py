@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import pytest
 
-from pacore_agent.answers import (
+from pacore_agent.evaluation.answers import (
     CodeTestResult,
     SandboxConfig,
     Verdict,

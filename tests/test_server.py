@@ -33,7 +33,7 @@ from pacore_agent import (
     UsageError,
 )
 from pacore_agent.cli import app
-from pacore_agent.server import PacoreServer, schedule_for_model
+from pacore_agent.serving.server import PacoreServer, schedule_for_model
 from tests.helpers import FakeSleep, closed_port, wait_until
 
 pytestmark = pytest.mark.anyio

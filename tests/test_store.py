@@ -15,9 +15,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from pacore_agent.exceptions import UsageError
-from pacore_agent.results import RoundResult, SolveResult, Trajectory, Usage
-from pacore_agent.store import (
+from pacore_agent.evaluation.store import (
     PoolEntry,
     PoolKey,
     PoolMessage,
@@ -27,6 +25,8 @@ from pacore_agent.store import (
     RunStore,
     StoreError,
 )
+from pacore_agent.exceptions import UsageError
+from pacore_agent.results import RoundResult, SolveResult, Trajectory, Usage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,7 +198,7 @@ WRITER = """
 import sys
 import anyio
 from pacore_agent.results import SolveResult
-from pacore_agent.store import RunRecord, RunStore
+from pacore_agent.evaluation.store import RunRecord, RunStore
 
 run_dir, n = sys.argv[1], int(sys.argv[2])
 

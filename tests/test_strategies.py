@@ -17,12 +17,12 @@ from pacore_agent import (
     UsageError,
     backend_from_env,
 )
-from pacore_agent.answers import extract_answer, math_equal
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest
 from pacore_agent.backends.sim import Faults
 from pacore_agent.compactors import final_conclusion
+from pacore_agent.evaluation.answers import extract_answer, math_equal
+from pacore_agent.evaluation.grading import grade_result
 from pacore_agent.exceptions import RoundFailedError
-from pacore_agent.grading import grade_result
 from pacore_agent.retry import RetryPolicy
 from pacore_agent.strategies import (
     BestOfN,
@@ -86,7 +86,7 @@ async def test_self_consistency_picks_the_majority_class() -> None:
 async def test_self_consistency_counts_equivalent_forms_together() -> None:
     # Distractors of a fraction answer are written "x + 1"; the right answer appears in two forms.
     answers = ["\\frac{1}{2}", "0.5", "\\frac{1}{2} + 1", "\\frac{1}{2} + 1", "\\frac{2}{4}"]
-    from pacore_agent.answers import vote
+    from pacore_agent.evaluation.answers import vote
 
     result = vote(answers)
     assert result.winner is not None and result.winner.count == 3

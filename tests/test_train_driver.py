@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import torch
 
+from pacore_agent.evaluation.store import PoolEntry, PoolMessage
 from pacore_agent.exceptions import UsageError
-from pacore_agent.store import PoolEntry, PoolMessage
 from training.checkpoint import (
     capture_rng_state,
     checkpoint_metadata,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from pacore_agent.answers import grade
-from pacore_agent.datasets import DatasetFormatError, write_jsonl
+from pacore_agent.evaluation.answers import grade
+from pacore_agent.evaluation.datasets import DatasetFormatError, write_jsonl
 from pacore_agent.exceptions import UsageError
 from training.data import (
     ARITHMETIC_MAX,

@@ -11,8 +11,8 @@ import jinja2
 import pytest
 
 from pacore_agent import Coordinator, OpenAIBackend, SimConfig, SimServer
+from pacore_agent.evaluation.store import PoolEntry, PoolMessage
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
-from pacore_agent.store import PoolEntry, PoolMessage
 from training.data import TrainProblem
 from training.env import (
     EnvConfig,

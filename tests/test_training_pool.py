@@ -22,8 +22,8 @@ from pacore_agent import (
     SimServer,
 )
 from pacore_agent.compactors import final_conclusion
+from pacore_agent.evaluation.store import PoolEntry, PoolMessage, PoolStore
 from pacore_agent.exceptions import UsageError
-from pacore_agent.store import PoolEntry, PoolMessage, PoolStore
 from training.curriculum import (
     Stage1Config,
     Stage2Config,

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from pacore_agent import Coordinator, OpenAIBackend, SamplingParams
-from pacore_agent.server import PacoreServer
+from pacore_agent.serving.server import PacoreServer
 from tests.helpers import closed_port
 
 pytest.importorskip("torch")

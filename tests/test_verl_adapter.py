@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from pacore_agent import SimConfig, SimServer
+from pacore_agent.evaluation.store import PoolEntry, PoolMessage
 from pacore_agent.exceptions import UsageError
-from pacore_agent.store import PoolEntry, PoolMessage
 from training.data import arithmetic_problems
 from training.env import EnvConfig, EnvDataError, RewardError, SynthesisEnv
 from training.pool import load_pool_entries, write_pool_entries

@@ -26,9 +26,9 @@ from typing import Any, Literal
 import anyio
 
 from pacore_agent.coordinator import Coordinator
-from pacore_agent.datasets import Domain
+from pacore_agent.evaluation.datasets import Domain
+from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
-from pacore_agent.store import PoolEntry
 from training.env import EnvConfig, SynthesisEnv
 from training.pool import pool_accuracy, write_pool_entries
 

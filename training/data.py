@@ -1,10 +1,10 @@
 """Training problems: our JSONL, the published PaCoRe-Train-8k layout, and synthetic large-integer arithmetic.
 
-Every source becomes a `TrainProblem`: a `pacore_agent.datasets.Problem` (id, statement, answer, domain,
+Every source becomes a `TrainProblem`: a `pacore_agent.evaluation.datasets.Problem` (id, statement, answer, domain,
 tests, metadata) plus the chat ``conversation`` it was posed in and any ``responses`` cached with it.
 
 - `load_problems`: our JSONL (``id``, ``problem``, ``answer``, ``domain`` ``"math"``/``"code"``, ``tests``
-  for code), read by `pacore_agent.datasets.load_jsonl`, so a bad line fails with ``file:line`` and field.
+  for code), read by `pacore_agent.evaluation.datasets.load_jsonl`, so a bad line fails with ``file:line`` and field.
 - `load_pacore_train`: the PaCoRe-Train-8k layout (``conversation``: chat messages; ``responses``: cached
   trajectories, the messages M of training; ``ground_truth``: the verifiable answer, or the tests of a code
   problem), as a JSON array or JSONL.
@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pacore_agent.datasets import CodeTest, DatasetFormatError, Domain, Problem, load_jsonl
+from pacore_agent.evaluation.datasets import CodeTest, DatasetFormatError, Domain, Problem, load_jsonl
 from pacore_agent.exceptions import UsageError
 from pacore_agent.prompts import Messages, last_user_index, message_text, normalize_problem
 
@@ -102,7 +102,7 @@ def load_problems(path: str | os.PathLike[str], *, domain: Domain | None = None)
     """Load training problems from our JSONL (the benchmark format).
 
     Each line needs ``id``, ``problem`` and ``answer`` (math) or a non-empty ``tests`` list (code); see
-    `pacore_agent.datasets.load_jsonl`. Optional ``conversation`` (chat messages) and ``responses``
+    `pacore_agent.evaluation.datasets.load_jsonl`. Optional ``conversation`` (chat messages) and ``responses``
     (cached trajectories) fields fill the `TrainProblem` fields of the same names.
 
     Args:

@@ -5,7 +5,7 @@ An episode of PaCoRe training (DESIGN.md, "Training"): take a problem and its po
 order, render P(x, M) with `pacore_agent.prompts.build_prompt` (the same function the `Coordinator`
 calls, so the prompt is byte-identical to what inference sends for the same problem and ordered
 messages), let the policy generate ONE trajectory, and score C(trajectory) against the problem: binary
-for math (`pacore_agent.answers.grade`), the pass rate of its tests for code.
+for math (`pacore_agent.evaluation.answers.grade`), the pass rate of its tests for code.
 
 The draw is a pure function of (seed, step, index): the same triple always gives the same episode,
 whatever process or order it is drawn in.
@@ -13,7 +13,7 @@ whatever process or order it is drawn in.
 Beside the reward, every episode reports flags the paper studies:
 
 - ``all_messages_wrong``: messages were given and none was correct;
-- ``emergent``: ... and yet the synthesis is right (`pacore_agent.answers.emergent_correctness`);
+- ``emergent``: ... and yet the synthesis is right (`pacore_agent.evaluation.answers.emergent_correctness`);
 - ``cross_check``: the response refers to the references ("reference", "Ref 3", "Reference 12").
 
 The environment deals in text and chat messages only, never in tensors: token ids are the rollout
@@ -33,12 +33,12 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 
-from pacore_agent.answers import DEFAULT_MATH_TIMEOUT, emergent_correctness, extract_answer, grade
 from pacore_agent.compactors import final_conclusion
+from pacore_agent.evaluation.answers import DEFAULT_MATH_TIMEOUT, emergent_correctness, extract_answer, grade
+from pacore_agent.evaluation.sandbox import SandboxConfig, extract_program, run_code_tests
+from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
 from pacore_agent.prompts import Messages, SynthesisTemplate, build_prompt
-from pacore_agent.sandbox import SandboxConfig, extract_program, run_code_tests
-from pacore_agent.store import PoolEntry
 from training.data import TrainProblem
 from training.pool import entry_problem
 

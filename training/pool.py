@@ -4,7 +4,7 @@ For each problem, `build_pool` runs ONE first round of N trajectories (default 2
 `Coordinator.run_round`, the very code path `solve` uses (same prompt, backend limiter, retries and
 compactor C), so a pool built with any backend (SGLang, an OpenAI-compatible endpoint, the in-process
 transformers model, the simulated server) holds exactly the messages inference would pass on. Each
-message is graded (math: `pacore_agent.answers.agrade`, binary; code: the pass rate of the problem's
+message is graded (math: `pacore_agent.evaluation.answers.agrade`, binary; code: the pass rate of the problem's
 tests in the sandbox) and the entry (problem, messages, correctness, usage) is appended durably to a
 `PoolStore` as soon as its problem is done.
 
@@ -15,7 +15,7 @@ at a time; requests of every problem share the backend's own limiter.
 A problem that ships cached responses (PaCoRe-Train-8k) can take its pool from them instead
 (`PoolConfig.use_cached`): C is applied to each cached response and it is graded the same way.
 
-Entry layout (`pacore_agent.store.PoolEntry`): ``problem`` is the statement, ``answer`` the reference
+Entry layout (`pacore_agent.evaluation.store.PoolEntry`): ``problem`` is the statement, ``answer`` the reference
 answer (empty for code), ``domain``, ``model``, ``messages`` (one `PoolMessage` per finished trajectory,
 in the round's reference order), and ``metadata`` with ``source`` (``"generated"`` or ``"cached"``),
 ``launched``/``failed`` trajectory counts, ``tests`` (code problems: the tests, so an entry is
@@ -35,14 +35,14 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from pacore_agent.answers import agrade, extract_answer
 from pacore_agent.compactors import Compactor, apply_compactor, final_conclusion
 from pacore_agent.coordinator import Coordinator
-from pacore_agent.datasets import CodeTest
+from pacore_agent.evaluation.answers import agrade, extract_answer
+from pacore_agent.evaluation.datasets import CodeTest
+from pacore_agent.evaluation.sandbox import SandboxConfig, arun_code_tests, extract_program
+from pacore_agent.evaluation.store import PoolEntry, PoolKey, PoolMessage, PoolStore
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
 from pacore_agent.results import RoundResult, Usage
-from pacore_agent.sandbox import SandboxConfig, arun_code_tests, extract_program
-from pacore_agent.store import PoolEntry, PoolKey, PoolMessage, PoolStore
 from training.data import TrainProblem
 
 __all__ = [
@@ -129,7 +129,7 @@ async def grade_message(
 ) -> tuple[str | None, bool, float]:
     """Grade one pooled message against its problem: ``(predicted, correct, score)``.
 
-    Math: ``predicted`` is the extracted answer and ``score`` 1.0/0.0 (`pacore_agent.answers.agrade`).
+    Math: ``predicted`` is the extracted answer and ``score`` 1.0/0.0 (`pacore_agent.evaluation.answers.agrade`).
     Code: ``predicted`` is None and ``score`` the pass rate of the message's program on the problem's tests;
     ``correct`` means every test passed.
 

@@ -82,8 +82,8 @@ from typing import Any, Literal
 import anyio
 import torch
 
+from pacore_agent.evaluation.store import PoolEntry, PoolStore
 from pacore_agent.exceptions import PacoreError, UsageError
-from pacore_agent.store import PoolEntry, PoolStore
 from training.checkpoint import (
     capture_rng_state,
     checkpoint_metadata,

@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from pacore_agent._serving import AppServer
 from pacore_agent.backends.sim import SIM_LABEL, SimChoice, SimConfig, SimEngine, SimFault, SimReply
+from pacore_agent.serving.app import AppServer
 
 __all__ = ["SimServer"]
 

@@ -43,7 +43,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from pacore_agent._serving import AppServer
+from pacore_agent.serving.app import AppServer
 
 __all__ = ["DIE_EXIT_CODE", "FakeSGLangServer", "main"]
 

@@ -38,8 +38,8 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.prompts import build_prompt
-from pacore_agent.store import PoolEntry
 from training.env import DEFAULT_HI, DEFAULT_LO, EnvConfig, Episode, SynthesisEnv, apply_chat_template
 from training.pool import load_pool_entries
 

@@ -8,7 +8,7 @@ verl loads it with::
 and calls ``compute_score(data_source=..., solution_str=..., ground_truth=..., extra_info=...)`` once per
 response (its ``naive`` reward manager, in a worker thread). The score is the paper's reward on
 C(response) (`training.env.score_response`, the environment's own code): 1.0/0.0 for math
-(`pacore_agent.answers.grade`), the pass rate of the tests for code. The returned dict also carries the
+(`pacore_agent.evaluation.answers.grade`), the pass rate of the tests for code. The returned dict also carries the
 episode's flags, which verl logs as reward metrics: ``acc``, ``all_messages_wrong``, ``emergent``,
 ``cross_check``, ``cross_check_mentions``, ``num_messages`` (floats, present on every response).
 
@@ -23,9 +23,9 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from pacore_agent.datasets import Domain
+from pacore_agent.evaluation.datasets import Domain
+from pacore_agent.evaluation.sandbox import SandboxConfig
 from pacore_agent.exceptions import UsageError
-from pacore_agent.sandbox import SandboxConfig
 from training.data import TrainProblem, parse_tests
 from training.env import default_reward, score_response
 from training.verl.dataset import DATA_SOURCE_PREFIX

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from pacore_agent.store import PoolStore
+from pacore_agent.evaluation.store import PoolStore
 from training.curriculum import CODE_THRESHOLD, MATH_THRESHOLD, Stage1Config, stage1_filter, write_filtered
 from training.data import TrainProblem, arithmetic_problems, load_training_problems
 from training.pool import DEFAULT_POOL_SIZE, PoolConfig, build_pool

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar
 import anyio.to_thread
 from pydantic import BaseModel, Field, ValidationError
 
-from pacore_agent.datasets import Domain
+from pacore_agent.evaluation.datasets import Domain
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
 from pacore_agent.results import ErrorInfo, SolveResult, Trajectory, Usage
 

@@ -535,7 +535,7 @@ def serve(
     import logging
 
     from pacore_agent.backends.openai_compat import OpenAIBackend
-    from pacore_agent.server import PacoreServer
+    from pacore_agent.serving.server import PacoreServer
 
     token: str | None = None
     if api_key_env:
@@ -693,8 +693,14 @@ def bench(
     Math answers are graded with math-verify (emergent correctness recorded); code by its tests in the
     sandbox (pass rate). Summarize with `pacore report OUT`.
     """
-    from pacore_agent.bench import BenchProgress, BenchSettings, load_problems, parse_methods, run_bench
     from pacore_agent.budget import Budget
+    from pacore_agent.evaluation.bench import (
+        BenchProgress,
+        BenchSettings,
+        load_problems,
+        parse_methods,
+        run_bench,
+    )
 
     try:
         specs = parse_methods(method)
@@ -762,7 +768,7 @@ def bench(
         highlight=False,
     )
     if report:
-        from pacore_agent.report import render_table, summarize
+        from pacore_agent.evaluation.report import render_table, summarize
 
         _report_console().print(render_table(summarize([out])))
     for failure in summary.failed[:5]:
@@ -812,7 +818,7 @@ def report(
     is a problem-clustered percentile bootstrap. TTC counts the completion tokens of every trajectory of a
     sample, all rounds (pool-drawn ones included).
     """
-    from pacore_agent.report import plot_scaling, render_table, summarize, to_markdown, write_csv
+    from pacore_agent.evaluation.report import plot_scaling, render_table, summarize, to_markdown, write_csv
 
     try:
         reports = summarize(directories, resamples=resamples, seed=seed)
@@ -841,6 +847,3 @@ def main() -> None:
     tune_gc()  # an application with thousands of requests in flight: see pacore_agent.runtime
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pacore_agent.backends.base import Backend
 from pacore_agent.coordinator import Coordinator
-from pacore_agent.datasets import Problem
+from pacore_agent.evaluation.datasets import Problem
 from pacore_agent.exceptions import UsageError
 from pacore_agent.schedule import PRESETS, Schedule
 from pacore_agent.strategies import (

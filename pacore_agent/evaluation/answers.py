@@ -11,7 +11,7 @@ next call, and the answer counts as not equal. Cheap checks run first (normalise
 free-text answers), so most calls never reach the worker. `math_equal` is safe from any thread;
 `amath_equal` runs it off the event loop.
 
-Code grading (the paper's pass-rate reward) lives in `pacore_agent.sandbox` and is re-exported here.
+Code grading (the paper's pass-rate reward) lives in `pacore_agent.evaluation.sandbox` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from pacore_agent.sandbox import (
+from pacore_agent.evaluation.sandbox import (
     CodeTestResult,
     SandboxConfig,
     TestVerdict,

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pacore_agent.answers import agrade, emergent_correctness, extract_answer
 from pacore_agent.compactors import final_conclusion
+from pacore_agent.evaluation.answers import agrade, emergent_correctness, extract_answer
 from pacore_agent.results import SolveResult
 
 __all__ = ["Grading", "RoundGrading", "grade_result", "score_text"]
@@ -53,7 +53,7 @@ async def score_text(
 ) -> float:
     """1.0/0.0 against a reference answer, or the pass rate on code ``tests``."""
     if tests:
-        from pacore_agent.sandbox import arun_code_tests, extract_program
+        from pacore_agent.evaluation.sandbox import arun_code_tests, extract_program
 
         return (await arun_code_tests(extract_program(text or ""), list(tests))).pass_rate
     if answer is None:

@@ -24,18 +24,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pacore_agent.answers import avote, emergent_correctness, extract_answer
 from pacore_agent.backends.base import Backend, SamplingParams
-from pacore_agent.bench.methods import MethodSpec
-from pacore_agent.bench.seeds import derive_seed
 from pacore_agent.compactors import final_conclusion
 from pacore_agent.coordinator import Coordinator
-from pacore_agent.datasets import Problem
+from pacore_agent.evaluation.answers import avote, emergent_correctness, extract_answer
+from pacore_agent.evaluation.bench.methods import MethodSpec
+from pacore_agent.evaluation.bench.seeds import derive_seed
+from pacore_agent.evaluation.datasets import Problem
+from pacore_agent.evaluation.grading import Grading, RoundGrading, score_text
+from pacore_agent.evaluation.store import PoolEntry, PoolMessage, PoolStore
 from pacore_agent.exceptions import RoundFailedError
-from pacore_agent.grading import Grading, RoundGrading, score_text
 from pacore_agent.prompts import normalize_problem
 from pacore_agent.results import RoundResult, SolveResult, Trajectory
-from pacore_agent.store import PoolEntry, PoolMessage, PoolStore
 
 __all__ = [
     "Pool",
@@ -300,7 +300,7 @@ def grading_of_choice(problem: Problem, pool: Pool, result: SolveResult) -> Grad
 async def grade_with_pool(
     problem: Problem, result: SolveResult, first_scores: list[float], *, messages: bool
 ) -> Grading:
-    """`pacore_agent.grading.grade_result` for a pool-evaluated PaCoRe result, reusing the pooled grades."""
+    """`pacore_agent.evaluation.grading.grade_result` for a pool-evaluated PaCoRe result, reusing the pooled grades."""
     score = await _score(problem, result.answer)
     grading = Grading(
         predicted=None if problem.domain == "code" else extract_answer(result.answer),

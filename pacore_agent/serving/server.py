@@ -32,7 +32,6 @@ from typing import Any
 import anyio
 from aiohttp import web
 
-from pacore_agent._serving import AppServer
 from pacore_agent.backends.base import Backend, SamplingParams
 from pacore_agent.coordinator import Coordinator
 from pacore_agent.exceptions import (
@@ -54,6 +53,7 @@ from pacore_agent.results import (
 )
 from pacore_agent.retry import RetryPolicy
 from pacore_agent.schedule import PRESETS, Schedule
+from pacore_agent.serving.app import AppServer
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",

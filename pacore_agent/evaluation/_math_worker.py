@@ -1,4 +1,4 @@
-"""Child process behind `pacore_agent.answers.math_equal`: math-verify parse + verify, one pair at a time.
+"""Child process behind `pacore_agent.evaluation.answers.math_equal`: math-verify parse + verify, one pair at a time.
 
 Run as a script (``python -P -u _math_worker.py``), never imported by the library, and self-contained so
 that it needs nothing from pacore on ``sys.path``. The protocol is JSON lines:

@@ -2,14 +2,14 @@
 
 - `MethodSpec`: ``pacore:high``, ``pacore:[32,4]``, ``single``, ``sc@16``, ``bon@8`` (oracle best-of-n).
 - `BenchSettings` + `run_bench`: every (problem, method, sample) once, graded and appended durably to a
-  `pacore_agent.store.RunStore`; reruns resume. Fresh runs, or the paper's pool protocol
+  `pacore_agent.evaluation.store.RunStore`; reruns resume. Fresh runs, or the paper's pool protocol
   (``pool_size``): first rounds drawn from a pool of pre-generated trajectories per problem.
-- `pacore_agent.report` turns run directories into tables, CSV and scaling plots.
+- `pacore_agent.evaluation.report` turns run directories into tables, CSV and scaling plots.
 """
 
-from pacore_agent.bench.methods import MethodKind, MethodSpec, parse_methods
-from pacore_agent.bench.progress import BenchProgress
-from pacore_agent.bench.runner import (
+from pacore_agent.evaluation.bench.methods import MethodKind, MethodSpec, parse_methods
+from pacore_agent.evaluation.bench.progress import BenchProgress
+from pacore_agent.evaluation.bench.runner import (
     FAILURES_FILENAME,
     BenchSettings,
     BenchSummary,
@@ -19,7 +19,7 @@ from pacore_agent.bench.runner import (
     read_failures,
     run_bench,
 )
-from pacore_agent.bench.seeds import derive_seed
+from pacore_agent.evaluation.bench.seeds import derive_seed
 
 __all__ = [
     "FAILURES_FILENAME",

@@ -1,6 +1,6 @@
 """Bootstrap of one sandboxed run: confine this process, then run the user's program in it.
 
-Started by `pacore_agent.sandbox` as ``python -I [-S] _sandbox_bootstrap.py CONFIG_JSON`` with the run's
+Started by `pacore_agent.evaluation.sandbox` as ``python -I [-S] _sandbox_bootstrap.py CONFIG_JSON`` with the run's
 private directory as cwd, the test input as stdin, in a new session. Self-contained (standard library
 only), never imported by the library. In order:
 

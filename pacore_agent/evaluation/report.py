@@ -1,6 +1,6 @@
 """Reports of benchmark runs: a Table-1-style table (terminal and Markdown), CSV, and a scaling plot.
 
-One row per (run directory, benchmark, method), from the records of `pacore_agent.store.RunStore`:
+One row per (run directory, benchmark, method), from the records of `pacore_agent.evaluation.store.RunStore`:
 
 - ``n``: graded samples; ``problems``: distinct problems among them.
 - ``accuracy``: pass@1 averaged over samples, as in the paper: each problem's mean correctness over its
@@ -40,8 +40,8 @@ from typing import Any
 
 from rich.table import Table
 
+from pacore_agent.evaluation.store import CONFIG_FILENAME, RunRecord, RunStore
 from pacore_agent.exceptions import UsageError
-from pacore_agent.store import CONFIG_FILENAME, RunRecord, RunStore
 
 __all__ = [
     "CSV_COLUMNS",
@@ -177,7 +177,7 @@ class RunData:
 
 
 def _spec(method: str) -> Any:
-    from pacore_agent.bench.methods import MethodSpec
+    from pacore_agent.evaluation.bench.methods import MethodSpec
 
     try:
         return MethodSpec.parse(method)
@@ -191,7 +191,7 @@ def load_run(directory: str | os.PathLike[str]) -> RunData:
     Raises:
         UsageError: The directory holds no results.
     """
-    from pacore_agent.bench.runner import read_failures
+    from pacore_agent.evaluation.bench.runner import read_failures
 
     path = Path(directory)
     store = RunStore.open(path, readonly=True)

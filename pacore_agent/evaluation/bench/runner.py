@@ -38,8 +38,9 @@ import anyio.to_thread
 from pydantic import BaseModel, Field, ValidationError
 
 from pacore_agent.backends.base import Backend, SamplingParams
-from pacore_agent.bench.methods import MethodSpec
-from pacore_agent.bench.pool import (
+from pacore_agent.budget import Budget
+from pacore_agent.evaluation.bench.methods import MethodSpec
+from pacore_agent.evaluation.bench.pool import (
     Pool,
     grade_with_pool,
     grading_of_choice,
@@ -48,14 +49,13 @@ from pacore_agent.bench.pool import (
     pool_part,
     solve_from_pool,
 )
-from pacore_agent.bench.progress import BenchProgress
-from pacore_agent.bench.seeds import derive_seed
-from pacore_agent.budget import Budget
-from pacore_agent.datasets import Problem, get_benchmark, load_benchmark, load_jsonl
+from pacore_agent.evaluation.bench.progress import BenchProgress
+from pacore_agent.evaluation.bench.seeds import derive_seed
+from pacore_agent.evaluation.datasets import Problem, get_benchmark, load_benchmark, load_jsonl
+from pacore_agent.evaluation.grading import Grading, grade_result
+from pacore_agent.evaluation.store import PoolStore, RunKey, RunRecord, RunStore
 from pacore_agent.exceptions import BudgetExceeded, PacoreRuntimeError, SolveError, UsageError
-from pacore_agent.grading import Grading, grade_result
 from pacore_agent.results import ErrorInfo, SolveResult
-from pacore_agent.store import PoolStore, RunKey, RunRecord, RunStore
 
 __all__ = [
     "FAILURES_FILENAME",
@@ -277,7 +277,7 @@ def load_problems(
     """The problems of a benchmark run: a named benchmark, or any JSONL file under a name of your choice.
 
     Args:
-        benchmark: A named benchmark (see `pacore_agent.datasets.BENCHMARKS`), or, with ``data``, the
+        benchmark: A named benchmark (see `pacore_agent.evaluation.datasets.BENCHMARKS`), or, with ``data``, the
             name to record for the file.
         data: A JSONL file (``id``, ``problem``, ``answer``, and ``tests`` for code) to read instead.
         limit: Keep the first ``limit`` problems.

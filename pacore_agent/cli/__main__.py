@@ -1,0 +1,5 @@
+"""``python -m pacore_agent.cli``: the ``pacore`` command."""
+
+from pacore_agent.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Evaluation: answers and grading, the code sandbox, benchmark data, the result store, reports, bench."""
