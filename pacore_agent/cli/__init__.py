@@ -846,4 +846,3 @@ def main() -> None:
 
     tune_gc()  # an application with thousands of requests in flight: see pacore_agent.runtime
     app()
-
