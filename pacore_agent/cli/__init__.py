@@ -811,6 +811,10 @@ def report(
     ] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the 95% intervals.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write a self-contained HTML page of every round, message and synthesis."),
+    ] = None,
 ) -> None:
     """Summarize benchmark runs: accuracy with 95% intervals, tokens per problem, calls, emergent correctness.
 
@@ -836,6 +840,10 @@ def report(
         if plot is not None:
             plot_scaling(reports, plot)
             err.print(f"wrote {plot}", highlight=False)
+        if html is not None:
+            from pacore_agent.evaluation.viewer import write_html
+
+            err.print(f"wrote {write_html(directories, html, reports=reports)}", highlight=False)
     except PacoreError as error:
         raise _fail(str(error)) from None
 
