@@ -254,13 +254,15 @@ def test_an_expanded_sample_shows_one_card_per_trajectory(run_dir: Path, page: P
         cards = dom.find("card", within=column)
         assert [int(c["attrs"]["data-index"]) for c in cards] == [t.index for t in round_.trajectories]
         if round_ is not result.rounds[-1]:  # the reference order that fed the next round
-            assert [text_of(r) for r in dom.find("ref", within=column)] == [f"#{i}" for i in round_.order]
+            refs = [r["attrs"]["data-index"] for r in dom.find("ref", within=column)]
+            assert refs == [str(i) for i in round_.order]
     final_cards = dom.find("final", within=view[0])
     assert [(c["attrs"]["data-round"], c["attrs"]["data-index"]) for c in final_cards] == [
         (str(final.round), str(final.index))
     ]
     verdict = "c1" if record.correct else "c0"
     assert verdict in final_cards[0]["classes"]
+    assert [text_of(c) for c in dom.find("said", within=final_cards[0])] == [record.predicted]
     # Message grades sit on the cards of the rounds they were graded in (reference order).
     graded = record.info["grading"]["rounds"][0]["correct"]
     first = {int(c["attrs"]["data-index"]): c for c in dom.find("card", within=rounds[0])}
@@ -467,4 +469,10 @@ def test_a_run_of_70k_trajectories_opens(tmp_path: Path) -> None:
     assert len(dom.find("problem")) == 30
     assert len(dom.find("sample", within=dom.find("method")[0])) == 64
     assert len(dom.find("card")) == 37
-    print(f"\n70k-trajectory page: {size / 1e6:.1f} MB, written in {written:.1f} s")
+    cut = [text_of(m) for m in dom.find("msg") if "cut ..." in text_of(m)]
+    indices = [*range(32), *range(4), 0]
+    assert len(cut) == 37
+    assert all(m.endswith(f"\\boxed{{{(29 + i) % 7}}}") for m, i in zip(cut, indices, strict=True))
+    ready = int(next(e for e in dom.elements if e["tag"] == "body")["attrs"]["data-ready-ms"])
+    assert ready < 15_000  # from navigation to the first drawing; about 1 s on two shared cores
+    print(f"\n70k-trajectory page: {size / 1e6:.1f} MB, written in {written:.1f} s, drawn in {ready} ms")

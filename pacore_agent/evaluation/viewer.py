@@ -11,7 +11,7 @@ Every string (problem, message, full text, error) is stored once in a table and 
 Limits keep a large run (30 problems x 64 samples x ``pacore:high``, about 70k trajectories) a page that
 opens without freezing the tab:
 
-- a message is cut at `MESSAGE_LIMIT` characters, and all messages together share `MESSAGE_BUDGET`
+- a message is cut to `MESSAGE_LIMIT` characters (its head and tail: the tail holds the answer), and all messages together share `MESSAGE_BUDGET`
   characters (the per-message cap shrinks evenly when they would not fit);
 - a full text is cut at `TEXT_LIMIT` characters, and full texts are kept until `TEXT_BUDGET` characters
   are used, final trajectories first; the page says how many were cut or left out;
@@ -35,6 +35,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pacore_agent.compactors import final_conclusion
+from pacore_agent.evaluation.answers import extract_answer
 from pacore_agent.evaluation.report import MethodReport, RunData, load_run, plot_scaling, summarize_records
 from pacore_agent.evaluation.store import RunRecord, RunStore
 from pacore_agent.exceptions import UsageError
@@ -53,11 +55,11 @@ __all__ = [
 
 MESSAGE_LIMIT = 4_000
 """Characters of one compacted message shown on its card."""
-MESSAGE_BUDGET = 12_000_000
+MESSAGE_BUDGET = 24_000_000
 """Characters of all messages together."""
 TEXT_LIMIT = 20_000
 """Characters of one trajectory's full text (reasoning and conclusion)."""
-TEXT_BUDGET = 20_000_000
+TEXT_BUDGET = 16_000_000
 """Characters of all full texts together (final trajectories first)."""
 PROBLEM_LIMIT = 8_000
 """Characters of a problem statement."""
@@ -73,9 +75,15 @@ _TEXT_ABSENT, _TEXT_LEFT_OUT = -1, -2
 
 
 def _cut(text: str, limit: int) -> tuple[str, bool]:
+    """The text, or its head and tail when longer than ``limit`` (the tail holds the boxed answer)."""
     if len(text) <= limit:
         return text, False
-    return f"{text[:limit]}\n[... cut at {limit:,} of {len(text):,} characters]", True
+    head = limit // 2
+    tail = limit - head
+    return (
+        f"{text[:head]}\n[... {len(text) - limit:,} of {len(text):,} characters cut ...]\n{text[-tail:]}",
+        True,
+    )
 
 
 def _cap(lengths: Sequence[int], limit: int, budget: int) -> int:
@@ -193,8 +201,10 @@ def _trajectory(
     strings: _Strings,
     limits: _Limits,
 ) -> list[Any]:
-    message = None
+    message = answer = None
     if trajectory.message is not None:
+        # The answer as the grader reads it, before any cut: cards and reference chips show it.
+        answer = extract_answer(final_conclusion(trajectory.message))
         message, cut = _cut(trajectory.message, limits.message_cap)
         limits.messages_cut += cut
     if trajectory.content is None and trajectory.reasoning is None:
@@ -219,6 +229,7 @@ def _trajectory(
         strings(error if status is None or f"HTTP {status}" in (error or "") else f"{error} (HTTP {status})"),
         strings(message),
         text,
+        strings(None if answer is None else answer[:200]),
     ]
 
 
