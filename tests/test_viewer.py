@@ -314,6 +314,24 @@ def test_screenshot_of_an_expanded_sample(run_dir: Path, page: Path, tmp_path: P
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
 
 
+def test_several_runs_on_one_page(run_dir: Path, tmp_path: Path) -> None:
+    for name in ("before", "after"):
+        shutil.copytree(run_dir, tmp_path / name)
+    page = write_html([tmp_path / "before", tmp_path / "after"], tmp_path / "both.html", plot=False)
+    state = {"run": "after", "bench": "toy", "problem": "q2", "method": "sc@4", "sample": 1}
+    dom = Dom(browse(page, fragment(**state), profile=tmp_path / "profile"))
+    groups = dom.find("group")
+    assert [(g["attrs"]["data-run"], g["attrs"]["data-bench"]) for g in groups] == [
+        ("after", "toy"),
+        ("before", "toy"),
+    ]
+    assert len(dom.find("summary-row")) == 2 * len(METHODS)
+    views = dom.find("problem-view")
+    assert len(views) == 1 and any(p is groups[0] for p in views[0]["parents"])  # only the linked run's
+    record = next(r for r in records_of(run_dir) if (r.problem_id, r.method, r.sample) == ("q2", "sc@4", 1))
+    assert len(dom.find("card", within=views[0])) == len(record.result.trajectories) == 4
+
+
 # -- no network ----------------------------------------------------------------------------------------
 
 
