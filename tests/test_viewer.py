@@ -379,6 +379,9 @@ def test_directories_without_results_or_with_corrupt_records(run_dir: Path, tmp_
     assert done.returncode != 0 and "holds no benchmark results" in " ".join(done.stderr.split())
     assert not (tmp_path / "x.html").exists()
 
+    with pytest.raises(UsageError, match="pass another --html FILE"):
+        write_html([run_dir], tmp_path, plot=False)  # a directory, not a file
+
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     (garbage / "results.jsonl").write_text("not json\n{}\n", encoding="utf-8")

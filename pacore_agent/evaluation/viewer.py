@@ -334,7 +334,7 @@ def page_data(
         plot: Embed the scaling plot (needs matplotlib; left out without it).
 
     Raises:
-        UsageError: A directory holds no results, or none holds a graded record or failed item.
+        UsageError: A directory holds no results, or none holds a record or a failed item.
     """
     strings = _Strings()
     runs = [(Path(d), load_run(d)) for d in directories]
@@ -370,12 +370,13 @@ def page_data(
 
     method_order = {(r.run, r.benchmark, r.method): n for n, r in enumerate(reports)}
     groups: dict[tuple[str, str], dict[str, dict[str, list[list[Any]]]]] = {}
-    texts: dict[str, str] = {}
+    texts: dict[tuple[str, str, str], str] = {}  # problem statements by (run, benchmark, problem id)
     details: list[dict[str, Any]] = []
     for number, (run, sample) in enumerate(all_samples):
         problems = groups.setdefault((run, sample.benchmark), {})
-        if sample.result is not None and sample.problem_id not in texts:
-            texts[sample.problem_id] = _cut(_problem_text(sample.result), PROBLEM_LIMIT)[0]
+        where = (run, sample.benchmark, sample.problem_id)
+        if sample.result is not None and where not in texts:
+            texts[where] = _cut(_problem_text(sample.result), PROBLEM_LIMIT)[0]
         predicted = strings(sample.predicted)
         row = [sample.method, sample.sample, sample.outcome, _flags(sample), predicted, len(details)]
         problems.setdefault(sample.problem_id, {}).setdefault(sample.method, []).append(row)
@@ -394,7 +395,8 @@ def page_data(
                 for m in methods
                 for row in sorted(problems[problem_id].get(m, []), key=lambda r: r[1])
             ]
-            rows.append({"id": problem_id, "q": strings(texts.get(problem_id)), "s": samples})
+            statement = texts.get((run, benchmark, problem_id))
+            rows.append({"id": problem_id, "q": strings(statement), "s": samples})
         out_groups.append({"run": run, "bench": benchmark, "methods": methods, "problems": rows})
     out_groups.sort(key=lambda g: (g["run"], g["bench"]))
 
@@ -467,10 +469,15 @@ def write_html(
         plot: Embed the scaling plot (needs matplotlib).
 
     Raises:
-        UsageError: A directory holds no results, or none holds a record.
+        UsageError: A directory holds no results, none holds a record, or ``path`` cannot be written.
     """
     page = render_html(page_data(directories, reports=reports, plot=plot))
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page, encoding="utf-8")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the page to {target} ({exc.strerror}): pass another --html FILE"
+        ) from exc
     return target
