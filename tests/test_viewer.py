@@ -21,6 +21,7 @@ from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -208,8 +209,6 @@ def page(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fragment(**state: object) -> str:
-    from urllib.parse import quote
-
     return "#" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in state.items())
 
 
