@@ -35,7 +35,6 @@ from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
-from pydantic import BaseModel, Field, ValidationError
 
 from pacore_agent.backends.base import Backend, SamplingParams
 from pacore_agent.budget import Budget
@@ -53,7 +52,16 @@ from pacore_agent.evaluation.bench.progress import BenchProgress
 from pacore_agent.evaluation.bench.seeds import derive_seed
 from pacore_agent.evaluation.datasets import Problem, get_benchmark, load_benchmark, load_jsonl
 from pacore_agent.evaluation.grading import Grading, grade_result
-from pacore_agent.evaluation.store import PoolStore, RunKey, RunRecord, RunStore
+from pacore_agent.evaluation.store import (
+    FAILURES_FILENAME,
+    FailedItem,
+    PoolStore,
+    RunKey,
+    RunRecord,
+    RunStore,
+    append_failure,
+    read_failures,
+)
 from pacore_agent.exceptions import BudgetExceeded, PacoreRuntimeError, SolveError, UsageError
 from pacore_agent.results import ErrorInfo, SolveResult
 
@@ -68,35 +76,7 @@ __all__ = [
     "run_bench",
 ]
 
-FAILURES_FILENAME = "failures.jsonl"
 CONFIG_VERSION = 1
-
-
-class FailedItem(BaseModel):
-    """An item that failed (kept in ``failures.jsonl``; a rerun tries it again).
-
-    Attributes:
-        benchmark: The benchmark.
-        problem_id: The problem.
-        method: The method label.
-        sample: The sample index.
-        error: What went wrong.
-        partial: What finished before the failure, when there is a partial result.
-        finished_at: Unix time of the failure.
-    """
-
-    benchmark: str
-    problem_id: str
-    method: str
-    sample: int
-    error: ErrorInfo
-    partial: SolveResult | None = None
-    finished_at: float = Field(default_factory=time.time)
-
-    @property
-    def key(self) -> RunKey:
-        """The key the item's record would have in the store."""
-        return RunKey(self.benchmark, self.problem_id, self.method, self.sample)
 
 
 @dataclass(frozen=True)
@@ -314,20 +294,6 @@ def load_problems(
             raise UsageError(f"the problem limit must be at least 1, got {limit}")
         problems = problems[:limit]
     return name, problems, fingerprint
-
-
-def read_failures(directory: str | os.PathLike[str]) -> list[FailedItem]:
-    """The failures recorded in a run directory (unreadable lines are skipped)."""
-    path = Path(directory) / FAILURES_FILENAME
-    if not path.is_file():
-        return []
-    failures = []
-    for line in path.read_bytes().splitlines():
-        try:
-            failures.append(FailedItem.model_validate_json(line))
-        except ValidationError:
-            continue
-    return failures
 
 
 class _Item(NamedTuple):
@@ -607,8 +573,7 @@ class _Runner:
         )
         self.summary.failed.append(failed)
         self.progress.error()
-        line = (failed.model_dump_json() + "\n").encode("utf-8")
-        await anyio.to_thread.run_sync(_append_line, self.out / FAILURES_FILENAME, line)
+        await anyio.to_thread.run_sync(append_failure, self.out, failed)
 
     def _slim(self, result: SolveResult) -> SolveResult:
         if self.settings.keep_trajectories:
@@ -633,12 +598,3 @@ def _error_info(exc: BaseException) -> ErrorInfo:
             if first.message not in message:
                 message = f"{message}; first error: {first.message}"
     return ErrorInfo(type=type(exc).__name__, message=message, status_code=status)
-
-
-def _append_line(path: Path, line: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
