@@ -27,11 +27,11 @@ from typing import Any
 from pacore_agent.backends.base import Backend, SamplingParams
 from pacore_agent.compactors import final_conclusion
 from pacore_agent.coordinator import Coordinator
-from pacore_agent.evaluation.answers import avote, emergent_correctness, extract_answer
+from pacore_agent.evaluation.answers import avote, extract_answer
 from pacore_agent.evaluation.bench.methods import MethodSpec
 from pacore_agent.evaluation.bench.seeds import derive_seed
 from pacore_agent.evaluation.datasets import Problem
-from pacore_agent.evaluation.grading import Grading, RoundGrading, score_text
+from pacore_agent.evaluation.grading import Grading, MessageGrade, RoundGrading, agrade_message
 from pacore_agent.evaluation.store import PoolEntry, PoolMessage, PoolStore
 from pacore_agent.exceptions import RoundFailedError
 from pacore_agent.prompts import normalize_problem
@@ -118,13 +118,13 @@ async def pool_part(
     messages: list[PoolMessage] = []
     for trajectory in round_.trajectories:
         message = trajectory.message or ""
-        score = await _score(problem, final_conclusion(message))
+        grade = await _grade(problem, message, trajectory.finish_reason)
         messages.append(
             PoolMessage(
                 message=message,
-                predicted=None if problem.domain == "code" else extract_answer(message),
-                correct=score >= 1.0,
-                score=score,
+                predicted=grade.predicted,
+                correct=grade.correct,
+                score=grade.score,
                 usage=trajectory.usage,
                 finish_reason=trajectory.finish_reason,
                 trajectory=trajectory if keep_trajectories else None,
@@ -289,11 +289,13 @@ def grading_of_choice(problem: Problem, pool: Pool, result: SolveResult) -> Grad
     assert result.final is not None
     drawn: list[int] = result.info["pool"]["drawn"]
     pooled = pool.messages[drawn[result.final.index]]
-    score = pooled.score or 0.0
     return Grading(
-        predicted=None if problem.domain == "code" else extract_answer(result.answer),
-        score=score,
-        correct=score >= 1.0,
+        predicted=pooled.predicted,
+        score=pooled.score or 0.0,
+        correct=pooled.correct,
+        status="graded" if pooled.correct is not None else "error",
+        error=None if pooled.correct is not None else "the pooled message was not graded",
+        truncated=pooled.finish_reason == "length",
     )
 
 
@@ -301,26 +303,35 @@ async def grade_with_pool(
     problem: Problem, result: SolveResult, first_scores: list[float], *, messages: bool
 ) -> Grading:
     """`pacore_agent.evaluation.grading.grade_result` for a pool-evaluated PaCoRe result, reusing the pooled grades."""
-    score = await _score(problem, result.answer)
+    final = await _grade(problem, result.answer, result.final.finish_reason if result.final else None)
     grading = Grading(
-        predicted=None if problem.domain == "code" else extract_answer(result.answer),
-        score=score,
-        correct=score >= 1.0,
+        predicted=final.predicted,
+        score=final.score,
+        correct=final.correct,
+        status=final.status,
+        error=final.error,
+        truncated=final.truncated,
     )
     if messages:
         for round_ in result.rounds[:-1]:
+            finish = {t.index: t.finish_reason for t in round_.trajectories}
             scores = (
                 first_scores
                 if round_.index == 0
-                else [await _score(problem, final_conclusion(m)) for m in round_.messages]
+                else [
+                    (await _grade(problem, m, finish.get(i))).score
+                    for i, m in zip(round_.order, round_.messages, strict=False)
+                ]
             )
             grading.rounds.append(RoundGrading(index=round_.index, correct=[s >= 1.0 for s in scores]))
         if grading.rounds:
-            grading.emergent = emergent_correctness(grading.rounds[-1].correct, grading.correct)
+            given = grading.rounds[-1].correct
+            grading.emergent = bool(given) and all(c is False for c in given) and grading.correct is True
     return grading
 
 
-async def _score(problem: Problem, text: str | None) -> float:
+async def _grade(problem: Problem, text: str | None, finish_reason: str | None) -> MessageGrade:
     if problem.domain == "code":
-        return await score_text(text, answer=None, tests=[t.model_dump() for t in problem.tests])
-    return await score_text(text, answer=problem.answer, tests=None)
+        tests = [t.model_dump() for t in problem.tests]
+        return await agrade_message(text, tests=tests, finish_reason=finish_reason)
+    return await agrade_message(text, answer=problem.answer, finish_reason=finish_reason)

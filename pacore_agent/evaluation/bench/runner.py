@@ -51,7 +51,7 @@ from pacore_agent.evaluation.bench.pool import (
 from pacore_agent.evaluation.bench.progress import BenchProgress
 from pacore_agent.evaluation.bench.seeds import derive_seed
 from pacore_agent.evaluation.datasets import Problem, get_benchmark, load_benchmark, load_jsonl
-from pacore_agent.evaluation.grading import Grading, grade_result
+from pacore_agent.evaluation.grading import GraderUnavailableError, Grading, grade_result
 from pacore_agent.evaluation.store import (
     FAILURES_FILENAME,
     FailedItem,
@@ -357,7 +357,7 @@ class _Runner:
         self.progress = progress
         self.summary = BenchSummary()
         self.pools: dict[str, Pool] | None = None
-        self._fatal: UsageError | None = None
+        self._fatal: UsageError | GraderUnavailableError | None = None
         self._scope = anyio.CancelScope()
 
     async def run(self, fingerprint: str, pool_dir: str | os.PathLike[str] | None) -> BenchSummary:
@@ -488,7 +488,7 @@ class _Runner:
         except SolveError as exc:
             await self._fail(item, exc, exc.partial)
             return
-        except UsageError as exc:  # the settings are wrong for every item: stop and say so
+        except (UsageError, GraderUnavailableError) as exc:  # wrong for every item: stop and say so
             self._fatal = self._fatal or exc
             self._scope.cancel()
             return
