@@ -24,7 +24,7 @@ from pacore_agent.backends.base import Backend, GenerationRequest, SamplingParam
 from pacore_agent.budget import Budget
 from pacore_agent.compactors import final_conclusion
 from pacore_agent.coordinator import Coordinator, Problem, collect, solve_each
-from pacore_agent.evaluation.answers import agrade, avote, extract_answer
+from pacore_agent.evaluation.answers import avote, extract_answer
 from pacore_agent.exceptions import RoundFailedError, SolveError, UsageError
 from pacore_agent.prompts import Messages, message_text, normalize_problem
 from pacore_agent.results import SolveResult, Trajectory
@@ -255,7 +255,9 @@ def reference_scorer(reference: str) -> Scorer:
     """1.0 when the conclusion's answer matches ``reference`` (math-verify), else 0.0."""
 
     async def score(messages: Messages, conclusion: str) -> float:
-        return 1.0 if await agrade(conclusion, reference) else 0.0
+        from pacore_agent.evaluation.grading import agrade_message
+
+        return (await agrade_message(conclusion, answer=reference)).score
 
     return score
 
@@ -264,9 +266,9 @@ def code_scorer(tests: Sequence[dict[str, Any]]) -> Scorer:
     """The pass rate of the conclusion's program on stdin/stdout ``tests`` (sandboxed)."""
 
     async def score(messages: Messages, conclusion: str) -> float:
-        from pacore_agent.evaluation.sandbox import arun_code_tests, extract_program
+        from pacore_agent.evaluation.grading import agrade_message
 
-        return (await arun_code_tests(extract_program(conclusion), list(tests))).pass_rate
+        return (await agrade_message(conclusion, tests=tests)).score
 
     return score
 

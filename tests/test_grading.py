@@ -155,3 +155,71 @@ def test_bad_grading_arguments_say_what_to_change() -> None:
         grade_message("\\boxed{1}")
     with pytest.raises(UsageError, match="truncation="):
         grade_message("\\boxed{1}", answer="1", truncation="drop")  # type: ignore[arg-type]
+
+
+# -- truncation ------------------------------------------------------------------------------------
+
+CUT = "<think>Let me try 6 * 7 = \\boxed{42}. Hmm wait, that ignores the carry, so"  # no </think>: C keeps it all
+
+
+def test_a_truncated_response_with_a_box_in_its_reasoning_earns_zero_by_default() -> None:
+    assert grade_message(CUT, answer="42", finish_reason="stop").correct is True  # the hole the rule closes
+    zero = grade_message(CUT, answer="42", finish_reason="length")
+    assert (zero.score, zero.correct, zero.truncated, zero.masked, zero.status) == (
+        0.0,
+        False,
+        True,
+        False,
+        "graded",
+    )
+    masked = grade_message(CUT, answer="42", finish_reason="length", truncation="mask")
+    assert (masked.score, masked.correct, masked.masked, masked.graded) == (0.0, None, True, False)
+    graded = grade_message(CUT, answer="42", finish_reason="length", truncation="grade")
+    assert (graded.score, graded.correct, graded.truncated) == (1.0, True, True)
+    code = grade_message(CUT, tests=[{"input": "", "output": "42\n"}], finish_reason="length")
+    assert (code.score, code.correct, code.truncated) == (0.0, False, True)
+
+
+@pytest.mark.anyio
+async def test_grade_result_applies_the_truncation_rule_to_answer_and_messages() -> None:
+    first = RoundResult(
+        index=0,
+        width=2,
+        trajectories=[
+            Trajectory(round=0, index=0, content=CUT, finish_reason="length"),
+            Trajectory(round=0, index=1, content="\\boxed{41}", finish_reason="stop"),
+        ],
+        order=[1, 0],
+        messages=["\\boxed{41}", CUT],
+    )
+    final = Trajectory(round=1, index=0, content=CUT, finish_reason="length")
+    result = SolveResult(
+        method="pacore[2]",
+        problem=[{"role": "user", "content": "6 * 7?"}],
+        answer=CUT,
+        final=final,
+        rounds=[first, RoundResult(index=1, width=1, trajectories=[final])],
+    )
+    zero = await grade_result(result, answer="42", attach=False)
+    assert (zero.correct, zero.truncated, zero.rounds[0].correct) == (False, True, [False, False])
+    graded = await grade_result(result, answer="42", attach=False, truncation="grade")
+    assert (graded.correct, graded.truncated, graded.rounds[0].correct) == (True, True, [False, True])
+
+
+@pytest.mark.anyio
+async def test_a_bench_run_counts_truncated_answers(tmp_path: Path) -> None:
+    from pacore_agent.backends.base import SamplingParams
+
+    problem = Problem(id="q1", problem="What is 6*7?", answer="42")
+    config = SimConfig(seed=1, answers={problem.problem: "42"}, accuracy=1.0, think_words=40)
+    cut = BenchSettings("mine", parse_methods(["single"]), samples=2, sampling=SamplingParams(max_tokens=8))
+    whole = BenchSettings("mine", parse_methods(["single"]), samples=2)
+    async with SimServer(config) as server, OpenAIBackend(server.base_url) as backend:
+        await run_bench(cut, [problem], backend, tmp_path / "cut")
+        await run_bench(whole, [problem], backend, tmp_path / "whole")
+    (report,) = summarize([tmp_path / "cut"])
+    assert (report.n, report.truncated, report.accuracy) == (2, 2, 0.0)
+    (report,) = summarize([tmp_path / "whole"])
+    assert (report.n, report.truncated, report.accuracy) == (2, 0, 1.0)
+    with pytest.raises(UsageError, match="'zero' or 'grade'"):
+        BenchSettings("mine", parse_methods(["single"]), samples=1, truncation="mask")

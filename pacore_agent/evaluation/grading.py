@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio.to_thread
 from pydantic import BaseModel, Field
@@ -52,6 +52,7 @@ from pacore_agent.results import RoundResult, SolveResult
 __all__ = [
     "DEFAULT_TRUNCATION",
     "GradeStatus",
+    "GradedProblem",
     "GraderUnavailableError",
     "Grading",
     "MessageGrade",
@@ -60,6 +61,7 @@ __all__ = [
     "agrade_message",
     "grade_message",
     "grade_result",
+    "problem_reference",
 ]
 
 Truncation = Literal["zero", "mask", "grade"]
@@ -96,6 +98,37 @@ class MessageGrade:
     def graded(self) -> bool:
         """Whether a grade was given (``status == "graded"`` and not masked)."""
         return self.status == "graded" and not self.masked
+
+
+class GradedProblem(Protocol):
+    """What grading needs of a problem: a benchmark `Problem` and a training problem both fit."""
+
+    @property
+    def domain(self) -> str:
+        """``"math"`` or ``"code"``."""
+        ...
+
+    @property
+    def answer(self) -> str:
+        """The reference answer (math)."""
+        ...
+
+    @property
+    def tests(self) -> Sequence[Any]:
+        """Stdin/stdout tests as pydantic models (code)."""
+        ...
+
+
+def problem_reference(problem: GradedProblem) -> dict[str, Any]:
+    """The ``answer=`` or ``tests=`` keyword argument of `grade_message` for a problem, by its domain.
+
+    Example::
+
+        grade = await agrade_message(text, finish_reason=t.finish_reason, **problem_reference(problem))
+    """
+    if problem.domain == "code":
+        return {"tests": [t.model_dump() for t in problem.tests]}
+    return {"answer": problem.answer}
 
 
 def _start(

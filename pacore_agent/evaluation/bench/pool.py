@@ -31,7 +31,15 @@ from pacore_agent.evaluation.answers import avote, extract_answer
 from pacore_agent.evaluation.bench.methods import MethodSpec
 from pacore_agent.evaluation.bench.seeds import derive_seed
 from pacore_agent.evaluation.datasets import Problem
-from pacore_agent.evaluation.grading import Grading, MessageGrade, RoundGrading, agrade_message
+from pacore_agent.evaluation.grading import (
+    DEFAULT_TRUNCATION,
+    Grading,
+    MessageGrade,
+    RoundGrading,
+    Truncation,
+    agrade_message,
+    problem_reference,
+)
 from pacore_agent.evaluation.store import PoolEntry, PoolMessage, PoolStore
 from pacore_agent.exceptions import RoundFailedError
 from pacore_agent.prompts import normalize_problem
@@ -300,10 +308,17 @@ def grading_of_choice(problem: Problem, pool: Pool, result: SolveResult) -> Grad
 
 
 async def grade_with_pool(
-    problem: Problem, result: SolveResult, first_scores: list[float], *, messages: bool
+    problem: Problem,
+    result: SolveResult,
+    first_scores: list[float],
+    *,
+    messages: bool,
+    truncation: Truncation = DEFAULT_TRUNCATION,
 ) -> Grading:
     """`pacore_agent.evaluation.grading.grade_result` for a pool-evaluated PaCoRe result, reusing the pooled grades."""
-    final = await _grade(problem, result.answer, result.final.finish_reason if result.final else None)
+    final = await _grade(
+        problem, result.answer, result.final.finish_reason if result.final else None, truncation
+    )
     grading = Grading(
         predicted=final.predicted,
         score=final.score,
@@ -319,7 +334,7 @@ async def grade_with_pool(
                 first_scores
                 if round_.index == 0
                 else [
-                    (await _grade(problem, m, finish.get(i))).score
+                    (await _grade(problem, m, finish.get(i), truncation)).score
                     for i, m in zip(round_.order, round_.messages, strict=False)
                 ]
             )
@@ -330,8 +345,9 @@ async def grade_with_pool(
     return grading
 
 
-async def _grade(problem: Problem, text: str | None, finish_reason: str | None) -> MessageGrade:
-    if problem.domain == "code":
-        tests = [t.model_dump() for t in problem.tests]
-        return await agrade_message(text, tests=tests, finish_reason=finish_reason)
-    return await agrade_message(text, answer=problem.answer, finish_reason=finish_reason)
+async def _grade(
+    problem: Problem, text: str | None, finish_reason: str | None, truncation: Truncation = DEFAULT_TRUNCATION
+) -> MessageGrade:
+    return await agrade_message(
+        text, finish_reason=finish_reason, truncation=truncation, **problem_reference(problem)
+    )

@@ -51,7 +51,14 @@ from pacore_agent.evaluation.bench.pool import (
 from pacore_agent.evaluation.bench.progress import BenchProgress
 from pacore_agent.evaluation.bench.seeds import derive_seed
 from pacore_agent.evaluation.datasets import Problem, get_benchmark, load_benchmark, load_jsonl
-from pacore_agent.evaluation.grading import GraderUnavailableError, Grading, grade_result
+from pacore_agent.evaluation.grading import (
+    DEFAULT_TRUNCATION,
+    GraderUnavailableError,
+    Grading,
+    Truncation,
+    grade_result,
+    problem_reference,
+)
 from pacore_agent.evaluation.store import (
     FAILURES_FILENAME,
     FailedItem,
@@ -97,6 +104,8 @@ class BenchSettings:
             512); ``None`` runs every sample fresh.
         pool_chunk: Trajectories per pool part (a part is the unit appended and resumed).
         grade_messages: Grade every round's messages too (emergent correctness needs it).
+        truncation: What an answer or message that hit the length limit earns: ``"zero"`` (default; the
+            report counts them as ``truncated``) or ``"grade"`` (graded as written, still counted).
         keep_trajectories: Keep the full text of every trajectory in the records; by default only the
             final trajectory keeps its text and the others their message, usage and status.
     """
@@ -114,6 +123,7 @@ class BenchSettings:
     pool_chunk: int = 64
     grade_messages: bool = True
     keep_trajectories: bool = False
+    truncation: Truncation = DEFAULT_TRUNCATION
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -124,6 +134,11 @@ class BenchSettings:
             raise UsageError(f"samples must be at least 1, got {self.samples}")
         if self.order not in ("seeded", "official", "launch"):
             raise UsageError(f"unknown reference order {self.order!r}: use seeded, official or launch")
+        if self.truncation not in ("zero", "grade"):
+            raise UsageError(
+                f"truncation must be 'zero' or 'grade' for a benchmark, got {self.truncation!r} ('mask' "
+                "leaves a sample out, but every sample asked for counts in accuracy)"
+            )
         if self.max_in_flight < 1:
             raise UsageError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.pool_size is not None:
@@ -184,6 +199,7 @@ class BenchSettings:
             "order": self.order,
             "budget": budget,
             "grade_messages": self.grade_messages,
+            "truncation": self.truncation,
             "protocol": self.protocol,
             "pool": None if self.pool_size is None else {"size": self.pool_size, "chunk": self.pool_chunk},
         }
@@ -541,7 +557,11 @@ class _Runner:
             )
             if spec.kind == "pacore":
                 grading = await grade_with_pool(
-                    problem, result, first_scores, messages=self.settings.grade_messages
+                    problem,
+                    result,
+                    first_scores,
+                    messages=self.settings.grade_messages,
+                    truncation=self.settings.truncation,
                 )
             else:
                 grading = grading_of_choice(problem, pool, result)
@@ -552,13 +572,12 @@ class _Runner:
             result = await strategy.solve(problem.problem)
         except BudgetExceeded as exc:  # an outcome of the method under its budget: graded as it stands
             result, error = exc.partial, _error_info(exc)
-        code = problem.domain == "code"
         grading = await grade_result(
             result,
-            answer=None if code else problem.answer,
-            tests=[t.model_dump() for t in problem.tests] if code else None,
+            **problem_reference(problem),
             messages=self.settings.grade_messages,
             attach=False,
+            truncation=self.settings.truncation,
         )
         return result, grading, error
 
