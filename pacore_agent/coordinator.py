@@ -2,7 +2,9 @@
 
 Round r launches K_r trajectories on P(x, M_{r-1}) in one task group; every request holds one slot of
 the backend's limiter (shared by every problem in flight) and retries outside it. Finished
-trajectories are compacted to messages; failed ones are recorded and left out. A final round of one
+trajectories are compacted to messages; failed ones are recorded and left out. A round whose finished
+trajectories leave no message (all empty) hands the next round the problem alone, as the paper does for
+an empty M (Appendix B), and says so in ``info["bypassed_rounds"]``. A final round of one
 trajectory gives the answer, C(final trajectory). This is the one way pacore runs a round: the CLI, the
 server, the benchmarks and training all come through here.
 """
@@ -410,8 +412,10 @@ class Coordinator:
                 references = outcome.messages
                 round_index = len(widths) - 1  # straight to the final synthesis
                 continue
-            if not outcome.messages:
+            if not any(t.ok for t in outcome.trajectories):
                 raise RoundFailedError(_failure_message(outcome, final=False), partial=result)
+            if not outcome.messages:  # finished, but no message (e.g. all empty): Appendix B's bypass
+                result.info.setdefault("bypassed_rounds", []).append(round_index)
             if round_index == 0 and self.adaptive_stop is not None and await self._agreed(result, outcome):
                 break
             references = outcome.messages
