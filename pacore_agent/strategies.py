@@ -27,7 +27,7 @@ from pacore_agent.coordinator import Coordinator, Problem, collect, solve_each
 from pacore_agent.evaluation.answers import avote, extract_answer
 from pacore_agent.exceptions import RoundFailedError, SolveError, UsageError
 from pacore_agent.prompts import Messages, message_text, normalize_problem
-from pacore_agent.results import SolveResult, Trajectory
+from pacore_agent.results import RoundResult, SolveResult, Trajectory
 
 __all__ = [
     "BestOfN",
@@ -91,12 +91,26 @@ class _Sampling:
         """The backend trajectories come from."""
         return self._coordinator.backend
 
-    async def solve(self, problem: Problem) -> SolveResult:
-        """Solve one problem (see the class docstring for how the answer is chosen)."""
+    async def solve(self, problem: Problem, *, first_round: RoundResult | None = None) -> SolveResult:
+        """Solve one problem (see the class docstring for how the answer is chosen).
+
+        Args:
+            problem: The problem text or chat messages.
+            first_round: Trajectories run elsewhere (a pool's draw) to choose from instead of running
+                the round; taken through `Coordinator.adopt_round` (budget, compactor, order apply).
+        """
         messages = normalize_problem(problem)
         coordinator = self._coordinator
         started, start = time.time(), coordinator.clock()
-        round_ = await coordinator.run_round(messages, self.width)
+        if first_round is None:
+            round_ = await coordinator.run_round(messages, self.width)
+        else:
+            if first_round.width != self.width:
+                raise UsageError(
+                    f"first_round has width {first_round.width}; {self.method} needs {self.width}"
+                )
+            round_ = await coordinator.adopt_round(messages, first_round)
+            start -= first_round.wall_s  # its own time counts
         result = SolveResult(
             method=self.method,
             problem=messages,

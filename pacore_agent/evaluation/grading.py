@@ -24,7 +24,7 @@ message the final round was given was wrong. Benchmarks report its rate; trainin
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -291,7 +291,7 @@ class Grading(BaseModel):
     emergent: bool = False
 
 
-async def _grade_round(round_: RoundResult, grade: Any) -> RoundGrading:
+async def _grade_round(round_: RoundResult, grade: Callable[..., Awaitable[MessageGrade]]) -> RoundGrading:
     """Grade a round's messages in reference order, each with its own trajectory's finish reason."""
     finish = {t.index: t.finish_reason for t in round_.trajectories}
     flags = []
@@ -308,6 +308,7 @@ async def grade_result(
     messages: bool = True,
     attach: bool = True,
     truncation: Truncation = DEFAULT_TRUNCATION,
+    known: Mapping[tuple[str, str | None], MessageGrade] | None = None,
 ) -> Grading:
     """Grade a result's answer and (optionally) every round's messages with `agrade_message`.
 
@@ -318,11 +319,22 @@ async def grade_result(
         messages: Also grade the messages of the rounds before the final one (needed for emergence).
         attach: Store the grading in ``result.info["grading"]``.
         truncation: What a text that hit the length limit earns (see the module docstring).
+        known: Grades already given, by (text, finish reason), reused instead of grading the same text
+            again (a pool's grades: `pacore_agent.evaluation.bench.pool.pooled_grades`); they must have
+            been given under the same ``truncation``.
 
     Raises:
         GraderUnavailableError: The math grader cannot start.
     """
-    grade = functools.partial(agrade_message, answer=answer, tests=tests, truncation=truncation)
+
+    async def grade(text: str | None, *, finish_reason: str | None) -> MessageGrade:
+        given = known.get((text or "", finish_reason)) if known else None
+        if given is not None:
+            return given
+        return await agrade_message(
+            text, answer=answer, tests=tests, finish_reason=finish_reason, truncation=truncation
+        )
+
     final = await grade(result.answer, finish_reason=result.final.finish_reason if result.final else None)
     grading = Grading(
         predicted=final.predicted,

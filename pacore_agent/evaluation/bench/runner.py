@@ -38,15 +38,16 @@ import anyio.to_thread
 
 from pacore_agent.backends.base import Backend, SamplingParams
 from pacore_agent.budget import Budget
+from pacore_agent.compactors import Compactor, final_conclusion
 from pacore_agent.evaluation.bench.methods import MethodSpec
 from pacore_agent.evaluation.bench.pool import (
     Pool,
-    grade_with_pool,
-    grading_of_choice,
+    draw,
+    drawn_round,
     load_pools,
     part_widths,
     pool_part,
-    solve_from_pool,
+    pooled_grades,
 )
 from pacore_agent.evaluation.bench.progress import BenchProgress
 from pacore_agent.evaluation.bench.seeds import derive_seed
@@ -97,8 +98,10 @@ class BenchSettings:
         seed: Base seed; each sample derives its own.
         sampling: Sampling settings (temperature, top_p, max_tokens, ...); ``seed`` is set per sample.
         request_seeds: Send a derived ``seed`` with every request (repeatable on servers that honour it).
-        budget: Limits of each solve (fresh runs only).
-        order: Reference order policy.
+        budget: Limits of each solve; with a pool, the drawn first round is charged as if run.
+        order: Reference order policy (a pool's drawn first round too).
+        compactor: C, from a trajectory to its message (default `final_conclusion`, what PaCoRe-8B was
+            trained with); a pool's drawn trajectories are compacted with it too.
         max_in_flight: Items (solves) in flight at once; requests are bounded by the backend's limiter.
         pool_size: Evaluate with a pool of this many first-round trajectories per problem (the paper:
             512); ``None`` runs every sample fresh.
@@ -118,6 +121,7 @@ class BenchSettings:
     request_seeds: bool = True
     budget: Budget | None = None
     order: str = "seeded"
+    compactor: Compactor = final_conclusion
     max_in_flight: int = 64
     pool_size: int | None = None
     pool_chunk: int = 64
@@ -150,8 +154,6 @@ class BenchSettings:
                 )
             if self.pool_chunk < 1:
                 raise UsageError(f"pool_chunk must be at least 1, got {self.pool_chunk}")
-            if self.budget is not None:
-                raise UsageError("budgets apply to fresh runs only: drop the budget or the pool")
 
     @property
     def protocol(self) -> str:
@@ -159,13 +161,14 @@ class BenchSettings:
         return "fresh" if self.pool_size is None else "pool"
 
     def sample_options(self, sample: int) -> dict[str, Any]:
-        """`Coordinator` options of one sample: its seed, sampling, budget and reference order."""
+        """`Coordinator` options of one sample: its seed, sampling, budget, reference order and C."""
         seed = derive_seed(self.seed, "sample", sample)
         return {
             "sampling": self.sampling.with_(seed=seed if self.request_seeds else None),
             "seed": seed,
             "budget": self.budget,
             "order": self.order,
+            "compactor": self.compactor,
         }
 
     def _sampling_config(self) -> dict[str, Any]:
@@ -197,6 +200,7 @@ class BenchSettings:
         return {
             **self._generation_config(model=model, fingerprint=fingerprint),
             "order": self.order,
+            "compactor": getattr(self.compactor, "__name__", type(self.compactor).__name__),
             "budget": budget,
             "grade_messages": self.grade_messages,
             "truncation": self.truncation,
@@ -210,6 +214,7 @@ class BenchSettings:
             **self._generation_config(model=model, fingerprint=fingerprint),
             "size": self.pool_size,
             "chunk": self.pool_chunk,
+            "truncation": self.truncation,  # the pooled grades are reused under it
         }
 
     def _generation_config(self, *, model: str | None, fingerprint: str) -> dict[str, Any]:
@@ -422,7 +427,12 @@ class _Runner:
                     seed=seed,
                     model=model,
                     keep_trajectories=settings.keep_trajectories,
+                    truncation=settings.truncation,
                 )
+            except GraderUnavailableError as exc:  # every part would fail alike: stop and say so
+                self._fatal = self._fatal or exc
+                self._scope.cancel()
+                return
             except Exception as exc:  # one part's failure must not stop the others; a rerun retries it
                 entry, why = None, f"{type(exc).__name__}: {exc}"
             else:
@@ -534,8 +544,9 @@ class _Runner:
         self.summary.recorded += 1
 
     async def _solve(self, item: _Item) -> tuple[SolveResult, Grading, ErrorInfo | None]:
+        """One sample through the one solve loop: fresh, or with its first round drawn from the pool."""
         problem, spec = item.problem, item.spec
-        options = self.settings.sample_options(item.sample)
+        first_round, known, drawn = None, None, None
         if self.pools is not None:
             pool = self.pools.get(problem.id)
             size = self.settings.pool_size
@@ -545,39 +556,27 @@ class _Runner:
                     f"the pool of {problem.id} holds {have} of {size} trajectories (parts failed); rerun to "
                     "complete it"
                 )
-            options = {k: v for k, v in options.items() if k != "budget"}
-            result, first_scores = await solve_from_pool(
-                spec,
-                problem,
-                pool,
-                self.backend,
-                sample=item.sample,
-                seed=self.settings.seed,
-                options=options,
-            )
-            if spec.kind == "pacore":
-                grading = await grade_with_pool(
-                    problem,
-                    result,
-                    first_scores,
-                    messages=self.settings.grade_messages,
-                    truncation=self.settings.truncation,
-                )
-            else:
-                grading = grading_of_choice(problem, pool, result)
-            return result, grading, None
-        strategy = spec.strategy(self.backend, problem, **options)
+            indices = draw(pool, spec.first_width, seed=self.settings.seed, sample=item.sample)
+            first_round, known = drawn_round(pool, indices), pooled_grades(pool, indices)
+            drawn = {"protocol": "pool", "pool": {"size": len(pool), "drawn": indices}}
+        options = self.settings.sample_options(item.sample)
+        strategy = spec.strategy(self.backend, problem, known=known, **options)
         error: ErrorInfo | None = None
         try:
-            result = await strategy.solve(problem.problem)
+            result = await strategy.solve(problem.problem, first_round=first_round)
         except BudgetExceeded as exc:  # an outcome of the method under its budget: graded as it stands
             result, error = exc.partial, _error_info(exc)
+        except SolveError as exc:
+            exc.partial.info.update(drawn or {})
+            raise
+        result.info.update(drawn or {})
         grading = await grade_result(
             result,
             **problem_reference(problem),
             messages=self.settings.grade_messages,
             attach=False,
             truncation=self.settings.truncation,
+            known=known,
         )
         return result, grading, error
 
