@@ -26,7 +26,7 @@ import anyio
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest, SamplingParams
 from pacore_agent.budget import Budget, BudgetTracker
-from pacore_agent.compactors import Compactor, apply_compactor, final_conclusion
+from pacore_agent.compactors import Compactor, compact, final_conclusion
 from pacore_agent.exceptions import (
     BackendError,
     BudgetExceeded,
@@ -497,7 +497,7 @@ class Coordinator:
                 break
             trajectory = source.model_copy(update={"round": round_index, "message": None})
             if trajectory.ok and trajectory.content:
-                trajectory.message = await apply_compactor(self.compactor, trajectory.text)
+                await self._compact(trajectory)
             trajectories.append(trajectory)
             if tracker is not None:
                 tracker.charge(trajectory.usage, trajectory.model, extra_attempts=trajectory.attempts - 1)
@@ -719,8 +719,14 @@ class Coordinator:
             fields["reasoning"] = completion.reasoning
         trajectory = Trajectory(**fields)
         if trajectory.content:
-            trajectory.message = await apply_compactor(self.compactor, trajectory.text)
+            await self._compact(trajectory)
         return trajectory
+
+    async def _compact(self, trajectory: Trajectory) -> None:
+        """Set the trajectory's message to C(its text); tokens C spent (`summarize`) join its usage."""
+        trajectory.message, spent = await compact(self.compactor, trajectory.text)
+        if spent.total_tokens:
+            trajectory.usage = trajectory.usage + spent
 
     async def _report(self, trajectories: Sequence[Trajectory | None], emit: Emit | None) -> None:
         if emit is None:
