@@ -39,7 +39,7 @@ import anyio.to_thread
 from pacore_agent.compactors import Compactor, apply_compactor, final_conclusion
 from pacore_agent.coordinator import Coordinator
 from pacore_agent.evaluation.datasets import CodeTest
-from pacore_agent.evaluation.grading import DEFAULT_TRUNCATION, Truncation, agrade_message, problem_reference
+from pacore_agent.evaluation.grading import DEFAULT_TRUNCATION, Truncation, grade_pool_message
 from pacore_agent.evaluation.sandbox import SandboxConfig
 from pacore_agent.evaluation.store import PoolEntry, PoolKey, PoolMessage, PoolStore
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
@@ -178,15 +178,7 @@ def _entry(
         metadata["conversation"] = problem.conversation
     if problem.metadata:
         metadata["problem_metadata"] = problem.metadata
-    return PoolEntry(
-        problem_id=problem.id,
-        problem=problem.problem,
-        answer=problem.answer,
-        domain=problem.domain,
-        model=model,
-        messages=messages,
-        metadata=metadata,
-    )
+    return PoolEntry.of(problem, messages, model=model, metadata=metadata)
 
 
 def load_pool_entries(path: str | os.PathLike[str]) -> list[PoolEntry]:
@@ -244,28 +236,19 @@ async def _graded(
     config: PoolConfig,
 ) -> list[PoolMessage]:
     """(message, finish_reason, usage, trajectory) per finished trajectory -> graded pool messages."""
-    messages = []
-    for message, finish_reason, usage, trajectory in texts:
-        grade = await agrade_message(
+    return [
+        await grade_pool_message(
             message,
+            problem,
             finish_reason=finish_reason,
+            usage=usage,
+            trajectory=trajectory if config.keep_trajectories else None,
             truncation=config.truncation,
             sandbox=config.sandbox,
             math_timeout=config.math_timeout,
-            **problem_reference(problem),
         )
-        messages.append(
-            PoolMessage(
-                message=message,
-                predicted=grade.predicted,
-                correct=grade.correct,
-                score=grade.score,
-                usage=usage,
-                finish_reason=finish_reason,
-                trajectory=trajectory if config.keep_trajectories else None,
-            )
-        )
-    return messages
+        for message, finish_reason, usage, trajectory in texts
+    ]
 
 
 async def _from_round(

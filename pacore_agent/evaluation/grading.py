@@ -46,8 +46,9 @@ from pacore_agent.evaluation.sandbox import (
     extract_program,
     run_code_tests,
 )
+from pacore_agent.evaluation.store import PoolMessage
 from pacore_agent.exceptions import UsageError
-from pacore_agent.results import RoundResult, SolveResult
+from pacore_agent.results import RoundResult, SolveResult, Trajectory, Usage
 
 __all__ = [
     "DEFAULT_TRUNCATION",
@@ -60,6 +61,7 @@ __all__ = [
     "Truncation",
     "agrade_message",
     "grade_message",
+    "grade_pool_message",
     "grade_result",
     "problem_reference",
 ]
@@ -252,6 +254,48 @@ async def agrade_message(
     assert answer is not None
     call = functools.partial(_from_math, conclusion, answer, math_timeout, truncated)
     return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+
+async def grade_pool_message(
+    message: str,
+    problem: GradedProblem,
+    *,
+    finish_reason: str | None,
+    usage: Usage,
+    trajectory: Trajectory | None = None,
+    truncation: Truncation = DEFAULT_TRUNCATION,
+    sandbox: SandboxConfig | None = None,
+    math_timeout: float = DEFAULT_MATH_TIMEOUT,
+) -> PoolMessage:
+    """A message of a trajectory pool (the benchmark's and the training pool's), graded by `agrade_message`.
+
+    Args:
+        message: C(trajectory).
+        problem: Its problem (answer or tests).
+        finish_reason: The trajectory's finish reason (``"length"``: truncated).
+        usage: The trajectory's tokens.
+        trajectory: The full trajectory, to keep beside the message (None: keep only the message).
+        truncation: What a truncated message earns.
+        sandbox: Sandbox limits for code.
+        math_timeout: Seconds math-verify may spend.
+    """
+    grade = await agrade_message(
+        message,
+        finish_reason=finish_reason,
+        truncation=truncation,
+        sandbox=sandbox,
+        math_timeout=math_timeout,
+        **problem_reference(problem),
+    )
+    return PoolMessage(
+        message=message,
+        predicted=grade.predicted,
+        correct=grade.correct,
+        score=grade.score,
+        usage=usage,
+        finish_reason=finish_reason,
+        trajectory=trajectory,
+    )
 
 
 class RoundGrading(BaseModel):

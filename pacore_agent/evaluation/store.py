@@ -186,6 +186,28 @@ class PoolEntry(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: float = Field(default_factory=time.time)
 
+    @classmethod
+    def of(
+        cls,
+        problem: Any,
+        messages: list[PoolMessage],
+        *,
+        model: str | None,
+        metadata: dict[str, Any],
+        part: int = 0,
+    ) -> PoolEntry:
+        """The entry of a problem (a benchmark or a training problem: ``id``, ``problem``, ``answer``, ``domain``)."""
+        return cls(
+            problem_id=problem.id,
+            part=part,
+            problem=problem.problem,
+            answer=problem.answer,
+            domain=problem.domain,
+            model=model,
+            messages=messages,
+            metadata=metadata,
+        )
+
     @property
     def key(self) -> PoolKey:
         """The entry's key in its store."""

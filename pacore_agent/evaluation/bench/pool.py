@@ -35,8 +35,7 @@ from pacore_agent.evaluation.grading import (
     DEFAULT_TRUNCATION,
     MessageGrade,
     Truncation,
-    agrade_message,
-    problem_reference,
+    grade_pool_message,
 )
 from pacore_agent.evaluation.store import PoolEntry, PoolMessage, PoolStore
 from pacore_agent.results import RoundResult, Trajectory
@@ -118,34 +117,22 @@ async def pool_part(
     round_ = await coordinator.run_round(problem.problem, width)
     if any(not t.ok for t in round_.trajectories):
         return None, round_
-    messages: list[PoolMessage] = []
-    for trajectory in round_.trajectories:
-        message = trajectory.message or ""
-        grade = await agrade_message(
-            message,
-            finish_reason=trajectory.finish_reason,
+    messages = [
+        await grade_pool_message(
+            t.message or "",
+            problem,
+            finish_reason=t.finish_reason,
+            usage=t.usage,
+            trajectory=t if keep_trajectories else None,
             truncation=truncation,
-            **problem_reference(problem),
         )
-        messages.append(
-            PoolMessage(
-                message=message,
-                predicted=grade.predicted,
-                correct=grade.correct,
-                score=grade.score,
-                usage=trajectory.usage,
-                finish_reason=trajectory.finish_reason,
-                trajectory=trajectory if keep_trajectories else None,
-            )
-        )
-    entry = PoolEntry(
-        problem_id=problem.id,
-        part=part,
-        problem=problem.problem,
-        answer=problem.answer,
-        domain=problem.domain,
+        for t in round_.trajectories
+    ]
+    entry = PoolEntry.of(
+        problem,
+        messages,
         model=model,
-        messages=messages,
+        part=part,
         metadata={
             "latency_s": [round(t.latency_s, 4) for t in round_.trajectories],
             "wall_s": round(round_.wall_s, 4),
