@@ -814,8 +814,9 @@ def report(
 ) -> None:
     """Summarize benchmark runs: accuracy with 95% intervals, tokens per problem, calls, emergent correctness.
 
-    Accuracy is pass@1 averaged over samples (the mean over problems of each problem's mean); the interval
-    is a problem-clustered percentile bootstrap. TTC counts the completion tokens of every trajectory of a
+    Accuracy is pass@1 averaged over samples (the mean over problems of each problem's mean), counting
+    failed and ungraded samples as wrong; the failed and ungraded counts and the accuracy over completed
+    samples only stand beside it. The interval is a problem-clustered percentile bootstrap. TTC counts the completion tokens of every trajectory of a
     sample, all rounds (pool-drawn ones included).
     """
     from pacore_agent.evaluation.report import plot_scaling, render_table, summarize, to_markdown, write_csv

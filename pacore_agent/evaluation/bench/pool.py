@@ -149,10 +149,12 @@ def draw(pool: Pool, k: int, *, seed: int, sample: int) -> list[int]:
 
 
 def drawn_round(pool: Pool, indices: Sequence[int]) -> RoundResult:
-    """The first round a sample gets from the pool: the drawn trajectories, in draw order.
+    """The first round a sample gets from the pool: the drawn trajectories, indexed in draw order.
 
-    Trajectories carry their message as content unless the pool kept the full trajectory. Like a real
-    round, trajectories without a message are left out of ``messages``.
+    Trajectories carry their message as content unless the pool kept the full trajectory (keep them, with
+    ``keep_trajectories``, for a compactor that needs the reasoning, such as `full`). ``order`` and
+    ``messages`` are in draw order; the solve loop compacts and orders them again as it would a round it
+    ran (`pacore_agent.coordinator.Coordinator.adopt_round`).
     """
     trajectories: list[Trajectory] = []
     for position, index in enumerate(indices):
