@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pacore_agent import OpenAIBackend, SimConfig, SimServer, UsageError
+from pacore_agent.evaluation import answers
 from pacore_agent.evaluation.answers import math_verdict, shutdown_math_workers
 from pacore_agent.evaluation.bench import BenchSettings, parse_methods, read_failures, run_bench
 from pacore_agent.evaluation.datasets import Problem
@@ -47,6 +48,8 @@ def fake_math_verify(directory: Path, source: str, monkeypatch: pytest.MonkeyPat
 def _fresh_workers() -> Iterator[None]:
     yield
     shutdown_math_workers()  # no fake worker outlives its test
+    with answers._cache_lock:  # nor any verdict a fake gave
+        answers._cache.clear()
 
 
 def test_a_dying_or_raising_grader_yields_error_statuses_never_false(
