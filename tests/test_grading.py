@@ -153,6 +153,17 @@ async def test_a_bench_run_stops_when_the_grader_cannot_start(
     assert read_failures(tmp_path / "run") == []
 
 
+def test_a_sandbox_that_cannot_run_the_program_is_an_error_not_a_failed_test(tmp_path: Path) -> None:
+    from pacore_agent.evaluation.sandbox import SandboxConfig
+
+    program = "```python\nprint(42)\n```"
+    tests = [{"input": "", "output": "42\n"}]
+    assert grade_message(program, tests=tests).correct is True
+    broken = grade_message(program, tests=tests, sandbox=SandboxConfig(python=str(tmp_path / "no-python")))
+    assert (broken.status, broken.correct, broken.score) == ("error", None, 0.0)
+    assert broken.error is not None and "sandbox failed on test 0" in broken.error
+
+
 def test_bad_grading_arguments_say_what_to_change() -> None:
     with pytest.raises(UsageError, match="reference answer"):
         grade_message("\\boxed{1}")

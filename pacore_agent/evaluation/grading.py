@@ -6,7 +6,7 @@ message pool, and the training reward all call it. It returns a `MessageGrade`:
 
 - ``score``: 1.0/0.0 for math; the pass rate of the tests for code. 0.0 when not graded.
 - ``status``: ``"graded"``, ``"timeout"`` (math-verify ran out of time) or ``"error"`` (math-verify raised,
-  its worker died, the sandbox failed), with ``error`` saying why. A grade that did not happen has
+  its worker died, the sandbox itself failed on a test), with ``error`` saying why. A grade that did not happen has
   ``correct=None``: it is never reported as a wrong answer. A grader that cannot start at all raises
   `GraderUnavailableError`, which stops a benchmark run.
 - ``truncated``: the text hit the length limit (``finish_reason == "length"``). A response cut off inside
@@ -42,6 +42,7 @@ from pacore_agent.evaluation.answers import (
 from pacore_agent.evaluation.sandbox import (
     CodeTestResult,
     SandboxConfig,
+    Verdict,
     arun_code_tests,
     extract_program,
     run_code_tests,
@@ -159,6 +160,10 @@ def _start(
 
 
 def _from_code(result: CodeTestResult, truncated: bool) -> MessageGrade:
+    broken = next((v for v in result.verdicts if v.verdict is Verdict.SANDBOX_ERROR), None)
+    if broken is not None:  # the sandbox, not the program, failed: no grade
+        why = f"the sandbox failed on test {broken.index}: {broken.detail or 'no detail'}"
+        return MessageGrade(0.0, None, None, "error", why, truncated)
     return MessageGrade(result.pass_rate, result.pass_rate >= 1.0, None, truncated=truncated)
 
 
