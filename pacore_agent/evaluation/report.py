@@ -473,7 +473,7 @@ _NOTE = (
     "bootstrap of that accuracy. completed-only acc: the same over completed, graded samples only (failed "
     "and ungraded left out). TTC: completion tokens per sample, all rounds. emergent: right answers among "
     "samples whose final round got only wrong messages. truncated: final answers cut by the length limit "
-    "(graded 0). bypassed: samples where a round left no message and the next got the problem alone."
+    "(graded 0 unless run with --truncation grade). bypassed: samples where a round left no message and the next got the problem alone."
 )
 
 
