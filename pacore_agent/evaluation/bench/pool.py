@@ -220,7 +220,7 @@ async def solve_from_pool(
     indices = draw(pool, spec.first_width, seed=seed, sample=sample)
     first = drawn_round(pool, indices)
     scores = [pool.messages[indices[i]].score or 0.0 for i in first.order]
-    coordinator = Coordinator(spec.schedule or [spec.k], backend, **options)
+    coordinator = Coordinator(spec.schedule or [spec.k], backend, template=spec.template, **options)
     method = coordinator.method if spec.kind == "pacore" else spec.label
     result = SolveResult(
         method=method,
