@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import anyio
 import pytest
 
+from pacore_agent.backends.sim import SimBackend, SimConfig, SimEngine
 from pacore_agent.evaluation.analyze import (
     MARKER_PATTERNS,
     Rate,
@@ -18,13 +21,17 @@ from pacore_agent.evaluation.analyze import (
     classify,
     count_markers,
     mentions,
+    plurality,
     syntheses_of,
     to_markdown,
     write_csv,
 )
+from pacore_agent.evaluation.bench import BenchSettings, MethodSpec, load_problems, parse_methods, run_bench
+from pacore_agent.evaluation.datasets import DatasetUnavailableError, Problem
 from pacore_agent.evaluation.report import bootstrap_interval, load_run
 from pacore_agent.evaluation.store import RunRecord, RunStore
 from pacore_agent.exceptions import UsageError
+from pacore_agent.prompts import blind_prompt
 from pacore_agent.results import RoundResult, SolveResult, Trajectory, Usage
 
 PACORE = [sys.executable, "-m", "pacore_agent.cli"]
@@ -290,3 +297,164 @@ def test_cli_analyze_writes_table_markdown_csv(run_dir: Path, tmp_path: Path) ->
         cwd=REPO,
     )
     assert bad.returncode == 2 and "--markers" in bad.stderr
+
+
+# -- the blind counterfactual and a simulated AIME 2025 run ------------------------------------------
+
+
+def test_blind_method_parses_and_runs_the_problem_alone() -> None:
+    spec = MethodSpec.parse("pacore-blind:[16]")
+    assert (spec.kind, spec.blind, spec.label, spec.trajectories) == (
+        "pacore",
+        True,
+        "pacore-blind:medium",
+        17,
+    )
+    assert MethodSpec.parse("PaCoRe-Blind:[8, 2]").label == "pacore-blind:[8,2]"
+    assert not MethodSpec.parse("pacore-medium").blind
+    assert blind_prompt("x", ["a", "b"]) == "x"
+
+    async def run() -> tuple[str, list[dict[str, object]]]:
+        backend = SimBackend(SimConfig(think_words=2))
+        strategy = spec.strategy(backend, Problem(id="q", problem="What is 6*7?", answer="42"))
+        result = await strategy.solve("What is 6*7?")
+        return result.method, backend.engine.requests
+
+    method, requests = anyio.run(run)
+    assert method == "pacore-blind-medium"
+    assert [r["messages"] for r in requests] == [[{"role": "user", "content": "What is 6*7?"}]] * 17
+
+
+@pytest.fixture(scope="module")
+def sim_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SimEngine, list[Problem]]:
+    """PaCoRe, its blind counterfactual and sc@k on AIME 2025, pool protocol, on the simulated model."""
+    try:
+        _, problems, _ = load_problems("aime2025")
+    except DatasetUnavailableError:
+        pytest.skip("AIME 2025 data not found (set PACORE_DATA_DIR)")
+    answers = {p.problem.strip(): p.answer for p in problems}
+    engine = SimEngine(SimConfig(seed=11, answers=answers, think_words=8, accuracy=0.3, synth_recover=0.2))
+    methods = ["pacore:[4]", "pacore-blind:[4]", "pacore:[16]", "pacore-blind:[16]", "sc@4", "sc@16"]
+    settings = BenchSettings("aime2025", parse_methods(methods), samples=4, pool_size=16)
+    out = tmp_path_factory.mktemp("sim") / "run"
+    summary = anyio.run(run_bench, settings, problems, SimBackend(engine, max_concurrency=256), out)
+    assert summary.complete and not summary.failed
+    return out, engine, problems
+
+
+def _expected(
+    records: list[RunRecord], answers: dict[str, str], engine: SimEngine, blind: bool
+) -> dict[str, tuple[float, float]]:
+    """Expected counts (mean, variance) of the synthesis figures under the simulator's own rule.
+
+    PaCoRe (`SimEngine._answer`): the right answer with probability ``synth_recover``, else a reference's answer
+    picked with weight count ** ``synth_sharpness``. Blind: a first-round answer, right with probability
+    ``accuracy``, else a distractor by ``distractor_weights``.
+    """
+    config = engine.config
+    sums = {"correct": [0.0, 0.0], "shortcut": [0.0, 0.0], "emergent": [0.0, 0.0]}
+    for record in records:
+        (synthesis,) = syntheses_of(record)
+        right = answers[record.problem_id]
+        counts = Counter(a for a in synthesis.message_answers if a is not None)
+        if blind:
+            weights = config.distractor_weights
+            wrong = engine.distractors(right)
+            p = {a: (1 - config.accuracy) * w / sum(weights) for a, w in zip(wrong, weights, strict=True)}
+            p[right] = config.accuracy
+        else:
+            total = sum(c**config.synth_sharpness for c in counts.values())
+            p = {a: (1 - config.synth_recover) * c**config.synth_sharpness / total for a, c in counts.items()}
+            p[right] = p.get(right, 0.0) + config.synth_recover
+        top, _ = plurality(synthesis.message_answers, synthesis.message_correct)
+        events = {
+            "correct": p.get(right, 0.0),
+            "shortcut": p.get(top, 0.0) if top is not None else 0.0,
+            "emergent": p.get(right, 0.0) if not any(synthesis.message_correct) else 0.0,
+        }
+        for name, chance in events.items():
+            sums[name][0] += chance
+            sums[name][1] += chance * (1 - chance)
+    return {name: (mean, var) for name, (mean, var) in sums.items()}
+
+
+def test_sim_run_figures_follow_the_simulator(sim_run: tuple[Path, SimEngine, list[Problem]]) -> None:
+    out, engine, problems = sim_run
+    answers = {p.id: p.answer for p in problems}
+    data = load_run(out)
+    items = {i.method: i for i in analyze([out])}
+    assert set(items) == {"pacore:low", "pacore-blind:low", "pacore:medium", "pacore-blind:medium"}
+    for method, item in items.items():
+        d = item.diagnostics
+        assert d.syntheses == item.records == 120 and d.full_text == 120
+        if item.blind:
+            # Blind trajectories never see the references: no cross-checking words at all.
+            assert d.markers == Rate(0, 120) and d.marker_mean.value == 0.0
+        else:
+            # Every simulated synthesis writes "Reference 1 says ...; cross-checking the N references."
+            assert d.markers == Rate(120, 120) and d.marker_mean.value == 2.0
+            # It answers with a reference's answer or, recovering, the right one: never novel and wrong.
+            assert d.novel_wrong == Rate(0, 120)
+        records = [r for r in data.records if r.method == method]
+        expected = _expected(records, answers, engine, item.blind)
+        observed = {
+            "correct": sum(bool(r.correct) for r in records),
+            "shortcut": d.shortcut.count,
+            "emergent": d.emergent.count,
+        }
+        for name, (mean, variance) in expected.items():
+            assert abs(observed[name] - mean) <= 3.5 * variance**0.5 + 1, (method, name, observed[name], mean)
+    # PaCoRe follows its messages' plurality far more often than chance (the blind level).
+    assert (
+        items["pacore:low"].diagnostics.shortcut.count
+        > 2 * items["pacore-blind:low"].diagnostics.shortcut.count
+    )
+
+
+def test_sim_blind_shares_the_drawn_first_round(sim_run: tuple[Path, SimEngine, list[Problem]]) -> None:
+    out, engine, problems = sim_run
+    records = {(r.method, r.problem_id, r.sample): r for r in load_run(out).records}
+    for problem in problems:
+        for sample in range(4):
+            pacore, blind = (
+                records["pacore:medium", problem.id, sample],
+                records["pacore-blind:medium", problem.id, sample],
+            )
+            assert pacore.result.info["pool"]["drawn"] == blind.result.info["pool"]["drawn"]
+            assert pacore.result.rounds[0].messages == blind.result.rounds[0].messages
+            assert blind.result.method == "pacore-blind-medium"
+    prompts = [r["messages"][-1]["content"] for r in engine.requests]
+    synthesis = [
+        p for p in prompts if p.startswith("You are given a problem and a list of reference responses.")
+    ]
+    # Pool (30 x 16), then per sample: PaCoRe's syntheses see references; blind's rounds see the problem.
+    assert len(synthesis) == 2 * 30 * 4 and len(prompts) == 30 * 16 + 4 * 30 * 4
+    gaps = {g.pacore: g for g in blind_gaps([load_run(out)])}
+    assert set(gaps) == {"pacore:low", "pacore:medium"}
+    medium = gaps["pacore:medium"]
+    assert medium.problems == 30 and medium.samples == (120, 120)
+    assert medium.ci_low is not None and medium.ci_high is not None
+    assert medium.ci_low <= medium.gap <= medium.ci_high
+    assert medium.gap == pytest.approx(medium.pacore_accuracy - medium.blind_accuracy)
+
+
+def test_cli_analyze_sim_run_with_plot(
+    sim_run: tuple[Path, SimEngine, list[Problem]], tmp_path: Path
+) -> None:
+    out, _, _ = sim_run
+    plot, md = tmp_path / "ttc.png", tmp_path / "d.md"
+    done = subprocess.run(
+        [*PACORE, "analyze", str(out), "--plot", str(plot), "--md", str(md)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "PaCoRe minus its blind counterfactual" in done.stdout
+    assert "pacore:medium - pacore-blind:medium" in md.read_text()
+    assert plot.read_bytes()[:4] == b"\x89PNG" and plot.stat().st_size > 20_000
+    report = subprocess.run(
+        [*PACORE, "report", str(out)], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert report.returncode == 0 and "PaCoRe minus its blind counterfactual" in report.stdout
