@@ -139,7 +139,7 @@ def plot_reward_curve(
         lower.set_ylim(-0.03, 1.03)
         lower.set_xlabel("step")
         lower.set_ylabel("share of episodes")
-        lower.set_title("synthesis behaviour (cross-check markers, emergent, majority shortcut)")
+        lower.set_title("synthesis behaviour (training.diagnostics)")
         lower.legend(fontsize=8)
         lower.grid(True, alpha=0.3)
     figure.tight_layout()
