@@ -51,6 +51,7 @@ from rich.table import Table
 
 from pacore_agent.compactors import final_conclusion
 from pacore_agent.evaluation.answers import (
+    AnswerClass,
     emergent_correctness,
     extract_answer,
     math_equal,
@@ -146,6 +147,10 @@ def _same(a: str, b: str) -> bool:
 def plurality(answers: Sequence[str | None], correct: Sequence[bool]) -> tuple[str | None, bool]:
     """The self-consistency answer of some messages and whether it is right (``(None, False)``: no answer)."""
     winner = vote(answers).winner
+    return _winner(winner, correct)
+
+
+def _winner(winner: AnswerClass | None, correct: Sequence[bool]) -> tuple[str | None, bool]:
     if winner is None or winner.representative is None:
         return None, False
     return winner.representative, bool(correct[winner.members[0]])
@@ -197,20 +202,26 @@ class SynthesisFlags:
 def classify(synthesis: Synthesis, *, markers: Sequence[str] = MARKER_PATTERNS) -> SynthesisFlags:
     """The diagnostics of one synthesis against its messages."""
     answers, correct = synthesis.message_answers, synthesis.message_correct
-    top, top_right = plurality(answers, correct)
+    votes = vote(answers)
+    top, top_right = _winner(votes.winner, correct)
     answer = synthesis.answer.strip() if synthesis.answer and synthesis.answer.strip() else None
+    # The answer's class among the messages' (compared with each class once, not with every message).
+    same = None
+    if answer is not None:
+        same = next((c for c in votes.classes if c.representative and _same(answer, c.representative)), None)
     given = [a for a in answers if a is not None and a.strip()]
+    mentioned = {a: mentions(synthesis.text, a) for a in set(given)}  # each distinct answer searched once
     return SynthesisFlags(
         all_wrong=bool(correct) and not any(correct),
         emergent=emergent_correctness(list(correct), synthesis.correct),
         has_plurality=top is not None,
         plurality_right=top_right,
-        shortcut=answer is not None and top is not None and _same(answer, top),
-        novel=answer is not None and not any(_same(answer, a) for a in given),
+        shortcut=same is not None and same == votes.winner,
+        novel=answer is not None and same is None,
         correct=synthesis.correct,
         markers=count_markers(synthesis.text, markers),
         answered_messages=len(given),
-        mentioned_messages=sum(mentions(synthesis.text, a) for a in given),
+        mentioned_messages=sum(mentioned[a] for a in given),
         full_text=synthesis.full_text,
     )
 
@@ -430,18 +441,13 @@ class BlindGap:
     Attributes:
         run: The run.
         benchmark: The benchmark.
-        pacore: The PaCoRe method label.
-        blind: The blind method label.
-        problems: Problems both were graded on.
-        samples: Samples (PaCoRe's, then blind's) on those problems.
-        pacore_accuracy: PaCoRe's accuracy there (mean over problems of each problem's mean).
-        blind_accuracy: The blind method's.
-        gap: ``pacore_accuracy - blind_accuracy``.
-        ci_low: Lower bound of the 95% problem-clustered bootstrap interval of the gap (``None`` with
-            fewer than two problems).
-        ci_high: Its upper bound.
-        pacore_ttc_k: PaCoRe's thousands of completion tokens per sample.
-        blind_ttc_k: The blind method's.
+        pacore: The PaCoRe method label; ``blind``: the blind one's.
+        problems: Problems both were graded on; ``samples``: PaCoRe's and blind's samples on them.
+        pacore_accuracy: PaCoRe's accuracy there (mean over problems of each problem's mean);
+            ``blind_accuracy``: the blind method's; ``gap``: the difference.
+        ci_low: The 95% problem-clustered bootstrap interval of the gap, ``ci_low`` to ``ci_high``
+            (``None`` with fewer than two problems).
+        pacore_ttc_k: PaCoRe's thousands of completion tokens per sample; ``blind_ttc_k``: blind's.
     """
 
     run: str
@@ -676,16 +682,8 @@ def write_csv(items: Sequence[MethodDiagnostics], path: str | os.PathLike[str]) 
         writer.writeheader()
         for item in items:
             d = item.diagnostics
-            row: dict[str, Any] = {
-                "run": item.run,
-                "benchmark": item.benchmark,
-                "method": item.method,
-                "blind": item.blind,
-                "records": item.records,
-                "analysed": item.analysed,
-                "syntheses": d.syntheses,
-                "full_text": d.full_text,
-            }
+            head = (item.run, item.benchmark, item.method, item.blind, item.records, item.analysed)
+            row: dict[str, Any] = dict(zip(columns, (*head, d.syntheses, d.full_text), strict=False))
             for name in names:
                 value = getattr(d, name)
                 count, total = (
