@@ -62,6 +62,7 @@ from pacore_agent.evaluation.report import (
     DEFAULT_RESAMPLES,
     MethodReport,
     RunData,
+    _macro,
     bootstrap_interval,
     load_run,
     plot_scaling,
@@ -473,7 +474,7 @@ def _per_problem(records: Iterable[RunRecord], value: Any) -> dict[str, list[flo
 
 
 def _mean_of_means(per_problem: dict[str, list[float]], problems: Sequence[str]) -> float:
-    return sum(sum(per_problem[p]) / len(per_problem[p]) for p in problems) / len(problems)
+    return _macro({p: per_problem[p] for p in problems})  # the report's accuracy, on these problems
 
 
 def blind_gaps(
