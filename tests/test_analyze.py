@@ -28,7 +28,7 @@ from pacore_agent.evaluation.analyze import (
 )
 from pacore_agent.evaluation.bench import BenchSettings, MethodSpec, load_problems, parse_methods, run_bench
 from pacore_agent.evaluation.datasets import DatasetUnavailableError, Problem
-from pacore_agent.evaluation.report import bootstrap_interval, load_run
+from pacore_agent.evaluation.report import bootstrap_interval, load_run, summarize
 from pacore_agent.evaluation.store import RunRecord, RunStore
 from pacore_agent.exceptions import UsageError
 from pacore_agent.prompts import blind_prompt
@@ -297,6 +297,21 @@ def test_cli_analyze_writes_table_markdown_csv(run_dir: Path, tmp_path: Path) ->
         cwd=REPO,
     )
     assert bad.returncode == 2 and "--markers" in bad.stderr
+    own = subprocess.run(
+        [*PACORE, "analyze", str(run_dir), "--markers", "five", "--markers", "scratch", "--csv", str(table)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert own.returncode == 0, own.stderr
+    with table.open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert (row["markers_count"], row["markers_total"]) == ("2", "4")  # p1 "five", p2 "scratch"
+    missing = subprocess.run(
+        [*PACORE, "analyze", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert missing.returncode == 2 and "holds no benchmark results" in missing.stderr
 
 
 # -- the blind counterfactual and a simulated AIME 2025 run ------------------------------------------
@@ -429,6 +444,8 @@ def test_sim_blind_shares_the_drawn_first_round(sim_run: tuple[Path, SimEngine, 
     ]
     # Pool (30 x 16), then per sample: PaCoRe's syntheses see references; blind's rounds see the problem.
     assert len(synthesis) == 2 * 30 * 4 and len(prompts) == 30 * 16 + 4 * 30 * 4
+    families = {r.method: r.family for r in summarize([out])}
+    assert families["pacore-blind:medium"] == "pacore-blind" and families["pacore:medium"] == "pacore"
     gaps = {g.pacore: g for g in blind_gaps([load_run(out)])}
     assert set(gaps) == {"pacore:low", "pacore:medium"}
     medium = gaps["pacore:medium"]
