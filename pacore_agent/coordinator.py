@@ -36,7 +36,7 @@ from pacore_agent.exceptions import (
     UsageError,
 )
 from pacore_agent.ordering import OrderPolicy, reference_order, round_rng
-from pacore_agent.prompts import Messages, SynthesisTemplate, build_prompt, normalize_problem
+from pacore_agent.prompts import Messages, SynthesisTemplate, blind_prompt, build_prompt, normalize_problem
 from pacore_agent.results import (
     Done,
     ErrorInfo,
@@ -112,7 +112,8 @@ class Coordinator:
             an `OpenAIBackend` built from the environment (``PACORE_BASE_URL`` / ``OPENAI_BASE_URL``,
             ``PACORE_API_KEY`` / ``OPENAI_API_KEY``, ``PACORE_MODEL``); the coordinator then owns it.
         compactor: C, from a trajectory's text to its message (default `final_conclusion`).
-        template: Override of the synthesis template (Jinja2 source or a callable).
+        template: Override of the synthesis template (Jinja2 source or a callable);
+            `pacore_agent.prompts.blind_prompt` runs the blind counterfactual (method ``pacore-blind``).
         sampling: Sampling settings of every request (default temperature = top_p = 1.0), or one per
             round.
         seed: Seed of the reference order and, when ``sampling.seed`` is set, of per-request seeds.
@@ -217,7 +218,8 @@ class Coordinator:
     @property
     def method(self) -> str:
         """A label for traces and reports, e.g. ``"pacore[32,4]"`` or ``"pacore-low"``."""
-        return f"pacore-{self.schedule.name}" if self.schedule.name else f"pacore{self.schedule}"
+        family = "pacore-blind" if self.template is blind_prompt else "pacore"
+        return f"{family}-{self.schedule.name}" if self.schedule.name else f"{family}{self.schedule}"
 
     def __repr__(self) -> str:
         return f"Coordinator(schedule={self.schedule}, backend={self.backend!r}, seed={self.seed})"

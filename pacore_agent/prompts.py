@@ -22,6 +22,7 @@ __all__ = [
     "SYNTHESIS_TEMPLATE",
     "Messages",
     "SynthesisTemplate",
+    "blind_prompt",
     "build_prompt",
     "last_user_index",
     "message_text",
@@ -39,6 +40,24 @@ SYNTHESIS_TEMPLATE: str = (
 SynthesisTemplate = str | jinja2.Template | Callable[[str, Sequence[str]], str]
 """Jinja2 source, a compiled template (both get ``original_prompt`` and ``ref_responses``), or a
 callable ``(original_prompt, references) -> prompt``."""
+
+
+def blind_prompt(original_prompt: str, references: Sequence[str]) -> str:
+    """The blind counterfactual's "synthesis" prompt: the problem alone, the references withheld.
+
+    As the ``template`` of a `Coordinator` it gives ``pacore-blind``: the same schedule and compute as
+    PaCoRe, but every round after the first re-solves the problem without seeing the messages. The gap
+    between PaCoRe and it measures what the model gains by reading its messages (no gap: "reasoning
+    solipsism").
+
+    Args:
+        original_prompt: The text of the last user message of the original conversation.
+        references: The messages the round would have been given (ignored).
+
+    Returns:
+        ``original_prompt`` unchanged.
+    """
+    return original_prompt
 
 
 @functools.lru_cache(maxsize=32)

@@ -63,6 +63,10 @@ METRIC_KEYS = (
     "charts/accuracy",
     "charts/emergent_rate",
     "charts/cross_check_rate",
+    "synthesis/markers",  # training.diagnostics: the behaviour `pacore analyze` measures
+    "synthesis/emergent",
+    "synthesis/shortcut",
+    "synthesis/plurality_right",
     "charts/clipfrac",
     "charts/approx_kl",
     "charts/explained_variance",

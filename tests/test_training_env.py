@@ -196,7 +196,8 @@ def test_emergent_correctness_flag() -> None:
         ("The references conflict.", 1),
         ("Checking reference #2.", 1),
         ("I refer to prior work; referee reports; preference.", 0),
-        ("No cross-checking here.", 0),
+        ("Cross-checking message 2 against the other solutions.", 3),  # the markers of `pacore analyze`
+        ("The answer is 12; a reference point.", 0),
     ],
 )
 def test_cross_check_words(text: str, mentions: int) -> None:

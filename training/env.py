@@ -14,7 +14,8 @@ Beside the reward, every episode reports flags the paper studies:
 
 - ``all_messages_wrong``: messages were given and none was correct;
 - ``emergent``: ... and yet the synthesis is right (`pacore_agent.evaluation.answers.emergent_correctness`);
-- ``cross_check``: the response refers to the references ("reference", "Ref 3", "Reference 12").
+- ``cross_check``: the response refers to the references ("the references", "Ref 3", "message 12", ...;
+  the markers of ``pacore analyze``).
 
 The environment deals in text and chat messages only, never in tensors: token ids are the rollout
 engine's business. `apply_chat_template` renders P(x, M) with a tokenizer's chat template for engines
@@ -26,7 +27,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import anyio.to_thread
 
 from pacore_agent.compactors import final_conclusion
+from pacore_agent.evaluation.analyze import MARKER_PATTERNS, count_markers, marker_regex
 from pacore_agent.evaluation.answers import DEFAULT_MATH_TIMEOUT, emergent_correctness, extract_answer, grade
 from pacore_agent.evaluation.sandbox import SandboxConfig, extract_program, run_code_tests
 from pacore_agent.evaluation.store import PoolEntry
@@ -67,8 +68,10 @@ DEFAULT_LO = 16
 DEFAULT_HI = 24
 """Most messages per episode."""
 
-CROSS_CHECK_PATTERN = re.compile(r"\breferences?\b|\bref\.?\s*#?\d+", re.IGNORECASE)
-"""Words showing that a response cross-checks its references: "reference(s)", "Reference 3", "Ref 3"."""
+CROSS_CHECK_PATTERN = marker_regex(MARKER_PATTERNS)
+"""Words showing that a response cross-checks its references ("Reference 3", "message 2", "the references",
+"other solutions", "cross-check", ...): `pacore_agent.evaluation.analyze.MARKER_PATTERNS`, the markers that
+``pacore analyze`` counts in benchmark runs."""
 
 RewardFn = Callable[[str, TrainProblem], float]
 """A reward: (C(trajectory), problem) -> score in [0, 1]."""
@@ -222,7 +225,7 @@ def draw_messages(pool_size: int, lo: int, hi: int, rng: random.Random) -> list[
 
 def cross_check_mentions(response: str) -> int:
     """How many times a response refers to its references (see `CROSS_CHECK_PATTERN`)."""
-    return len(CROSS_CHECK_PATTERN.findall(response))
+    return count_markers(response)
 
 
 def default_reward(

@@ -6,7 +6,8 @@ written, so a run killed at any moment keeps every step it logged. On resume the
 exactly once in the finished log.
 
 `plot_reward_curve` draws ``charts/reward_mean`` per step from a metrics log into a PNG with
-matplotlib's Agg canvas (no display, no pyplot global state).
+matplotlib's Agg canvas (no display, no pyplot global state), and below it the synthesis behaviour of
+`training.diagnostics` (cross-check markers, emergent correctness, majority shortcut) when logged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StepLog", "jsonable", "plot_reward_curve", "read_jsonl"]
+__all__ = ["BEHAVIOUR_KEYS", "StepLog", "jsonable", "plot_reward_curve", "read_jsonl"]
+
+BEHAVIOUR_KEYS = ("synthesis/markers", "synthesis/emergent", "synthesis/shortcut")
+"""The metrics of `training.diagnostics` drawn in the reward curve's second panel."""
 
 
 def jsonable(value: Any) -> Any:
@@ -112,10 +116,13 @@ def plot_reward_curve(
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    points = [(r["step"], r[key]) for r in read_jsonl(metrics_path) if r.get(key) is not None]
-    figure = Figure(figsize=(6.4, 4.0), dpi=100)
+    records = read_jsonl(metrics_path)
+    points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    behaviours = {k: [(r["step"], r[k]) for r in records if r.get(k) is not None] for k in BEHAVIOUR_KEYS}
+    behaviours = {k: series for k, series in behaviours.items() if series}
+    figure = Figure(figsize=(6.4, 7.0 if behaviours else 4.0), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    axes = figure.add_subplot(2 if behaviours else 1, 1, 1)
     if points:
         steps, values = zip(*points, strict=True)
         axes.plot(steps, values, marker="o" if len(points) < 50 else None, linewidth=1.5)
@@ -124,6 +131,17 @@ def plot_reward_curve(
     axes.set_ylabel(key)
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
+    if behaviours:
+        lower = figure.add_subplot(2, 1, 2, sharex=axes)
+        for name, series in behaviours.items():
+            steps, values = zip(*series, strict=True)
+            lower.plot(steps, values, marker="o" if len(series) < 50 else None, label=name)
+        lower.set_ylim(-0.03, 1.03)
+        lower.set_xlabel("step")
+        lower.set_ylabel("share of episodes")
+        lower.set_title("synthesis behaviour (training.diagnostics)")
+        lower.legend(fontsize=8)
+        lower.grid(True, alpha=0.3)
     figure.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,8 @@ One step:
    C(trajectory), or the pass rate of the code tests), with the flags all-messages-wrong, emergent
    (right although every message was wrong) and cross-check (the response cites its references).
 5. PPO: `PPOTrainer.step`, then the actor's new weights are pushed to the rollout engine.
-6. Logs: one line per step in ``metrics.jsonl`` (``losses/*``, ``charts/*``, ``time/*``) and in
+6. Logs: one line per step in ``metrics.jsonl`` (``losses/*``, ``charts/*``, ``time/*``, and the
+   synthesis behaviour ``synthesis/*`` of `training.diagnostics`) and in
    ``episodes.jsonl`` (the (problem id, message indices) of every episode).
 7. Checkpoints: every ``--save-every`` steps and at the end, atomically, with the reward curve redrawn.
 
@@ -35,7 +36,7 @@ The run directory::
       run.json            the configuration and fingerprint of the latest start
       metrics.jsonl       one JSON line per step
       episodes.jsonl      one JSON line per step: the episodes it consumed
-      reward_curve.png    charts/reward_mean per step
+      reward_curve.png    charts/reward_mean per step; below, cross-check markers, emergent, shortcut
       checkpoints/step-000050/   actor, critic, optimizers, RNG states, data position, fingerprint
       pool/               the message pool, when built with --build-pool
       model/              the final actor and tokenizer (save_pretrained), when --export-model
@@ -93,6 +94,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.data import TrainProblem, arithmetic_problems, load_training_problems
+from training.diagnostics import step_diagnostics
 from training.env import (
     DEFAULT_HI,
     DEFAULT_LO,
@@ -870,6 +872,7 @@ def train(config: TrainConfig) -> RunSummary:
                 "epoch": data_position / len(env),  # epochs done, counting parts
                 **metrics,
                 **episode_metrics(results),
+                **step_diagnostics(episodes, texts, results),  # synthesis/*: as `pacore analyze` measures
                 "charts/prompt_length": sum(len(p) for p in prompts) / len(prompts),
                 "charts/tokens_per_s": response_tokens / (finished - started),
                 "time/rollout_s": rollout_done - started,

@@ -7,6 +7,7 @@
 - ``pacore serve``: an OpenAI-compatible server answering with PaCoRe over an upstream endpoint.
 - ``pacore bench BENCHMARK``: run methods on a benchmark, graded and stored as they finish (resumable).
 - ``pacore report DIR``: the table, CSV and scaling plot of benchmark runs.
+- ``pacore analyze DIR``: synthesis diagnostics (shortcuts, cross-checking, ...) and the blind gap.
 """
 
 from __future__ import annotations
@@ -843,6 +844,7 @@ def report(
             sys.stdout.write(to_markdown(reports))
         else:
             _report_console().print(render_table(reports))
+            _print_blind_gaps(directories, resamples, seed)
             if markdown is not None:
                 markdown.write_text(to_markdown(reports), encoding="utf-8")
         if csv_path is not None:
@@ -855,6 +857,74 @@ def report(
             from pacore_agent.evaluation.viewer import write_html
 
             err.print(f"wrote {write_html(directories, html, reports=reports)}", highlight=False)
+    except PacoreError as error:
+        raise _fail(str(error)) from None
+
+
+def _print_blind_gaps(directories: list[Path], resamples: int, seed: int) -> None:
+    """The PaCoRe-minus-blind table, when a run holds both (see `pacore analyze`)."""
+    from pacore_agent.evaluation.analyze import blind_gaps, render_gaps
+    from pacore_agent.evaluation.report import load_run
+
+    gaps = blind_gaps([load_run(d) for d in directories], resamples=resamples, seed=seed)
+    if gaps:
+        _report_console().print(render_gaps(gaps))
+
+
+@app.command("analyze")
+def analyze(
+    directories: Annotated[
+        list[Path], typer.Argument(help="One or more run directories of `pacore bench`.", metavar="DIR")
+    ],
+    md: Annotated[Path | None, typer.Option("--md", help="Write the tables as Markdown.")] = None,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Write one row per (benchmark, method), counts included.")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write a PNG: accuracy against TTC of PaCoRe, pacore-blind and sc@k."),
+    ] = None,
+    markers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--markers",
+            help="A cross-checking marker (case-insensitive regular expression); repeat for several. "
+            "Replaces the default list (message 3, reference 2, response 5, other solutions, cross-check, ...).",
+        ),
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the gap's 95% interval.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+) -> None:
+    """Synthesis diagnostics of PaCoRe runs, and the gap between PaCoRe and its blind counterfactual.
+
+    Per benchmark and multi-round method, over every synthesis trajectory: emergent correctness, majority
+    shortcut against how often the plurality is right, novel answers (right / wrong), recovery and damage,
+    cross-checking markers and message use, each with its counts.
+    """
+    from pacore_agent.evaluation import analyze as diagnostics
+    from pacore_agent.evaluation.report import load_run
+
+    try:
+        patterns = tuple(markers) if markers else diagnostics.MARKER_PATTERNS
+        runs = [load_run(d) for d in directories]
+        items = [
+            i for r in runs for i in diagnostics.analyze_records(r.records, run=r.name, markers=patterns)
+        ]
+        gaps = diagnostics.blind_gaps(runs, resamples=resamples, seed=seed)
+        if not items and not gaps:
+            raise _fail(f"no graded multi-round records in {', '.join(map(str, directories))}")
+        _report_console().print(diagnostics.render_table(items))
+        if gaps:
+            _report_console().print(diagnostics.render_gaps(gaps))
+        if md is not None:
+            md.write_text(diagnostics.to_markdown(items, gaps), encoding="utf-8")
+            err.print(f"wrote {md}", highlight=False)
+        if csv_path is not None:
+            err.print(f"wrote {diagnostics.write_csv(items, csv_path)}", highlight=False)
+        if plot is not None:
+            err.print(
+                f"wrote {diagnostics.plot_ttc(runs, plot, resamples=resamples, seed=seed)}", highlight=False
+            )
     except PacoreError as error:
         raise _fail(str(error)) from None
 

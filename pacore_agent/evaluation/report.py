@@ -102,7 +102,7 @@ DEFAULT_RESAMPLES = 2000
 CONFIDENCE = 0.95
 SIM_MODEL = "pacore-sim"  # the simulated endpoint's model id (pacore_agent.backends.sim.SIM_MODEL)
 
-_FAMILY_ORDER = {"single": 0, "sc": 1, "bon": 2, "pacore": 3}
+_FAMILY_ORDER = {"single": 0, "sc": 1, "bon": 2, "pacore": 3, "pacore-blind": 4}
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,11 @@ class MethodReport:
 
     @property
     def family(self) -> str:
-        """``pacore``, ``sc``, ``bon``, ``single`` (or the method itself when it is none of those)."""
+        """``pacore``, ``pacore-blind``, ``sc``, ``bon``, ``single`` (or the method itself when none of those)."""
         spec = _spec(self.method)
-        return spec.kind if spec is not None else self.method
+        if spec is None:
+            return self.method
+        return "pacore-blind" if spec.blind else str(spec.kind)
 
     @property
     def compute_order(self) -> tuple[int, int, int, str]:
@@ -518,6 +520,7 @@ _RUN_STYLES = ("-", "--", ":", "-.")
 
 _FAMILY_STYLE = {
     "pacore": ("PaCoRe", "tab:red", "o"),
+    "pacore-blind": ("PaCoRe blind (messages withheld)", "tab:orange", "v"),
     "sc": ("self-consistency", "tab:blue", "s"),
     "bon": ("best-of-n (oracle)", "tab:gray", "^"),
     "single": ("single", "black", "D"),

@@ -1,4 +1,4 @@
-"""Method specifications of a benchmark run: ``pacore:high``, ``pacore:[32,4]``, ``single``, ``sc@16``, ``bon@8``.
+"""Method specifications of a benchmark run: ``pacore:high``, ``pacore-blind:[16]``, ``sc@16``, ``bon@8``, ...
 
 A `MethodSpec` is parsed from its text once, has one canonical label (the method column of the store and
 the report) and builds the strategy that runs it.
@@ -17,7 +17,7 @@ from pacore_agent.coordinator import Coordinator
 from pacore_agent.evaluation.datasets import Problem
 from pacore_agent.evaluation.grading import MessageGrade
 from pacore_agent.exceptions import UsageError
-from pacore_agent.prompts import Messages
+from pacore_agent.prompts import Messages, SynthesisTemplate, blind_prompt
 from pacore_agent.schedule import PRESETS, Schedule
 from pacore_agent.strategies import (
     BestOfN,
@@ -33,8 +33,8 @@ __all__ = ["MethodKind", "MethodSpec", "parse_methods"]
 
 MethodKind = Literal["pacore", "single", "sc", "bon"]
 
-_FORMS = "pacore:low, pacore:medium, pacore:high, pacore:[32,4], single, sc@16, bon@8"
-_PACORE = re.compile(r"pacore\s*[:\-]?\s*(?P<schedule>.+)")
+_FORMS = "pacore:low, pacore:medium, pacore:high, pacore:[32,4], pacore-blind:[16], single, sc@16, bon@8"
+_PACORE = re.compile(r"pacore(?P<blind>\s*-\s*blind)?\s*[:\-]?\s*(?P<schedule>.+)")
 _SAMPLED = re.compile(r"(?P<kind>sc|bon)\s*@\s*(?P<k>\d+)")
 
 
@@ -47,15 +47,20 @@ class MethodSpec:
             (best-of-n with the reference grader as scorer: an ORACLE upper bound, not a deployable method).
         schedule: PaCoRe's K vector (``kind == "pacore"`` only).
         k: Samples of a one-round method (1 for ``single``).
+        blind: The blind counterfactual of PaCoRe (``pacore-blind:...``): the same schedule, but every
+            round after the first gets the problem alone instead of P(x, M) (see
+            `pacore_agent.prompts.blind_prompt`). With pool evaluation it draws the same first round as
+            ``pacore`` of the same schedule, so the two are paired.
     """
 
     kind: MethodKind
     schedule: Schedule | None = None
     k: int = 1
+    blind: bool = False
 
     @classmethod
     def parse(cls, text: str) -> MethodSpec:
-        """Parse ``pacore:low|medium|high``, ``pacore:[32,4]``, ``single``, ``sc@K`` or ``bon@N``.
+        """Parse ``pacore:low|medium|high``, ``pacore:[32,4]``, ``pacore-blind:...``, ``single``, ``sc@K`` or ``bon@N``.
 
         Raises:
             UsageError: Anything else; the message lists the accepted forms.
@@ -71,15 +76,22 @@ class MethodSpec:
         if pacore := _PACORE.fullmatch(value):
             schedule = Schedule.parse(pacore.group("schedule"))
             preset = next((name for name, widths in PRESETS.items() if widths == schedule.widths), None)
-            return cls("pacore", schedule=Schedule(schedule.widths, preset))
+            return cls(
+                "pacore", schedule=Schedule(schedule.widths, preset), blind=bool(pacore.group("blind"))
+            )
         raise UsageError(f"unknown method {text!r}: use one of {_FORMS}")
 
     @property
     def label(self) -> str:
-        """The canonical name: ``pacore:low``, ``pacore:[32,4]``, ``single``, ``sc@16``, ``bon@8``."""
+        """The canonical name: ``pacore:low``, ``pacore:[32,4]``, ``pacore-blind:[16]``, ``single``, ``sc@16``, ..."""
         if self.kind == "pacore":
-            return f"pacore:{self.schedule}"
+            return f"pacore{'-blind' if self.blind else ''}:{self.schedule}"
         return "single" if self.kind == "single" else f"{self.kind}@{self.k}"
+
+    @property
+    def template(self) -> SynthesisTemplate | None:
+        """The `Coordinator` template of this method: `blind_prompt` for the blind counterfactual, else the default."""
+        return blind_prompt if self.blind else None
 
     @property
     def first_width(self) -> int:
@@ -113,7 +125,7 @@ class MethodSpec:
         strategy: Coordinator | Single | SelfConsistency | BestOfN
         if self.kind == "pacore":
             assert self.schedule is not None
-            strategy = Coordinator(self.schedule, backend, **options)
+            strategy = Coordinator(self.schedule, backend, template=self.template, **options)
         elif self.kind == "single":
             strategy = Single(backend, **options)
         elif self.kind == "sc":
