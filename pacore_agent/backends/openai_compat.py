@@ -2,15 +2,13 @@
 
 One pooled client per backend, on the SDK's aiohttp transport when it is installed (about twice the
 requests per second of the default transport at high concurrency). Errors of the SDK are translated
-into `pacore_agent.exceptions` at this boundary.
+into `pacore_agent.exceptions` at this boundary, by `pacore_agent.backends.errors`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import ipaddress
 import os
-import time
 from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -25,21 +23,15 @@ from pacore_agent.backends.base import (
     DeltaCallback,
     GenerationRequest,
 )
+from pacore_agent.backends.errors import from_sdk_error
 from pacore_agent.exceptions import (
-    AuthenticationError,
     BackendError,
     ConfigurationError,
-    ContextLengthError,
-    EndpointConnectionError,
-    EndpointTimeoutError,
     MalformedResponseError,
-    RateLimitError,
-    RequestRejectedError,
-    ServerError,
 )
 from pacore_agent.results import Usage
 
-__all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "is_local_url", "translate_error"]
+__all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "is_local_url"]
 
 DEFAULT_TIMEOUT = 7200.0
 """Seconds a request may take; long reasoning without streaming needs hours (as the official pipeline)."""
@@ -57,80 +49,6 @@ def is_local_url(url: str) -> bool:
     except ValueError:
         return False
     return address.is_loopback or address.is_private or address.is_link_local
-
-
-def _excerpt(body: object) -> str | None:
-    if body is None:
-        return None
-    text = body if isinstance(body, str) else repr(body)
-    return text[:_BODY_EXCERPT]
-
-
-def _error_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, Mapping):
-        error = body.get("error", body)
-        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        if isinstance(body.get("message"), str):
-            return str(body["message"])
-    return exc.message
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return float(value) / 1000.0
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    seen: set[int] = set()
-    while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
-        seen.add(id(exc))
-        exc = nxt
-    return exc
-
-
-def translate_error(exc: Exception, *, endpoint: str) -> BackendError:
-    """Map an ``openai`` SDK exception to pacore's error tree."""
-    if isinstance(exc, openai.APIConnectionError):
-        # The aiohttp transport reports a refused connection as a connect *timeout*: look at the root cause.
-        root = _root_cause(exc)
-        if isinstance(exc, openai.APITimeoutError) and not isinstance(root, ConnectionError):
-            return EndpointTimeoutError(f"{endpoint} did not answer in time")
-        return EndpointConnectionError(f"could not talk to {endpoint}: {type(root).__name__}: {root}")
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        message = _error_message(exc)
-        body = _excerpt(exc.body)
-        text = f"{endpoint} answered {status}: {message}"
-        if status == 429:
-            return RateLimitError(text, body=body, retry_after=_retry_after(exc.response.headers))
-        if status in (401, 403):
-            return AuthenticationError(
-                f"{text}. Check the API key (PACORE_API_KEY / OPENAI_API_KEY)", status_code=status, body=body
-            )
-        if status >= 500 or status in (408, 409):
-            return ServerError(text, status_code=status, body=body)
-        if status in (400, 413, 422) and ContextLengthError.matches(message):
-            return ContextLengthError.from_message(text, status_code=status, body=body)
-        return RequestRejectedError(text, status_code=status, body=body)
-    if isinstance(exc, openai.APIResponseValidationError | ValueError | KeyError | TypeError):
-        return MalformedResponseError(f"{endpoint} sent a malformed response: {type(exc).__name__}: {exc}")
-    if isinstance(exc, openai.OpenAIError):
-        return BackendError(f"{endpoint}: {type(exc).__name__}: {exc}")
-    raise exc
 
 
 def _usage(raw: Any) -> Usage:
@@ -258,7 +176,7 @@ class OpenAIBackend(Backend):
         try:
             page = await self.client.models.list()
         except Exception as exc:
-            raise translate_error(exc, endpoint=self.base_url) from exc
+            raise from_sdk_error(exc, endpoint=self.base_url) from exc
         return [model.id for model in page.data]
 
     async def resolve_model(self) -> str:
@@ -334,7 +252,7 @@ class OpenAIBackend(Backend):
         except BackendError:
             raise
         except Exception as exc:
-            raise translate_error(exc, endpoint=self.base_url) from exc
+            raise from_sdk_error(exc, endpoint=self.base_url) from exc
 
     def _parse(self, response: Any) -> list[Completion]:
         # On the hot path of every request: plain-dict checks, and no second `Usage` per choice.

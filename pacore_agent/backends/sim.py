@@ -36,16 +36,9 @@ from typing import Any
 import anyio
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest
+from pacore_agent.backends.errors import error_from_response
 from pacore_agent.compactors import last_boxed
-from pacore_agent.exceptions import (
-    ContextLengthError,
-    EndpointConnectionError,
-    MalformedResponseError,
-    RateLimitError,
-    RequestRejectedError,
-    ServerError,
-    UsageError,
-)
+from pacore_agent.exceptions import EndpointConnectionError, MalformedResponseError, UsageError
 from pacore_agent.results import Usage
 
 __all__ = [
@@ -499,9 +492,9 @@ class SimEngine:
         style = self.config.wire_style
         if style == "openai":
             message = (
-                f"This model's maximum context length is {window} tokens. However, your messages resulted "
-                f"in {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in "
-                "the completion). Please reduce the length of the messages or completion."
+                f"This model's maximum context length is {window} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion."
             )
             return SimFault("context_length", 400, message, param="messages", code="context_length_exceeded")
         if style == "vllm":
@@ -639,20 +632,58 @@ def _body(request: GenerationRequest, model: str) -> dict[str, Any]:
     return body
 
 
-def fault_error(fault: SimFault, endpoint: str) -> Exception:
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error"}
+_SERVER_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+
+
+def error_json(
+    style: str, status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """An error body as the server of ``style`` sends it (`pacore_agent.backends.sim.ERROR_STYLES`).
+
+    OpenAI puts a string ``code`` (or null) and a snake-case ``type`` under ``error``; vLLM the same
+    envelope with the HTTP status as ``code``; SGLang (and vLLM before 0.10) the fields at top level.
+    """
+    if style == "openai":
+        kind = (
+            "requests"
+            if status == 429
+            else _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        )
+        return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    fields = {
+        "message": message,
+        "type": _SERVER_TYPES.get(status, "BadRequestError"),
+        "param": param,
+        "code": status,
+    }
+    if style == "sglang":
+        return {"object": "error", **fields}
+    return {"error": fields}
+
+
+def stream_error_json(style: str, status: int, message: str) -> dict[str, Any]:
+    """The ``data:`` payload of an SSE error chunk: always under ``error`` (SGLang keeps ``object``)."""
+    body = error_json(style, status, message)
+    return {"error": body} if style == "sglang" else body
+
+
+def fault_error(fault: SimFault, endpoint: str, style: str = "vllm") -> Exception:
     """The exception a client sees for a simulated fault (the in-process twin of the HTTP path)."""
-    text = f"{endpoint} answered {fault.status}: {fault.message}"
-    if fault.status == 429:
-        return RateLimitError(text, retry_after=fault.retry_after)
-    if fault.kind in ("server_error", "unavailable", "stream_error"):
-        return ServerError(text, status_code=fault.status)
     if fault.kind in ("drop", "stream_drop"):
         return EndpointConnectionError(f"{endpoint}: {fault.message}")
     if fault.kind in ("malformed", "empty_choices"):
         return MalformedResponseError(f"{endpoint} sent a malformed response: {fault.message}")
-    if fault.kind in ("context_length", "stream_context_length"):
-        return ContextLengthError.from_message(text)
-    return RequestRejectedError(text, status_code=fault.status)
+    headers = {"Retry-After": "soon" if fault.retry_after is None else f"{fault.retry_after:g}"}
+    body = error_json(style, fault.status, fault.message, param=fault.param, code=fault.code)
+    return error_from_response(endpoint, fault.status, body, headers)
 
 
 class SimBackend(Backend):
@@ -714,7 +745,7 @@ class SimBackend(Backend):
             if isinstance(reply, SimFault):
                 if reply.kind == "stall":
                     await anyio.sleep_forever()
-                raise fault_error(reply, "sim")
+                raise fault_error(reply, "sim", engine.config.wire_style)
             if reply.latency is None:
                 await anyio.sleep_forever()
             await self._sleep(reply.latency or 0.0)
@@ -736,4 +767,4 @@ class SimBackend(Backend):
                         offset + index, "reasoning", choice.reasoning[: int(len(choice.reasoning) * share)]
                     )
                 await on_delta(offset + index, "content", choice.content[: int(len(choice.content) * share)])
-        raise fault_error(reply.cut, "sim")
+        raise fault_error(reply.cut, "sim", self.engine.config.wire_style)

@@ -23,55 +23,21 @@ from typing import Any
 
 from aiohttp import web
 
-from pacore_agent.backends.sim import SIM_LABEL, SimChoice, SimConfig, SimEngine, SimFault, SimReply
+from pacore_agent.backends.sim import (
+    SIM_LABEL,
+    SimChoice,
+    SimConfig,
+    SimEngine,
+    SimFault,
+    SimReply,
+    error_json,
+    stream_error_json,
+)
 from pacore_agent.serving.app import AppServer
 
 __all__ = ["SimServer"]
 
 _CHUNK_WORDS = 8
-
-
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error"}
-_SERVER_TYPES = {
-    400: "BadRequestError",
-    401: "AuthenticationError",
-    404: "NotFoundError",
-    429: "RateLimitError",
-    500: "InternalServerError",
-    503: "ServiceUnavailableError",
-}
-
-
-def error_json(
-    style: str, status: int, message: str, *, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    """An error body as the server of ``style`` sends it (`pacore_agent.backends.sim.ERROR_STYLES`).
-
-    OpenAI puts a string ``code`` (or null) and a snake-case ``type`` under ``error``; vLLM the same
-    envelope with the HTTP status as ``code``; SGLang (and vLLM before 0.10) the fields at top level.
-    """
-    if style == "openai":
-        kind = (
-            "requests"
-            if status == 429
-            else _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-        )
-        return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    fields = {
-        "message": message,
-        "type": _SERVER_TYPES.get(status, "BadRequestError"),
-        "param": param,
-        "code": status,
-    }
-    if style == "sglang":
-        return {"object": "error", **fields}
-    return {"error": fields}
-
-
-def stream_error_json(style: str, status: int, message: str) -> dict[str, Any]:
-    """The ``data:`` payload of an SSE error chunk: always under ``error`` (SGLang keeps ``object``)."""
-    body = error_json(style, status, message)
-    return {"error": body} if style == "sglang" else body
 
 
 def _usage_json(reply: SimReply) -> dict[str, Any]:
