@@ -8,6 +8,7 @@ into `pacore_agent.exceptions` at this boundary, by `pacore_agent.backends.error
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -28,10 +29,15 @@ from pacore_agent.exceptions import (
     BackendError,
     ConfigurationError,
     MalformedResponseError,
+    UnsupportedParameterError,
 )
 from pacore_agent.results import Usage
 
 __all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "is_local_url"]
+
+logger = logging.getLogger(__name__)
+
+_TOKEN_LIMITS = ("max_completion_tokens", "max_tokens")
 
 DEFAULT_TIMEOUT = 7200.0
 """Seconds a request may take; long reasoning without streaming needs hours (as the official pipeline)."""
@@ -93,6 +99,16 @@ class OpenAIBackend(Backend):
         supports_n: Whether the server honours ``n``; ``None`` finds out from the first answer (a server
             that ignores ``n`` returns fewer choices; the rest are then requested one by one).
         http_client: ``"aiohttp"`` (default where installed) or ``"httpx"``.
+        token_limit: The field that carries `SamplingParams.max_tokens`: ``"max_completion_tokens"``
+            (OpenAI's current name; SGLang has deprecated ``max_tokens``), ``"max_tokens"`` (what every
+            OpenAI-compatible server knows), or ``"auto"``: the first for hosted endpoints, the second
+            for local ones.
+
+    Requests adapt to the endpoint: when it answers 400 naming a field it does not support (OpenAI's
+    ``unsupported_parameter`` / ``unsupported_value``, as GPT-5 and the o-series answer ``top_p``,
+    ``max_tokens`` or a temperature other than 1), the field is dropped (a token limit is renamed to the
+    other name instead) for every later request to this endpoint, one warning names it, and the request
+    is sent again at once; that resend is not a failed attempt. Each field is adapted at most once.
     """
 
     def __init__(
@@ -108,6 +124,7 @@ class OpenAIBackend(Backend):
         extra_body: Mapping[str, Any] | None = None,
         supports_n: bool | None = None,
         http_client: Literal["aiohttp", "httpx"] = "aiohttp",
+        token_limit: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto",
     ) -> None:
         super().__init__(max_concurrency=max_concurrency)
         if not base_url or "://" not in base_url:
@@ -132,6 +149,12 @@ class OpenAIBackend(Backend):
         self._http_client_kind = http_client
         self._client: openai.AsyncOpenAI | None = None
         self._model_lock = anyio.Lock()
+        if token_limit == "auto":
+            token_limit = "max_tokens" if is_local_url(self.base_url) else "max_completion_tokens"
+        self.token_limit: str = token_limit
+        self._renamed: set[str] = set()
+        self.refused: dict[str, str] = {}
+        """Fields this endpoint refused (name -> the endpoint's code); they are no longer sent."""
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, max_concurrency={self.max_concurrency})"
@@ -195,7 +218,7 @@ class OpenAIBackend(Backend):
                 self.model = self.name = models[0]
         return self.model
 
-    def _body(self, request: GenerationRequest, model: str, n: int) -> dict[str, Any]:
+    def _body(self, request: GenerationRequest, model: str, n: int, stream: bool) -> dict[str, Any]:
         sampling = request.sampling
         body: dict[str, Any] = {"model": model, "messages": request.messages}
         if n != 1:
@@ -203,13 +226,44 @@ class OpenAIBackend(Backend):
         for key, value in (
             ("temperature", sampling.temperature),
             ("top_p", sampling.top_p),
-            ("max_tokens", sampling.max_tokens),
+            (self.token_limit, sampling.max_tokens),
             ("seed", sampling.seed),
             ("stop", list(sampling.stop) if sampling.stop else None),
         ):
             if value is not None:
                 body[key] = value
+        body.update(self.extra_body)
+        body.update(sampling.extra_body)
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        for name in self.refused:
+            body.pop(name, None)
         return body
+
+    def _adapt(self, error: UnsupportedParameterError, body: Mapping[str, Any]) -> bool:
+        """Stop sending the field ``error`` names; whether a resend can help."""
+        param = error.param
+        if param not in body:
+            return False  # not something we sent: nothing to change
+        if param == self.token_limit and param in _TOKEN_LIMITS and not self._renamed:
+            # The other name of the same limit (OpenAI wants max_completion_tokens, old servers max_tokens).
+            other = next(name for name in _TOKEN_LIMITS if name != param)
+            self._renamed.add(param)
+            self.token_limit = other
+            logger.warning(
+                "%s refuses '%s' (%s): sending the token limit as '%s' from now on",
+                self.base_url, param, error.code, other,
+            )  # fmt: skip
+            return True
+        if param not in self.refused:
+            self.refused[param] = error.code
+            leaving = "the server's default" if error.code == "unsupported_value" else "it out"
+            logger.warning(
+                "%s refuses '%s' (%s): leaving %s in every request from now on",
+                self.base_url, param, error.code, leaving,
+            )  # fmt: skip
+        return True
 
     async def generate(
         self, request: GenerationRequest, *, on_delta: DeltaCallback | None = None
@@ -240,8 +294,22 @@ class OpenAIBackend(Backend):
         on_delta: DeltaCallback | None,
         offset: int = 0,
     ) -> list[Completion]:
-        body = {**self._body(request, model, n), **self.extra_body, **request.sampling.extra_body}
+        adapted: set[str] = set()
         stream = self.stream or on_delta is not None
+        while True:
+            body = self._body(request, model, n, stream)
+            try:
+                return await self._send(body, stream, on_delta, offset)
+            except UnsupportedParameterError as error:
+                # Each field at most once per request; a request in flight when another one adapted
+                # the endpoint resends too (its body was built before).
+                if error.param in adapted or not self._adapt(error, body):
+                    raise
+                adapted.add(error.param)
+
+    async def _send(
+        self, body: dict[str, Any], stream: bool, on_delta: DeltaCallback | None, offset: int
+    ) -> list[Completion]:
         try:
             if stream:
                 return await self._streamed(body, on_delta, offset)
@@ -296,7 +364,7 @@ class OpenAIBackend(Backend):
         model: str | None = None
         stream = await self.client.post(
             "/chat/completions",
-            body={**body, "stream": True, "stream_options": {"include_usage": True}},
+            body=body,
             cast_to=object,
             stream=True,
             stream_cls=openai.AsyncStream[object],

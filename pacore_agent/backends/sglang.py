@@ -1354,4 +1354,7 @@ def _openai_backend(base_url: str, model: str | None, api_key: str | None, max_c
     """The default chat backend: an `OpenAIBackend` (imported on first use; it pulls in the OpenAI SDK)."""
     from pacore_agent.backends.openai_compat import OpenAIBackend
 
-    return OpenAIBackend(base_url, model, api_key=api_key, max_concurrency=max_concurrency)
+    # SGLang has deprecated `max_tokens` in favour of OpenAI's `max_completion_tokens`.
+    return OpenAIBackend(
+        base_url, model, api_key=api_key, max_concurrency=max_concurrency, token_limit="max_completion_tokens"
+    )

@@ -201,6 +201,8 @@ class SimConfig:
             model id, reasoning counted in usage but never returned.
         error_style: Wire shape of error bodies (see `ERROR_STYLES`); default ``"openai"`` when
             ``hosted_reasoning``, else ``"vllm"``.
+        unsupported_params: Request fields refused with 400 ``unsupported_parameter`` (e.g.
+            ``("max_completion_tokens",)`` for servers that only know ``max_tokens``).
     """
 
     model: str = SIM_MODEL
@@ -220,6 +222,7 @@ class SimConfig:
     record_requests: bool = True
     hosted_reasoning: bool = False
     error_style: str | None = None
+    unsupported_params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.error_style is not None and self.error_style not in ERROR_STYLES:
@@ -392,7 +395,7 @@ class SimEngine:
         fault = self._fault(self._arrivals - 1)
         if fault is not None and fault.kind not in ("stall", *_CUT_MID_ANSWER, "context_length"):
             return fault
-        if self.config.hosted_reasoning and (refused := self._hosted_refusal(body)) is not None:
+        if (refused := self._refusal(body)) is not None:
             return refused
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -447,17 +450,19 @@ class SimEngine:
             return replace(reply, cut=self._cut_fault(fault, prompt_tokens, max_tokens or window))
         return reply
 
-    def _hosted_refusal(self, body: Mapping[str, Any]) -> SimFault | None:
-        """OpenAI's answer to what its hosted reasoning models refuse (one field at a time, as it does)."""
+    def _refusal(self, body: Mapping[str, Any]) -> SimFault | None:
+        """OpenAI's answer to fields a model refuses (one field at a time, as it does)."""
+        config = self.config
         model = body.get("model")
-        if model != self.config.model:
+        if config.hosted_reasoning and model != config.model:
             return SimFault(
                 "model_not_found",
                 404,
                 f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found",
             )
-        for name in ("top_p", "max_tokens"):
+        refused = (*config.unsupported_params, *(("top_p", "max_tokens") if config.hosted_reasoning else ()))
+        for name in refused:
             if name in body:
                 hint = " Use 'max_completion_tokens' instead." if name == "max_tokens" else ""
                 return SimFault(
@@ -467,6 +472,8 @@ class SimEngine:
                     param=name,
                     code="unsupported_parameter",
                 )
+        if not config.hosted_reasoning:
+            return None
         temperature = body.get("temperature")
         if temperature is not None and temperature != 1:
             return SimFault(
