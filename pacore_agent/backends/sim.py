@@ -203,6 +203,8 @@ class SimConfig:
             ``hosted_reasoning``, else ``"vllm"``.
         unsupported_params: Request fields refused with 400 ``unsupported_parameter`` (e.g.
             ``("max_completion_tokens",)`` for servers that only know ``max_tokens``).
+        send_usage: Report usage; ``False`` mimics servers that send none (and ignore
+            ``stream_options.include_usage``).
     """
 
     model: str = SIM_MODEL
@@ -223,6 +225,7 @@ class SimConfig:
     hosted_reasoning: bool = False
     error_style: str | None = None
     unsupported_params: tuple[str, ...] = ()
+    send_usage: bool = True
 
     def __post_init__(self) -> None:
         if self.error_style is not None and self.error_style not in ERROR_STYLES:

@@ -242,7 +242,7 @@ class SimServer(AppServer):
                 {"index": i, "message": _message_json(c), "finish_reason": c.finish_reason, "logprobs": None}
                 for i, c in enumerate(reply.choices)
             ],
-            "usage": _usage_json(reply),
+            **({"usage": _usage_json(reply)} if self.engine.config.send_usage else {}),
         }
 
     async def _stream(
@@ -305,7 +305,7 @@ class SimServer(AppServer):
             return response
         for index, choice in enumerate(reply.choices):
             await send([{"index": index, "delta": {}, "finish_reason": choice.finish_reason}])
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if (body.get("stream_options") or {}).get("include_usage") and self.engine.config.send_usage:
             await send([], _usage_json(reply))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
