@@ -7,6 +7,7 @@ into `pacore_agent.exceptions` at this boundary, by `pacore_agent.backends.error
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import logging
 import os
@@ -71,6 +72,19 @@ def _usage(raw: Any) -> Usage | None:
         if isinstance(prompt_details, dict)
         else 0,
     )
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The error that stopped a task group (not the cancellations it caused in the other tasks)."""
+    errors = [error for error in _leaves(group) if not isinstance(error, anyio.get_cancelled_exc_class())]
+    return errors[0] if errors else None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for error in group.exceptions:
+        out += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return out
 
 
 def _text_of(message: Mapping[str, Any]) -> str:
@@ -312,23 +326,68 @@ class OpenAIBackend(Backend):
     async def generate(
         self, request: GenerationRequest, *, on_delta: DeltaCallback | None = None
     ) -> list[Completion]:
-        """Generate ``request.n`` completions (see `Backend.generate`)."""
+        """Generate ``request.n`` completions (see `Backend.generate`).
+
+        When the server ignores ``n`` (it answers fewer choices; remembered in `supports_n`), the rest
+        are requested one at a time and concurrently, each holding a slot of its own of `limiter`
+        besides the caller's.
+        """
         model = request.model or self.model or await self.resolve_model()
         n = request.n
         if n > 1 and self.supports_n is False:
-            completions: list[Completion] = []
-            for _ in range(n):
-                completions += await self._request(request, model, 1, on_delta)
-            return completions
+            return await self._fill(request, model, n, on_delta, offset=0)
         completions = await self._request(request, model, n, on_delta)
         if len(completions) < n:
-            # The server ignored `n`: remember it, and fetch the rest one by one within this call's slot.
             self.supports_n = False
-            while len(completions) < n:
-                completions += await self._request(request, model, 1, on_delta, offset=len(completions))
+            completions += await self._fill(request, model, n - len(completions), on_delta, len(completions))
         elif n > 1:
             self.supports_n = True
         return completions[:n]
+
+    async def _fill(
+        self, request: GenerationRequest, model: str, count: int, on_delta: DeltaCallback | None, offset: int
+    ) -> list[Completion]:
+        """``count`` single completions: one in the caller's slot, the others as slots come free.
+
+        The caller's slot works through the list while helpers wait for slots of their own; helpers
+        still waiting when the list is done are dropped. So no caller ever waits for a slot while it
+        holds one (callers waiting on each other's slots would deadlock), and a free endpoint serves
+        them all at once.
+        """
+        results: list[list[Completion]] = [[] for _ in range(count)]
+        todo = collections.deque(range(count))
+        waiting: set[anyio.CancelScope] = set()
+
+        async def work() -> None:
+            while todo:
+                index = todo.popleft()
+                results[index] = await self._request(request, model, 1, on_delta, offset + index)
+
+        async def helper() -> None:
+            with anyio.CancelScope() as scope:
+                waiting.add(scope)
+                await self.limiter.acquire()
+            waiting.discard(scope)  # no await since the slot came: the scope can no longer be cancelled
+            if scope.cancel_called:
+                return
+            try:
+                await work()
+            finally:
+                self.limiter.release()
+
+        try:
+            async with anyio.create_task_group() as group:
+                for _ in range(count - 1):
+                    group.start_soon(helper)
+                await work()
+                for scope in waiting:
+                    scope.cancel()
+        except BaseExceptionGroup as failures:
+            first = _first_error(failures)
+            if first is None:
+                raise
+            raise first from None
+        return [completion for result in results for completion in result]
 
     async def _request(
         self,
