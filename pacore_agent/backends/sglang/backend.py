@@ -184,6 +184,7 @@ class SGLangBackend(Backend):
             self._native = SGLangNativeClient(
                 self.server.base_url,
                 api_key=self.server.api_key,
+                admin_api_key=self.server.admin_api_key,
                 timeout=self.request_timeout,
                 max_connections=max(self.max_concurrency, 16),
                 server=self.server,

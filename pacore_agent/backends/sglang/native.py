@@ -65,7 +65,11 @@ class NativeCompletion:
         prompt_index: Which prompt of the batch this sequence continues.
         sample_index: Which of that prompt's ``n`` samples this is.
         finish_details: SGLang's whole ``finish_reason`` (the matched stop, an abort's message, ...).
-        weight_version: The server's weight version when it generated this sequence.
+        weight_version: The server's weight version when it generated this sequence (its last, if
+            the weights changed on the way).
+        weight_versions: Every weight version that generated part of this sequence, in order (SGLang's
+            ``meta_info.weight_versions`` spans); more than one when the weights were updated while it
+            was being generated.
         meta_info: The raw ``meta_info`` object, for anything else.
     """
 
@@ -80,7 +84,16 @@ class NativeCompletion:
     sample_index: int = 0
     finish_details: Mapping[str, Any] | None = None
     weight_version: str | None = None
+    weight_versions: tuple[str, ...] = ()
     meta_info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def mixed_weights(self) -> bool:
+        """Whether two or more weight versions generated this sequence.
+
+        Its logprobs are then not one policy's, which off-policy training must know (flag or drop it).
+        """
+        return len(self.weight_versions) > 1
 
     @property
     def usage(self) -> Usage:
@@ -111,6 +124,8 @@ class SGLangNativeClient(AsyncResource):
     Args:
         base_url: The server's root URL, e.g. ``http://127.0.0.1:30000``.
         api_key: The server's ``--api-key``, sent as a bearer token. Never logged or shown.
+        admin_api_key: The server's ``--admin-api-key``, sent instead of ``api_key`` to the admin
+            endpoints (weight updates, ``/flush_cache``), where SGLang refuses the normal key.
         timeout: Seconds one request may take.
         connect_timeout: Seconds to open a connection.
         max_connections: Connections kept open to the server at most.
@@ -123,6 +138,7 @@ class SGLangNativeClient(AsyncResource):
         base_url: str,
         *,
         api_key: str | None = None,
+        admin_api_key: str | None = None,
         timeout: float = DEFAULT_REQUEST_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         max_connections: int = 256,
@@ -138,6 +154,8 @@ class SGLangNativeClient(AsyncResource):
         self.max_connections = max_connections
         self.server = server
         self._api_key = api_key
+        self._admin_headers = {"Authorization": f"Bearer {admin_api_key}"} if admin_api_key else None
+        self._model_info_path = "/model_info"
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -181,14 +199,25 @@ class SGLangNativeClient(AsyncResource):
             return False
 
     async def get_model_info(self) -> dict[str, Any]:
-        """``GET /get_model_info``: ``model_path``, ``is_generation``, ``weight_version``, ...
+        """``GET /model_info``: ``model_path``, ``is_generation``, ``weight_version``, ...
+
+        Servers older than that name answer 404 there; ``/get_model_info`` is then asked, now and from
+        then on.
 
         Raises:
             pacore_agent.exceptions.BackendError: The request failed.
         """
-        data = await self._call_json("GET", "/get_model_info")
+        try:
+            data = await self._call_json("GET", self._model_info_path)
+        except RequestRejectedError as error:
+            if error.status_code != 404 or self._model_info_path == "/get_model_info":
+                raise
+            self._model_info_path = "/get_model_info"
+            data = await self._call_json("GET", self._model_info_path)
         if not isinstance(data, dict):
-            raise MalformedResponseError(f"GET /get_model_info returned {type(data).__name__}, not an object")
+            raise MalformedResponseError(
+                f"GET {self._model_info_path} returned {type(data).__name__}, not an object"
+            )
         return data
 
     async def list_models(self) -> list[str]:
@@ -213,7 +242,7 @@ class SGLangNativeClient(AsyncResource):
                 is running or waiting.
             pacore_agent.exceptions.BackendError: The request failed otherwise.
         """
-        status, text, headers = await self._request("POST", "/flush_cache")
+        status, text, headers = await self._request("POST", "/flush_cache", admin=True)
         if status == 400:
             raise RequestRejectedError(
                 "SGLang did not flush its cache: it does so only when no request is running or waiting",
@@ -372,7 +401,7 @@ class SGLangNativeClient(AsyncResource):
         if weight_version is not None:
             body["weight_version"] = weight_version
         body.update(extra or {})
-        data = await self._call_json("POST", path, body)
+        data = await self._call_json("POST", path, body, admin=True)
         if not isinstance(data, dict) or data.get("success") is not True:
             raise RequestRejectedError(
                 f"POST {path} did not succeed: {error_fields(data).message}",
@@ -382,8 +411,8 @@ class SGLangNativeClient(AsyncResource):
         paused = data.get("num_paused_requests")
         return WeightUpdateResult(message=str(data.get("message", "")), num_paused_requests=paused)
 
-    async def _call_json(self, method: str, path: str, body: Any = None) -> Any:
-        status, text, headers = await self._request(method, path, body)
+    async def _call_json(self, method: str, path: str, body: Any = None, *, admin: bool = False) -> Any:
+        status, text, headers = await self._request(method, path, body, admin=admin)
         if status != 200:
             raise error_from_response(f"{method} {path}", status, text, headers)
         try:
@@ -395,10 +424,14 @@ class SGLangNativeClient(AsyncResource):
                 body=excerpt(text),
             ) from exc
 
-    async def _request(self, method: str, path: str, body: Any = None) -> tuple[int, str, Mapping[str, str]]:
+    async def _request(
+        self, method: str, path: str, body: Any = None, *, admin: bool = False
+    ) -> tuple[int, str, Mapping[str, str]]:
         what = f"{method} {path}"
+        headers = self._admin_headers if admin else None
         try:
-            async with self._get_session().request(method, self.base_url + path, json=body) as response:
+            session = self._get_session()
+            async with session.request(method, self.base_url + path, json=body, headers=headers) as response:
                 raw = await response.read()
                 return response.status, raw.decode("utf-8", errors="replace"), dict(response.headers)
         except TimeoutError as exc:
@@ -498,5 +531,22 @@ def _parse_generate_item(
         sample_index=sample_index,
         finish_details=finish_details,
         weight_version=str(version) if version is not None else None,
+        weight_versions=_weight_versions(meta.get("weight_versions"), version),
         meta_info=meta,
     )
+
+
+def _weight_versions(spans: Any, version: Any) -> tuple[str, ...]:
+    """The distinct versions of ``meta_info.weight_versions``, in order.
+
+    The spans are ``{"version", "start", "end"}`` objects or bare versions; without spans, the single
+    ``weight_version``.
+    """
+    found: list[str] = []
+    for span in spans if isinstance(spans, list) else ():
+        value = span.get("version") if isinstance(span, Mapping) else span
+        if value is not None and str(value) not in found:
+            found.append(str(value))
+    if not found and version is not None:
+        found.append(str(version))
+    return tuple(found)

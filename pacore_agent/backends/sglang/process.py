@@ -27,6 +27,7 @@ import anyio
 import anyio.abc
 
 from pacore_agent.backends.base import AsyncResource
+from pacore_agent.backends.errors import redact
 from pacore_agent.backends.sglang.native import HEALTH_CHECK_TIMEOUT, SGLangNativeClient
 from pacore_agent.exceptions import ConfigurationError, EndpointConnectionError, UsageError
 
@@ -122,6 +123,8 @@ class SGLangServer(AsyncResource):
             answers carry ``reasoning_content`` apart from the conclusion.
         served_model_name: ``--served-model-name``: the model id of the OpenAI-compatible endpoint.
         api_key: ``--api-key``; sent as a bearer token by the clients. Never logged.
+        admin_api_key: ``--admin-api-key``: the key of the admin endpoints (weight updates,
+            ``/flush_cache``), where SGLang refuses the normal key. Never logged.
         extra_args: More ``sglang.launch_server`` arguments, passed as they are.
         command: The program to run instead of ``<python> -m sglang.launch_server``; the arguments above
             are appended to it. Tests run `pacore_agent.testing.fake_sglang` this way.
@@ -150,6 +153,7 @@ class SGLangServer(AsyncResource):
         reasoning_parser: str | None = None,
         served_model_name: str | None = None,
         api_key: str | None = None,
+        admin_api_key: str | None = None,
         extra_args: Sequence[str] = (),
         command: Sequence[str] | None = None,
         python_executable: str | os.PathLike[str] | None = None,
@@ -188,6 +192,7 @@ class SGLangServer(AsyncResource):
         self.reasoning_parser = reasoning_parser
         self.served_model_name = served_model_name
         self.api_key = api_key
+        self.admin_api_key = admin_api_key
         self.extra_args = tuple(str(arg) for arg in extra_args)
         if command is not None:
             self._program = tuple(str(part) for part in command)
@@ -216,6 +221,7 @@ class SGLangServer(AsyncResource):
         base_url: str,
         *,
         api_key: str | None = None,
+        admin_api_key: str | None = None,
         timeout: float = DEFAULT_ATTACH_TIMEOUT,
         health_generate: bool = True,
     ) -> SGLangServer:
@@ -226,6 +232,7 @@ class SGLangServer(AsyncResource):
         Args:
             base_url: Its root URL, e.g. ``http://127.0.0.1:30000`` (a trailing ``/v1`` is dropped).
             api_key: Its ``--api-key``, if it has one.
+            admin_api_key: Its ``--admin-api-key``, if it has one.
             timeout: Seconds it may take to answer the health check.
             health_generate: Check ``/health_generate`` rather than ``/health``.
 
@@ -233,7 +240,11 @@ class SGLangServer(AsyncResource):
             UsageError: ``base_url`` is not an http(s) URL.
         """
         return cls(
-            base_url=base_url, api_key=api_key, startup_timeout=timeout, health_generate=health_generate
+            base_url=base_url,
+            api_key=api_key,
+            admin_api_key=admin_api_key,
+            startup_timeout=timeout,
+            health_generate=health_generate,
         )
 
     # -- read-only views ------------------------------------------------------------------------
@@ -290,6 +301,8 @@ class SGLangServer(AsyncResource):
             args += ["--served-model-name", self.served_model_name]
         if self.api_key:
             args += ["--api-key", self.api_key]
+        if self.admin_api_key:
+            args += ["--admin-api-key", self.admin_api_key]
         return (*args, *self.extra_args)
 
     def __repr__(self) -> str:
@@ -301,7 +314,7 @@ class SGLangServer(AsyncResource):
         )
 
     def log_tail(self, lines: int = DEFAULT_LOG_TAIL_LINES) -> str:
-        """The last ``lines`` lines of the server log ("" in attach mode or before any output)."""
+        """The last ``lines`` lines of the server log ("" in attach mode or before any output), keys masked."""
         if self._log_path is None:
             return ""
         try:
@@ -313,7 +326,8 @@ class SGLangServer(AsyncResource):
         except OSError:
             return ""
         text = data.decode("utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        # SGLang prints its server arguments, keys included: they never leave through an error.
+        return redact("\n".join(text.splitlines()[-lines:]), (self.api_key, self.admin_api_key))
 
     # -- lifecycle ------------------------------------------------------------------------------
 
