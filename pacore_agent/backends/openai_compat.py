@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -31,6 +32,7 @@ from pacore_agent.exceptions import (
     ConfigurationError,
     MalformedResponseError,
     UnsupportedParameterError,
+    UsageError,
 )
 from pacore_agent.results import Usage
 
@@ -39,6 +41,7 @@ __all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "estimate_usage", "is_local_url"]
 logger = logging.getLogger(__name__)
 
 _TOKEN_LIMITS = ("max_completion_tokens", "max_tokens")
+_HTTP_CLIENTS = ("aiohttp", "httpx")
 
 DEFAULT_TIMEOUT = 7200.0
 """Seconds a request may take; long reasoning without streaming needs hours (as the official pipeline)."""
@@ -178,6 +181,16 @@ class OpenAIBackend(Backend):
         token_counter: Callable[[str], int] | None = None,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+            raise UsageError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if http_client not in _HTTP_CLIENTS:
+            raise UsageError(
+                f"http_client must be one of {', '.join(map(repr, _HTTP_CLIENTS))}; got {http_client!r}"
+            )
+        if token_limit not in ("auto", *_TOKEN_LIMITS):
+            raise UsageError(
+                f"token_limit must be 'auto', 'max_completion_tokens' or 'max_tokens'; got {token_limit!r}"
+            )
         if not base_url or "://" not in base_url:
             raise ConfigurationError(
                 f"base_url must be a URL like http://127.0.0.1:30000/v1, got {base_url!r}"
