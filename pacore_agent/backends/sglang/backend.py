@@ -31,6 +31,15 @@ from pacore_agent.exceptions import EndpointConnectionError
 __all__ = ["SGLangBackend"]
 
 
+_BACKEND_OPTIONS = frozenset({"model", "chat_backend", "max_concurrency", "request_timeout"})
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``options`` split into `SGLangBackend`'s own and the server's."""
+    mine = {k: v for k, v in options.items() if k in _BACKEND_OPTIONS}
+    return mine, {k: v for k, v in options.items() if k not in _BACKEND_OPTIONS}
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -103,68 +112,37 @@ class SGLangBackend(Backend):
         self._closed = False
 
     @classmethod
-    def launch(
-        cls,
-        model_path: str | os.PathLike[str],
-        *,
-        model: str | None = None,
-        chat_backend: Backend | None = None,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        **server_options: Any,
-    ) -> SGLangBackend:
+    def launch(cls, model_path: str | os.PathLike[str], /, **options: Any) -> SGLangBackend:
         """A backend that launches its own SGLang server on entry and stops it on exit.
 
         Args:
             model_path: The model to serve (``--model-path``).
-            model: The model id for chat requests.
-            chat_backend: The backend for ``generate``.
-            max_concurrency: Requests in flight at once.
-            request_timeout: Seconds one native request may take.
-            **server_options: `SGLangServer`'s launch settings (``port``, ``tp_size``,
+            **options: This class's settings (``model``, ``chat_backend``, ``max_concurrency``,
+                ``request_timeout``) and `SGLangServer`'s launch settings (``port``, ``tp_size``,
                 ``reasoning_parser``, ``api_key``, ``admin_api_key``, ``extra_args``, ...).
 
         Raises:
             UsageError: Inconsistent settings.
-            TypeError: An option `SGLangServer` does not take.
+            TypeError: An option neither class takes.
         """
-        return cls(
-            SGLangServer(model_path, **server_options),
-            model=model,
-            chat_backend=chat_backend,
-            max_concurrency=max_concurrency,
-            request_timeout=request_timeout,
-        )
+        mine, server = _split_options(options)
+        return cls(SGLangServer(model_path, **server), **mine)
 
     @classmethod
-    def attach(
-        cls,
-        base_url: str,
-        *,
-        model: str | None = None,
-        chat_backend: Backend | None = None,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        **server_options: Any,
-    ) -> SGLangBackend:
+    def attach(cls, base_url: str, /, **options: Any) -> SGLangBackend:
         """A backend on a server that is already running; it is health-checked on entry, never stopped.
 
         Args:
             base_url: The server's root URL, e.g. ``http://127.0.0.1:30000``.
-            model: The model id for chat requests.
-            chat_backend: The backend for ``generate``.
-            max_concurrency: Requests in flight at once.
-            request_timeout: Seconds one native request may take.
-            **server_options: `SGLangServer.attach`'s settings (``api_key``, ``admin_api_key``,
+            **options: This class's settings (``model``, ``chat_backend``, ``max_concurrency``,
+                ``request_timeout``) and `SGLangServer.attach`'s (``api_key``, ``admin_api_key``,
                 ``timeout``, ``health_generate``).
+
+        Raises:
+            TypeError: An option neither class takes.
         """
-        return cls(
-            SGLangServer.attach(base_url, **server_options),
-            model=model,
-            chat_backend=chat_backend,
-            max_concurrency=max_concurrency,
-            request_timeout=request_timeout,
-        )
+        mine, server = _split_options(options)
+        return cls(SGLangServer.attach(base_url, **server), **mine)
 
     def __repr__(self) -> str:
         return (
