@@ -34,6 +34,7 @@ from typing import Any
 from pacore_agent.exceptions import (
     AuthenticationError,
     BackendError,
+    BudgetExceeded,
     ContextLengthError,
     EndpointConnectionError,
     EndpointTimeoutError,
@@ -41,7 +42,9 @@ from pacore_agent.exceptions import (
     PacoreError,
     RateLimitError,
     RequestRejectedError,
+    RoundFailedError,
     ServerError,
+    SolveError,
     UnsupportedParameterError,
     UsageError,
 )
@@ -338,7 +341,6 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
     code); a failure of the endpoint behind the server is a 502 (504 for a timeout); anything that is
     not a pacore error is a 500 whose message never carries the exception's text.
     """
-    from pacore_agent.exceptions import BudgetExceeded, RoundFailedError, SolveError
 
     def body(message: str, kind: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
         return {"error": {"message": message, "type": kind, "param": param, "code": code}}
