@@ -51,6 +51,7 @@ from pacore_agent.exceptions import (
 
 __all__ = [
     "BODY_EXCERPT_CHARS",
+    "INTERNAL_ERROR",
     "ErrorFields",
     "error_fields",
     "error_from_response",
@@ -338,7 +339,8 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-_INTERNAL = "internal error of the PaCoRe server (details are in its log)"
+INTERNAL_ERROR = "internal error of the PaCoRe server (details are in its log)"
+"""What a server answers for an unexpected exception (its text stays in the log)."""
 
 
 def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
@@ -353,7 +355,7 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
         return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
     if not isinstance(exc, PacoreError):
-        return 500, body(_INTERNAL, "server_error")
+        return 500, body(INTERNAL_ERROR, "server_error")
     message = str(exc)
     if isinstance(exc, UsageError):
         return 400, body(message, "invalid_request_error")
@@ -371,4 +373,4 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
         return 502, body(message, "upstream_error", code="budget_exceeded")
     if isinstance(exc, BackendError | SolveError):
         return 502, body(message, "upstream_error", code="upstream_error")
-    return 500, body(_INTERNAL, "server_error")
+    return 500, body(INTERNAL_ERROR, "server_error")

@@ -33,7 +33,7 @@ import anyio
 from aiohttp import web
 
 from pacore_agent.backends.base import Backend, SamplingParams
-from pacore_agent.backends.errors import error_response
+from pacore_agent.backends.errors import INTERNAL_ERROR, error_response
 from pacore_agent.coordinator import Coordinator
 from pacore_agent.exceptions import (
     PacoreError,
@@ -90,7 +90,7 @@ _SHUTDOWN_TIMEOUT = 5.0
 
 _OWNER = "pacore"
 _USERINFO = re.compile(r"://[^/@\s]+@")
-_INTERNAL = "internal error of the PaCoRe server (details are in its log)"
+_INTERNAL = INTERNAL_ERROR
 
 
 class _ApiError(Exception):
