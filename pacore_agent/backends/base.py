@@ -20,6 +20,7 @@ from pacore_agent.results import Usage
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
+    "AsyncResource",
     "Backend",
     "Completion",
     "DeltaCallback",
@@ -40,13 +41,15 @@ DeltaCallback = Callable[[int, Literal["content", "reasoning"], str], Awaitable[
 class SamplingParams:
     """Sampling settings sent with every request.
 
-    The defaults are the paper's: temperature = top_p = 1.0 and no ``max_tokens`` (generate until the
-    model's context is full).
+    A field left ``None`` is not sent, so the endpoint's own default applies (hosted reasoning models
+    refuse ``top_p`` and any temperature but 1). The paper's settings, temperature = top_p = 1.0 and no
+    token cap, are `SamplingParams.paper`.
 
     Attributes:
-        temperature: Sampling temperature.
-        top_p: Nucleus sampling mass.
-        max_tokens: Cap on generated tokens; ``None`` leaves it to the server.
+        temperature: Sampling temperature; ``None`` leaves it to the server.
+        top_p: Nucleus sampling mass; ``None`` leaves it to the server.
+        max_tokens: Cap on generated tokens; ``None`` leaves it to the server. Backends send it under the
+            name the endpoint wants (``max_completion_tokens`` or ``max_tokens``).
         seed: Base seed. When set, every request gets its own seed derived from it, the problem, the
             round and the trajectory, so runs repeat on servers that honour ``seed``.
         stop: Stop strings.
@@ -54,8 +57,8 @@ class SamplingParams:
             ``reasoning_effort``, ...).
     """
 
-    temperature: float | None = 1.0
-    top_p: float | None = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
     max_tokens: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] | None = None
@@ -68,6 +71,11 @@ class SamplingParams:
             raise UsageError(f"top_p must be within (0, 1], got {self.top_p}")
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise UsageError(f"max_tokens must be positive or None, got {self.max_tokens}")
+
+    @classmethod
+    def paper(cls, **changes: Any) -> SamplingParams:
+        """The paper's settings (temperature = top_p = 1.0, no token cap), with ``changes`` applied."""
+        return cls(**{"temperature": 1.0, "top_p": 1.0, **changes})
 
     def with_(self, **changes: Any) -> SamplingParams:
         """A copy with some fields changed."""
@@ -114,7 +122,38 @@ class Completion:
     logprobs: list[float] | None = None
 
 
-class Backend(ABC):
+class AsyncResource:
+    """An async context manager that enters with `start` and exits with `aclose`.
+
+    A failed `start` closes what it opened before the error propagates.
+    """
+
+    async def start(self) -> None:
+        """Open what must be open before use; nothing by default."""
+        return None
+
+    async def aclose(self) -> None:
+        """Release connections and other resources. Idempotent."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class Backend(AsyncResource, ABC):
     """Base class of every backend.
 
     Subclasses implement `generate`. Optional abilities (token ids, logprobs, weight updates) live on
@@ -162,21 +201,6 @@ class Backend(ABC):
         Raises:
             pacore_agent.exceptions.BackendError: The endpoint failed; subclasses say how.
         """
-
-    async def aclose(self) -> None:
-        """Release connections and other resources. Idempotent."""
-        return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, max_concurrency={self.max_concurrency})"

@@ -2,16 +2,17 @@
 
 One pooled client per backend, on the SDK's aiohttp transport when it is installed (about twice the
 requests per second of the default transport at high concurrency). Errors of the SDK are translated
-into `pacore_agent.exceptions` at this boundary.
+into `pacore_agent.exceptions` at this boundary, by `pacore_agent.backends.errors`.
 """
 
 from __future__ import annotations
 
-import email.utils
+import collections
 import ipaddress
+import logging
+import math
 import os
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -25,21 +26,22 @@ from pacore_agent.backends.base import (
     DeltaCallback,
     GenerationRequest,
 )
+from pacore_agent.backends.errors import from_sdk_error
 from pacore_agent.exceptions import (
-    AuthenticationError,
     BackendError,
     ConfigurationError,
-    ContextLengthError,
-    EndpointConnectionError,
-    EndpointTimeoutError,
     MalformedResponseError,
-    RateLimitError,
-    RequestRejectedError,
-    ServerError,
+    UnsupportedParameterError,
+    UsageError,
 )
 from pacore_agent.results import Usage
 
-__all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "is_local_url", "translate_error"]
+__all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "estimate_usage", "is_local_url"]
+
+logger = logging.getLogger(__name__)
+
+_TOKEN_LIMITS = ("max_completion_tokens", "max_tokens")
+_HTTP_CLIENTS = ("aiohttp", "httpx")
 
 DEFAULT_TIMEOUT = 7200.0
 """Seconds a request may take; long reasoning without streaming needs hours (as the official pipeline)."""
@@ -59,84 +61,10 @@ def is_local_url(url: str) -> bool:
     return address.is_loopback or address.is_private or address.is_link_local
 
 
-def _excerpt(body: object) -> str | None:
-    if body is None:
-        return None
-    text = body if isinstance(body, str) else repr(body)
-    return text[:_BODY_EXCERPT]
-
-
-def _error_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, Mapping):
-        error = body.get("error", body)
-        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        if isinstance(body.get("message"), str):
-            return str(body["message"])
-    return exc.message
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return float(value) / 1000.0
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    seen: set[int] = set()
-    while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
-        seen.add(id(exc))
-        exc = nxt
-    return exc
-
-
-def translate_error(exc: Exception, *, endpoint: str) -> BackendError:
-    """Map an ``openai`` SDK exception to pacore's error tree."""
-    if isinstance(exc, openai.APIConnectionError):
-        # The aiohttp transport reports a refused connection as a connect *timeout*: look at the root cause.
-        root = _root_cause(exc)
-        if isinstance(exc, openai.APITimeoutError) and not isinstance(root, ConnectionError):
-            return EndpointTimeoutError(f"{endpoint} did not answer in time")
-        return EndpointConnectionError(f"could not talk to {endpoint}: {type(root).__name__}: {root}")
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        message = _error_message(exc)
-        body = _excerpt(exc.body)
-        text = f"{endpoint} answered {status}: {message}"
-        if status == 429:
-            return RateLimitError(text, body=body, retry_after=_retry_after(exc.response.headers))
-        if status in (401, 403):
-            return AuthenticationError(
-                f"{text}. Check the API key (PACORE_API_KEY / OPENAI_API_KEY)", status_code=status, body=body
-            )
-        if status >= 500 or status in (408, 409):
-            return ServerError(text, status_code=status, body=body)
-        if status in (400, 413, 422) and ContextLengthError.matches(message):
-            return ContextLengthError.from_message(text, status_code=status, body=body)
-        return RequestRejectedError(text, status_code=status, body=body)
-    if isinstance(exc, openai.APIResponseValidationError | ValueError | KeyError | TypeError):
-        return MalformedResponseError(f"{endpoint} sent a malformed response: {type(exc).__name__}: {exc}")
-    if isinstance(exc, openai.OpenAIError):
-        return BackendError(f"{endpoint}: {type(exc).__name__}: {exc}")
-    raise exc
-
-
-def _usage(raw: Any) -> Usage:
+def _usage(raw: Any) -> Usage | None:
     # Bodies come from `json.loads`: plain dicts (checked as `dict`, not the slower `Mapping`).
     if not isinstance(raw, dict):
-        return Usage()
+        return None
     details = raw.get("completion_tokens_details")
     prompt_details = raw.get("prompt_tokens_details")
     return Usage(
@@ -147,6 +75,52 @@ def _usage(raw: Any) -> Usage:
         if isinstance(prompt_details, dict)
         else 0,
     )
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The error that stopped a task group (not the cancellations it caused in the other tasks)."""
+    errors = [error for error in _leaves(group) if not isinstance(error, anyio.get_cancelled_exc_class())]
+    return errors[0] if errors else None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for error in group.exceptions:
+        out += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return out
+
+
+def _text_of(message: Mapping[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: only the text ones count here
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    return content if isinstance(content, str) else ""
+
+
+def estimate_usage(
+    count: Callable[[str], int], messages: Sequence[Mapping[str, Any]], completions: Sequence[Completion]
+) -> None:
+    """Set each completion's usage from token counts made with ``count``, marked ``estimated``.
+
+    The prompt is counted once, on the first completion (as `Usage.split` places it); each completion
+    counts its content and reasoning.
+    """
+    prompt = sum(count(_text_of(message)) for message in messages)
+    for index, completion in enumerate(completions):
+        reasoning = count(completion.reasoning) if completion.reasoning else 0
+        completion.usage = Usage(
+            prompt_tokens=prompt if index == 0 else 0,
+            completion_tokens=count(completion.content or "") + reasoning,
+            reasoning_tokens=reasoning,
+            estimated=True,
+        )
+
+
+def _tiktoken_counter() -> Callable[[str], int]:
+    from pacore_agent.tokenizers import tiktoken_encoding
+
+    encoding = tiktoken_encoding("o200k_base")
+    return lambda text: len(encoding.encode(text, disallowed_special=()))
 
 
 def _reasoning_of(message: Mapping[str, Any]) -> str | None:
@@ -175,6 +149,19 @@ class OpenAIBackend(Backend):
         supports_n: Whether the server honours ``n``; ``None`` finds out from the first answer (a server
             that ignores ``n`` returns fewer choices; the rest are then requested one by one).
         http_client: ``"aiohttp"`` (default where installed) or ``"httpx"``.
+        token_limit: The field that carries `SamplingParams.max_tokens`: ``"max_completion_tokens"``
+            (OpenAI's current name; SGLang has deprecated ``max_tokens``), ``"max_tokens"`` (what every
+            OpenAI-compatible server knows), or ``"auto"``: the first for hosted endpoints, the second
+            for local ones.
+        token_counter: Counts the tokens of a text, for the usage of answers that carry none (marked
+            `Usage.estimated`); default: tiktoken's ``o200k_base``, loaded offline. Pass the model's own
+            tokenizer for exact counts, e.g. ``lambda text: len(tokenizer.encode(text))``.
+
+    Requests adapt to the endpoint: when it answers 400 naming a field it does not support (OpenAI's
+    ``unsupported_parameter`` / ``unsupported_value``, as GPT-5 and the o-series answer ``top_p``,
+    ``max_tokens`` or a temperature other than 1), the field is dropped (a token limit is renamed to the
+    other name instead) for every later request to this endpoint, one warning names it, and the request
+    is sent again at once; that resend is not a failed attempt. Each field is adapted at most once.
     """
 
     def __init__(
@@ -190,8 +177,20 @@ class OpenAIBackend(Backend):
         extra_body: Mapping[str, Any] | None = None,
         supports_n: bool | None = None,
         http_client: Literal["aiohttp", "httpx"] = "aiohttp",
+        token_limit: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto",
+        token_counter: Callable[[str], int] | None = None,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+            raise UsageError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if http_client not in _HTTP_CLIENTS:
+            raise UsageError(
+                f"http_client must be one of {', '.join(map(repr, _HTTP_CLIENTS))}; got {http_client!r}"
+            )
+        if token_limit not in ("auto", *_TOKEN_LIMITS):
+            raise UsageError(
+                f"token_limit must be 'auto', 'max_completion_tokens' or 'max_tokens'; got {token_limit!r}"
+            )
         if not base_url or "://" not in base_url:
             raise ConfigurationError(
                 f"base_url must be a URL like http://127.0.0.1:30000/v1, got {base_url!r}"
@@ -210,10 +209,18 @@ class OpenAIBackend(Backend):
                 "(or OPENAI_API_KEY)"
             )
         self._api_key = api_key or "EMPTY"  # local servers accept any key
+        self._secrets = (api_key,)  # masked wherever an answer repeats it
         self._extra_headers = dict(extra_headers or {})
         self._http_client_kind = http_client
         self._client: openai.AsyncOpenAI | None = None
         self._model_lock = anyio.Lock()
+        if token_limit == "auto":
+            token_limit = "max_tokens" if is_local_url(self.base_url) else "max_completion_tokens"
+        self.token_limit: str = token_limit
+        self._token_counter = token_counter
+        self._renamed: set[str] = set()
+        self.refused: dict[str, str] = {}
+        """Fields this endpoint refused (name -> the endpoint's code); they are no longer sent."""
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, max_concurrency={self.max_concurrency})"
@@ -247,6 +254,12 @@ class OpenAIBackend(Backend):
             )
         return self._client
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by ``token_counter`` (tiktoken's ``o200k_base`` unless one was given)."""
+        if self._token_counter is None:
+            self._token_counter = _tiktoken_counter()
+        return self._token_counter(text)
+
     async def aclose(self) -> None:
         """Close the pooled connections."""
         if self._client is not None:
@@ -258,7 +271,7 @@ class OpenAIBackend(Backend):
         try:
             page = await self.client.models.list()
         except Exception as exc:
-            raise translate_error(exc, endpoint=self.base_url) from exc
+            raise from_sdk_error(exc, endpoint=self.base_url, secrets=self._secrets) from exc
         return [model.id for model in page.data]
 
     async def resolve_model(self) -> str:
@@ -277,7 +290,7 @@ class OpenAIBackend(Backend):
                 self.model = self.name = models[0]
         return self.model
 
-    def _body(self, request: GenerationRequest, model: str, n: int) -> dict[str, Any]:
+    def _body(self, request: GenerationRequest, model: str, n: int, stream: bool) -> dict[str, Any]:
         sampling = request.sampling
         body: dict[str, Any] = {"model": model, "messages": request.messages}
         if n != 1:
@@ -285,34 +298,110 @@ class OpenAIBackend(Backend):
         for key, value in (
             ("temperature", sampling.temperature),
             ("top_p", sampling.top_p),
-            ("max_tokens", sampling.max_tokens),
+            (self.token_limit, sampling.max_tokens),
             ("seed", sampling.seed),
             ("stop", list(sampling.stop) if sampling.stop else None),
         ):
             if value is not None:
                 body[key] = value
+        body.update(self.extra_body)
+        body.update(sampling.extra_body)
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        for name in self.refused:
+            body.pop(name, None)
         return body
+
+    def _adapt(self, error: UnsupportedParameterError, body: Mapping[str, Any]) -> bool:
+        """Stop sending the field ``error`` names; whether a resend can help."""
+        param = error.param
+        if param not in body:
+            return False  # not something we sent: nothing to change
+        if param == self.token_limit and param in _TOKEN_LIMITS and not self._renamed:
+            # The other name of the same limit (OpenAI wants max_completion_tokens, old servers max_tokens).
+            other = next(name for name in _TOKEN_LIMITS if name != param)
+            self._renamed.add(param)
+            self.token_limit = other
+            logger.warning(
+                "%s refuses '%s' (%s): sending the token limit as '%s' from now on",
+                self.base_url, param, error.code, other,
+            )  # fmt: skip
+            return True
+        if param not in self.refused:
+            self.refused[param] = error.code
+            leaving = "the server's default" if error.code == "unsupported_value" else "it out"
+            logger.warning(
+                "%s refuses '%s' (%s): leaving %s in every request from now on",
+                self.base_url, param, error.code, leaving,
+            )  # fmt: skip
+        return True
 
     async def generate(
         self, request: GenerationRequest, *, on_delta: DeltaCallback | None = None
     ) -> list[Completion]:
-        """Generate ``request.n`` completions (see `Backend.generate`)."""
+        """Generate ``request.n`` completions (see `Backend.generate`).
+
+        When the server ignores ``n`` (it answers fewer choices; remembered in `supports_n`), the rest
+        are requested one at a time and concurrently, each holding a slot of its own of `limiter`
+        besides the caller's.
+        """
         model = request.model or self.model or await self.resolve_model()
         n = request.n
         if n > 1 and self.supports_n is False:
-            completions: list[Completion] = []
-            for _ in range(n):
-                completions += await self._request(request, model, 1, on_delta)
-            return completions
+            return await self._fill(request, model, n, on_delta, offset=0)
         completions = await self._request(request, model, n, on_delta)
         if len(completions) < n:
-            # The server ignored `n`: remember it, and fetch the rest one by one within this call's slot.
             self.supports_n = False
-            while len(completions) < n:
-                completions += await self._request(request, model, 1, on_delta, offset=len(completions))
+            completions += await self._fill(request, model, n - len(completions), on_delta, len(completions))
         elif n > 1:
             self.supports_n = True
         return completions[:n]
+
+    async def _fill(
+        self, request: GenerationRequest, model: str, count: int, on_delta: DeltaCallback | None, offset: int
+    ) -> list[Completion]:
+        """``count`` single completions: one in the caller's slot, the others as slots come free.
+
+        The caller's slot works through the list while helpers wait for slots of their own; helpers
+        still waiting when the list is done are dropped. So no caller ever waits for a slot while it
+        holds one (callers waiting on each other's slots would deadlock), and a free endpoint serves
+        them all at once.
+        """
+        results: list[list[Completion]] = [[] for _ in range(count)]
+        todo = collections.deque(range(count))
+        waiting: set[anyio.CancelScope] = set()
+
+        async def work() -> None:
+            while todo:
+                index = todo.popleft()
+                results[index] = await self._request(request, model, 1, on_delta, offset + index)
+
+        async def helper() -> None:
+            with anyio.CancelScope() as scope:
+                waiting.add(scope)
+                await self.limiter.acquire()
+            waiting.discard(scope)  # no await since the slot came: the scope can no longer be cancelled
+            if scope.cancel_called:
+                return
+            try:
+                await work()
+            finally:
+                self.limiter.release()
+
+        try:
+            async with anyio.create_task_group() as group:
+                for _ in range(count - 1):
+                    group.start_soon(helper)
+                await work()
+                for scope in waiting:
+                    scope.cancel()
+        except BaseExceptionGroup as failures:
+            first = _first_error(failures)
+            if first is None:
+                raise
+            raise first from None
+        return [completion for result in results for completion in result]
 
     async def _request(
         self,
@@ -322,19 +411,39 @@ class OpenAIBackend(Backend):
         on_delta: DeltaCallback | None,
         offset: int = 0,
     ) -> list[Completion]:
-        body = {**self._body(request, model, n), **self.extra_body, **request.sampling.extra_body}
+        adapted: set[str] = set()
         stream = self.stream or on_delta is not None
+        while True:
+            body = self._body(request, model, n, stream)
+            try:
+                return await self._send(body, stream, on_delta, offset)
+            except UnsupportedParameterError as error:
+                # Each field at most once per request; a request in flight when another one adapted
+                # the endpoint resends too (its body was built before).
+                if error.param in adapted or not self._adapt(error, body):
+                    raise
+                adapted.add(error.param)
+
+    async def _send(
+        self, body: dict[str, Any], stream: bool, on_delta: DeltaCallback | None, offset: int
+    ) -> list[Completion]:
         try:
             if stream:
-                return await self._streamed(body, on_delta, offset)
-            # The SDK's low-level call with the raw JSON: the same pooled client, retries, auth and error
-            # classes, without building and validating typed models (half the client CPU per request).
-            response = await self.client.post("/chat/completions", body=body, cast_to=object)
-            return self._parse(response)
+                completions, measured = await self._streamed(body, on_delta, offset)
+            else:
+                # The SDK's low-level call with the raw JSON: the same pooled client, auth and error
+                # classes, without building and validating typed models (half the client CPU per request).
+                response = await self.client.post("/chat/completions", body=body, cast_to=object)
+                completions = self._parse(response)
+                measured = isinstance(response, dict) and isinstance(response.get("usage"), dict)
         except BackendError:
             raise
         except Exception as exc:
-            raise translate_error(exc, endpoint=self.base_url) from exc
+            raise from_sdk_error(exc, endpoint=self.base_url, secrets=self._secrets) from exc
+        if not measured:
+            # The server sent no usage (some ignore `stream_options.include_usage`): count, and say so.
+            await anyio.to_thread.run_sync(estimate_usage, self.count_tokens, body["messages"], completions)
+        return completions
 
     def _parse(self, response: Any) -> list[Completion]:
         # On the hot path of every request: plain-dict checks, and no second `Usage` per choice.
@@ -345,7 +454,7 @@ class OpenAIBackend(Backend):
             raise MalformedResponseError(f"{self.base_url} returned no choices")
         if len(choices) > 1:
             choices = sorted(choices, key=lambda c: c.get("index") or 0 if isinstance(c, dict) else 0)
-        usage = _usage(response.get("usage"))
+        usage = _usage(response.get("usage")) or Usage()
         model = response.get("model")
         parsed: list[Completion] = []
         for choice in choices:
@@ -370,15 +479,16 @@ class OpenAIBackend(Backend):
 
     async def _streamed(
         self, body: dict[str, Any], on_delta: DeltaCallback | None, offset: int
-    ) -> list[Completion]:
+    ) -> tuple[list[Completion], bool]:
+        """The streamed completions, and whether the server sent their usage."""
         contents: dict[int, list[str]] = {}
         reasonings: dict[int, list[str]] = {}
         finish: dict[int, str | None] = {}
-        usage = Usage()
+        usage: Usage | None = None
         model: str | None = None
         stream = await self.client.post(
             "/chat/completions",
-            body={**body, "stream": True, "stream_options": {"include_usage": True}},
+            body=body,
             cast_to=object,
             stream=True,
             stream_cls=openai.AsyncStream[object],
@@ -419,7 +529,8 @@ class OpenAIBackend(Backend):
             )
             for i in sorted(contents)
         ]
-        usages = usage.split([len(c.content or "") + len(c.reasoning or "") for c in parsed])
-        for completion, part in zip(parsed, usages, strict=True):
-            completion.usage = part
-        return parsed
+        if usage is not None:
+            usages = usage.split([len(c.content or "") + len(c.reasoning or "") for c in parsed])
+            for completion, part in zip(parsed, usages, strict=True):
+                completion.usage = part
+        return parsed, usage is not None

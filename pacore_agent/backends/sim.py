@@ -8,6 +8,14 @@ the benefit of rounds is visible. Latency (heavy tails included), token counts a
 Retry-After, 500/503, dropped connections, stalls, malformed bodies, context-length 400) are
 configurable. Everything is seeded.
 
+Faults reproduce what real endpoints send (`FAULT_KINDS`): a 429 whose ``Retry-After`` is seconds, an
+HTTP-date or garbage; 500/503; a connection reset; a stall; a 200 that is not JSON or has no choices;
+a stream cut mid-answer or carrying an SSE ``{"error": ...}`` chunk (vLLM/SGLang); context-length
+400s in the wording of OpenAI, vLLM or SGLang (``SimConfig.error_style``). With
+``SimConfig(hosted_reasoning=True)`` it answers as OpenAI's hosted reasoning models (GPT-5, o-series):
+``top_p`` and ``max_tokens`` are refused with 400 ``unsupported_parameter``, a temperature other than 1
+with ``unsupported_value``, and the reasoning itself is never returned, only counted.
+
 `SimEngine` holds the model and its bookkeeping (every request body, highest concurrency seen,
 disconnects); `SimBackend` serves it in-process and `pacore_agent.backends.sim_server.SimServer` over
 real HTTP on loopback (``pacore sim-server``).
@@ -20,7 +28,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,16 +36,19 @@ from typing import Any
 import anyio
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest
-from pacore_agent.compactors import last_boxed
-from pacore_agent.exceptions import (
-    ContextLengthError,
-    EndpointConnectionError,
-    MalformedResponseError,
-    RateLimitError,
-    RequestRejectedError,
-    ServerError,
-    UsageError,
+from pacore_agent.backends.sim_faults import (
+    CUT_MID_ANSWER,
+    ERROR_STYLES,
+    FAULT_KINDS,
+    Faults,
+    SimFault,
+    context_fault,
+    draw_fault,
+    fault_error,
+    refusal,
 )
+from pacore_agent.compactors import last_boxed
+from pacore_agent.exceptions import UsageError
 from pacore_agent.results import Usage
 
 __all__ = [
@@ -57,17 +68,6 @@ SIM_MODEL = "pacore-sim"
 """The simulated model's id."""
 
 SIM_LABEL = "(simulated reasoning, not a language model)"
-
-FAULT_KINDS: tuple[str, ...] = (
-    "bad_request",
-    "rate_limit",
-    "server_error",
-    "unavailable",
-    "drop",
-    "stall",
-    "malformed",
-    "context_length",
-)
 
 _SYNTHESIS_HEAD = "You are given a problem and a list of reference responses."
 _SYNTHESIS = re.compile(r"Original Problem:\n(?P<problem>.*?)\n\nReference Responses:\n(?P<refs>.*)", re.S)
@@ -130,27 +130,6 @@ class Latency:
 
 
 @dataclass(frozen=True)
-class Faults:
-    """Fault injection.
-
-    Attributes:
-        rates: Probability per request of each fault kind (see `FAULT_KINDS`).
-        script: Faults of the first requests, in arrival order (``None`` = no fault): deterministic
-            scenarios for tests, e.g. ``("rate_limit", "server_error")``.
-        retry_after: Seconds sent in ``Retry-After`` with a 429.
-    """
-
-    rates: Mapping[str, float] = field(default_factory=dict)
-    script: Sequence[str | None] = ()
-    retry_after: float = 1.0
-
-    def __post_init__(self) -> None:
-        for kind in [*self.rates, *(k for k in self.script if k is not None)]:
-            if kind not in FAULT_KINDS:
-                raise UsageError(f"unknown fault {kind!r}: choose from {', '.join(FAULT_KINDS)}")
-
-
-@dataclass(frozen=True)
 class SimConfig:
     """Settings of the simulated reasoning model.
 
@@ -173,6 +152,16 @@ class SimConfig:
         synthesis_latency: Latency of requests carrying references (default: ``latency``).
         faults: Fault injection.
         record_requests: Keep every request body (tests assert on them; benchmarks turn it off).
+        hosted_reasoning: Answer as OpenAI's hosted reasoning models: 400 ``unsupported_parameter`` for
+            ``top_p`` and ``max_tokens`` (``max_completion_tokens`` is the token limit),
+            ``unsupported_value`` for a temperature other than 1, 404 ``model_not_found`` for another
+            model id, reasoning counted in usage but never returned.
+        error_style: Wire shape of error bodies (see `ERROR_STYLES`); default ``"openai"`` when
+            ``hosted_reasoning``, else ``"vllm"``.
+        unsupported_params: Request fields refused with 400 ``unsupported_parameter`` (e.g.
+            ``("max_completion_tokens",)`` for servers that only know ``max_tokens``).
+        send_usage: Report usage; ``False`` mimics servers that send none (and ignore
+            ``stream_options.include_usage``).
     """
 
     model: str = SIM_MODEL
@@ -190,14 +179,27 @@ class SimConfig:
     synthesis_latency: Latency | None = None
     faults: Faults = field(default_factory=Faults)
     record_requests: bool = True
+    hosted_reasoning: bool = False
+    error_style: str | None = None
+    unsupported_params: tuple[str, ...] = ()
+    send_usage: bool = True
 
     def __post_init__(self) -> None:
+        if self.error_style is not None and self.error_style not in ERROR_STYLES:
+            raise UsageError(
+                f"unknown error_style {self.error_style!r}: choose from {', '.join(ERROR_STYLES)}"
+            )
         if not 0 <= self.accuracy <= 1 or not 0 <= self.synth_recover <= 1:
             raise UsageError("accuracy and synth_recover must be probabilities within [0, 1]")
         if not self.distractor_weights or any(w < 0 for w in self.distractor_weights):
             raise UsageError("distractor_weights must be a non-empty list of non-negative weights")
         if self.think_words < 0:
             raise UsageError("think_words must not be negative")
+
+    @property
+    def wire_style(self) -> str:
+        """The error body shape in effect (``error_style`` or its default)."""
+        return self.error_style or ("openai" if self.hosted_reasoning else "vllm")
 
 
 @dataclass(frozen=True)
@@ -213,22 +215,19 @@ class SimChoice:
 
 @dataclass(frozen=True)
 class SimReply:
-    """A successful simulated answer: the choices, usage and how long to take."""
+    """A simulated answer: the choices, usage and how long to take.
+
+    Attributes:
+        cut: When set, the answer fails part-way (``stream_drop``, ``stream_error``,
+            ``stream_context_length``): the server sends `SimConfig.faults`' ``stream_cut`` of its chunks
+            and then this fault.
+    """
 
     choices: list[SimChoice]
     usage: Usage
     latency: float | None
     model: str
-
-
-@dataclass(frozen=True)
-class SimFault:
-    """A simulated failure."""
-
-    kind: str
-    status: int
-    message: str
-    retry_after: float | None = None
+    cut: SimFault | None = None
 
 
 def _words(text: str) -> int:
@@ -331,9 +330,11 @@ class SimEngine:
         if self.config.record_requests:
             self.requests.append(dict(body))
         self._arrivals += 1
-        fault = self._fault(self._arrivals - 1)
-        if fault is not None and fault.kind != "stall":
+        fault = draw_fault(self.config.faults, self._arrivals - 1, self._fault_rng)
+        if fault is not None and fault.kind not in ("stall", *CUT_MID_ANSWER, "context_length"):
             return fault
+        if (refused := refusal(self.config, body)) is not None:
+            return refused
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return SimFault("bad_request", 400, "messages must be a non-empty list")
@@ -341,12 +342,18 @@ class SimEngine:
         if n < 1:
             return SimFault("bad_request", 400, "n must be at least 1")
         prompt_tokens = sum(_words(_text_of(m)) for m in messages)
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         window = self.config.context_window
         if fault is not None and fault.kind == "context_length":
-            return self._context_fault(prompt_tokens, max_tokens or window)
+            return context_fault(self.config, prompt_tokens, max_tokens or window)
         if prompt_tokens >= window or (max_tokens is not None and prompt_tokens + int(max_tokens) > window):
-            return self._context_fault(prompt_tokens, int(max_tokens or 0))
+            return context_fault(self.config, prompt_tokens, int(max_tokens or 0))
+        if fault is not None and fault.kind in CUT_MID_ANSWER and not body.get("stream"):
+            # Without a stream there is no "mid-answer": the error is the whole answer.
+            if fault.kind == "stream_error":
+                return SimFault("server_error", 500, "Internal server error (simulated)")
+            if fault.kind == "stream_context_length":
+                return context_fault(self.config, prompt_tokens, max_tokens or window)
 
         key = _hash(json.dumps(messages, sort_keys=True, ensure_ascii=False))
         seen = self._seen.get(key, 0)
@@ -367,7 +374,7 @@ class SimEngine:
         # Latency first, from its own stream, so that content settings do not change who straggles.
         latency = latency_model.sample(random.Random(_hash(self.config.seed, key, "latency", seen)))  # type: ignore[union-attr]
         choices = [self._choice(prompt, rng, max_tokens) for rng in rngs]
-        if fault is not None:  # a scripted or sampled stall
+        if fault is not None and fault.kind == "stall":
             latency = None
         usage = Usage(
             prompt_tokens=prompt_tokens,
@@ -375,46 +382,18 @@ class SimEngine:
             reasoning_tokens=sum(c.reasoning_tokens for c in choices),
             cached_tokens=prompt_tokens if seen else 0,
         )
-        return SimReply(choices=choices, usage=usage, latency=latency, model=self.config.model)
+        reply = SimReply(choices=choices, usage=usage, latency=latency, model=self.config.model)
+        if fault is not None and fault.kind in CUT_MID_ANSWER:
+            # The server front end sends part of this answer, then fails (`SimReply.cut`).
+            return replace(reply, cut=self._cut_fault(fault, prompt_tokens, max_tokens or window))
+        return reply
 
-    def _context_fault(self, prompt_tokens: int, max_tokens: int) -> SimFault:
-        # SGLang's wording, so clients parse it as they would parse the real server's.
-        window = self.config.context_window
-        return SimFault(
-            "context_length",
-            400,
-            f"Requested token count exceeds the model's maximum context length of {window} tokens. "
-            f"You requested a total of {prompt_tokens + max_tokens} tokens: {prompt_tokens} tokens from "
-            f"the input messages and {max_tokens} tokens for the completion. Please reduce the number of "
-            "tokens in the input messages or the completion to fit within the limit.",
-        )
-
-    def _fault(self, arrival: int) -> SimFault | None:
-        faults = self.config.faults
-        kind: str | None = None
-        if arrival < len(faults.script):
-            kind = faults.script[arrival]
-        elif faults.rates:
-            draw = self._fault_rng.random()
-            for name, rate in faults.rates.items():
-                if draw < rate:
-                    kind = name
-                    break
-                draw -= rate
-        if kind is None:
-            return None
-        status, message = {
-            "bad_request": (400, "Invalid request (simulated)"),
-            "rate_limit": (429, "Rate limit reached for requests (simulated)"),
-            "server_error": (500, "Internal server error (simulated)"),
-            "unavailable": (503, "Service unavailable (simulated)"),
-            "drop": (0, "connection dropped (simulated)"),
-            "stall": (0, "stalled (simulated)"),
-            "malformed": (200, "malformed body (simulated)"),
-            "context_length": (400, ""),
-        }[kind]
-        retry_after = faults.retry_after if kind == "rate_limit" else None
-        return SimFault(kind, status, message, retry_after)
+    def _cut_fault(self, fault: SimFault, prompt_tokens: int, max_tokens: int) -> SimFault:
+        if fault.kind == "stream_context_length":
+            return context_fault(self.config, prompt_tokens, max_tokens)
+        if fault.kind == "stream_error":
+            return replace(fault, status=500, message="Internal server error (simulated)")
+        return fault
 
     def _answer(self, prompt: str, rng: random.Random) -> tuple[str, list[str]]:
         """(answer, reference answers seen) for the last user message's text."""
@@ -461,7 +440,10 @@ class SimEngine:
             # Truncated mid-thought, as a real model stopped by max_tokens.
             reasoning = " ".join(reasoning.split()[: int(max_tokens)])
             reasoning_tokens, conclusion_tokens, conclusion, finish = _words(reasoning), 0, "", "length"
-        if self.config.split_reasoning:
+        if self.config.hosted_reasoning:
+            # Hosted reasoning models count their reasoning in usage but never return it.
+            content, reasoning_out = conclusion, None
+        elif self.config.split_reasoning:
             content, reasoning_out = conclusion, reasoning
         else:
             closing = "\n</think>\n\n" if finish == "stop" else ""
@@ -490,22 +472,6 @@ def _body(request: GenerationRequest, model: str) -> dict[str, Any]:
             body[key] = value
     body.update(sampling.extra_body)
     return body
-
-
-def fault_error(fault: SimFault, endpoint: str) -> Exception:
-    """The exception a client sees for a simulated fault (the in-process twin of the HTTP path)."""
-    text = f"{endpoint} answered {fault.status}: {fault.message}"
-    if fault.kind == "rate_limit":
-        return RateLimitError(text, retry_after=fault.retry_after)
-    if fault.kind in ("server_error", "unavailable"):
-        return ServerError(text, status_code=fault.status)
-    if fault.kind == "drop":
-        return EndpointConnectionError(f"{endpoint}: connection dropped (simulated)")
-    if fault.kind == "malformed":
-        return MalformedResponseError(f"{endpoint} sent a malformed response (simulated)")
-    if fault.kind == "context_length":
-        return ContextLengthError.from_message(text)
-    return RequestRejectedError(text, status_code=fault.status)
 
 
 class SimBackend(Backend):
@@ -541,6 +507,8 @@ class SimBackend(Backend):
                 replies.append(await self._one(_body(replace(request, n=missing), engine.config.model)))
         completions: list[Completion] = []
         for reply in replies:
+            if reply.cut is not None:
+                await self._cut(reply, len(completions), on_delta)
             usages = reply.usage.split([c.completion_tokens for c in reply.choices])
             for choice, usage in zip(reply.choices, usages, strict=True):
                 if on_delta is not None:
@@ -565,12 +533,26 @@ class SimBackend(Backend):
             if isinstance(reply, SimFault):
                 if reply.kind == "stall":
                     await anyio.sleep_forever()
-                raise fault_error(reply, "sim")
+                raise fault_error(reply, "sim", engine.config.wire_style)
             if reply.latency is None:
                 await anyio.sleep_forever()
             await self._sleep(reply.latency or 0.0)
         except anyio.get_cancelled_exc_class():
             engine.disconnects += 1
             raise
-        engine.record_served(reply)
+        if reply.cut is None:
+            engine.record_served(reply)
         return reply
+
+    async def _cut(self, reply: SimReply, offset: int, on_delta: DeltaCallback | None) -> None:
+        """Stream part of an answer that then fails, as the HTTP server does."""
+        assert reply.cut is not None
+        if on_delta is not None:
+            share = self.engine.config.faults.stream_cut
+            for index, choice in enumerate(reply.choices):
+                if choice.reasoning:
+                    await on_delta(
+                        offset + index, "reasoning", choice.reasoning[: int(len(choice.reasoning) * share)]
+                    )
+                await on_delta(offset + index, "content", choice.content[: int(len(choice.content) * share)])
+        raise fault_error(reply.cut, "sim", self.engine.config.wire_style)

@@ -33,11 +33,10 @@ import anyio
 from aiohttp import web
 
 from pacore_agent.backends.base import Backend, SamplingParams
+from pacore_agent.backends.errors import INTERNAL_ERROR, error_response
 from pacore_agent.coordinator import Coordinator
 from pacore_agent.exceptions import (
-    BudgetExceeded,
     PacoreError,
-    RoundFailedError,
     UsageError,
 )
 from pacore_agent.prompts import Messages, normalize_problem
@@ -91,7 +90,7 @@ _SHUTDOWN_TIMEOUT = 5.0
 
 _OWNER = "pacore"
 _USERINFO = re.compile(r"://[^/@\s]+@")
-_INTERNAL = "internal error of the PaCoRe server (details are in its log)"
+_INTERNAL = INTERNAL_ERROR
 
 
 class _ApiError(Exception):
@@ -191,14 +190,7 @@ def _integer(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def _usage_json(usage: Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
+_usage_json = Usage.to_openai
 
 
 def _summary(result: SolveResult) -> dict[str, Any]:
@@ -231,15 +223,12 @@ def _summary(result: SolveResult) -> dict[str, Any]:
 
 
 def _solve_error(error: PacoreError) -> _ApiError:
-    if isinstance(error, RoundFailedError):
-        code = "round_failed"
-    elif isinstance(error, BudgetExceeded):
-        code = "budget_exceeded"
-    else:
-        code = "upstream_error"
+    # The status, type and code come from the one error translation of pacore (backends.errors).
+    status, body = error_response(error)
+    fields = body["error"]
     # Credentials written into an upstream URL (https://user:pass@host) never reach the client.
     message = _USERINFO.sub("://***@", f"PaCoRe could not answer: {error}")
-    return _ApiError(502, message, "upstream_error", code=code)
+    return _ApiError(status, message, fields["type"], param=fields["param"], code=fields["code"])
 
 
 class _Progress:
