@@ -23,6 +23,7 @@ from typing import Any, Literal, Self
 import anyio
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest, SamplingParams
+from pacore_agent.batch import collect, solve_each
 from pacore_agent.budget import Budget, BudgetTracker
 from pacore_agent.compactors import Compactor, apply_compactor, final_conclusion
 from pacore_agent.exceptions import (
@@ -332,7 +333,7 @@ class Coordinator:
         async def solve(messages: Messages) -> SolveResult:
             return await self._solve(messages, emit=None, batch=batch)
 
-        async for item in solve_each(solve, conversations, max_in_flight):
+        async for item in solve_each(solve, conversations, max_in_flight, method=self.method):
             yield item
 
     async def aclose(self) -> None:
@@ -591,19 +592,22 @@ class Coordinator:
                     **base,
                 )
             raise
-        except BackendError as error:
-            info = ErrorInfo(type=type(error).__name__, message=str(error), status_code=error.status_code)
+        except Exception as error:
+            if isinstance(error, PacoreError) and not isinstance(error, BackendError):
+                raise  # a setup error (replay miss, model not loaded): every call fails alike
+            # Anything else is this call's failure, never its round's: a bad header, a client bug.
+            attempts = getattr(error, "attempt", 1)
             for index in indices:
                 state.trajectories[index] = Trajectory(
                     index=index,
                     status="failed",
-                    error=info,
-                    attempts=error.attempt,
+                    error=error_info(error),
+                    attempts=attempts,
                     latency_s=self.clock() - started,
                     **base,
                 )
             if tracker is not None:
-                tracker.charge(Usage(), backend.name, extra_attempts=error.attempt - 1)
+                tracker.charge(Usage(), backend.name, extra_attempts=attempts - 1)
             await self._report([state.trajectories[i] for i in indices], emit)
             return
         latency = self.clock() - started
@@ -651,7 +655,10 @@ class Coordinator:
             fields["reasoning"] = completion.reasoning
         trajectory = Trajectory(**fields)
         if trajectory.content:
-            trajectory.message = await apply_compactor(self.compactor, trajectory.text)
+            try:
+                trajectory.message = await apply_compactor(self.compactor, trajectory.text)
+            except Exception as error:  # a compactor bug fails its trajectory, not the round
+                trajectory.status, trajectory.error = "failed", error_info(error)
         return trajectory
 
     async def _report(self, trajectories: Sequence[Trajectory | None], emit: Emit | None) -> None:
@@ -685,51 +692,21 @@ def _check_min_success(min_success: int | float | None, schedule: Schedule) -> N
         )
 
 
+def error_info(error: BaseException) -> ErrorInfo:
+    """How a failed call is recorded: its exception's type and message (never empty)."""
+    status = getattr(error, "status_code", None)
+    return ErrorInfo(
+        type=type(error).__name__,
+        message=str(error) or repr(error),
+        status_code=status if isinstance(status, int) else None,
+    )
+
+
 def _failure_message(outcome: RoundResult, *, final: bool) -> str:
-    errors = [t.error.message for t in outcome.trajectories if t.error is not None]
+    errors = [f"{t.error.type}: {t.error.message}" for t in outcome.trajectories if t.error is not None]
     which = "the final round" if final else f"round {outcome.index}"
     detail = f"; first error: {errors[0]}" if errors else " (no trajectory returned content)"
     return f"every trajectory of {which} failed ({len(outcome.trajectories)} launched){detail}"
-
-
-async def solve_each(
-    solve: Callable[[Messages], Awaitable[SolveResult]],
-    conversations: Sequence[Messages],
-    max_in_flight: int | None = None,
-) -> AsyncIterator[tuple[int, SolveResult | SolveError]]:
-    """Run ``solve`` on every conversation concurrently, yielding ``(index, result)`` as each finishes.
-
-    A failed solve yields its `SolveError` (with ``.partial``); the others are unaffected.
-    """
-    if max_in_flight is not None and max_in_flight < 1:
-        raise UsageError(f"max_in_flight must be at least 1, got {max_in_flight}")
-    gate = anyio.CapacityLimiter(max_in_flight or max(len(conversations), 1))
-    send, receive = anyio.create_memory_object_stream[tuple[int, SolveResult | SolveError]](math.inf)
-
-    async def one(index: int, messages: Messages) -> None:
-        async with gate:
-            try:
-                result: SolveResult | SolveError = await solve(messages)
-            except SolveError as error:
-                result = error
-        await send.send((index, result))
-
-    async with anyio.create_task_group() as group, send:
-        for index, messages in enumerate(conversations):
-            group.start_soon(one, index, messages)
-        async with receive:
-            for _ in conversations:
-                yield await receive.receive()
-
-
-async def collect(
-    results: AsyncIterator[tuple[int, SolveResult | SolveError]], count: int
-) -> list[SolveResult | SolveError]:
-    """The results of `solve_each` in problem order."""
-    ordered: list[SolveResult | SolveError | None] = [None] * count
-    async for index, result in results:
-        ordered[index] = result
-    return [r for r in ordered if r is not None]
 
 
 @contextmanager

@@ -21,9 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from pacore_agent.backends.base import Backend, GenerationRequest, SamplingParams
+from pacore_agent.batch import collect, solve_each
 from pacore_agent.budget import Budget
 from pacore_agent.compactors import final_conclusion
-from pacore_agent.coordinator import Coordinator, Problem, collect, solve_each
+from pacore_agent.coordinator import Coordinator, Problem
 from pacore_agent.evaluation.answers import agrade, avote, extract_answer
 from pacore_agent.exceptions import RoundFailedError, SolveError, UsageError
 from pacore_agent.prompts import Messages, message_text, normalize_problem
@@ -127,7 +128,7 @@ class _Sampling:
     ) -> AsyncIterator[tuple[int, SolveResult | SolveError]]:
         """Like `solve_many`, yielding ``(index, result)`` as each problem finishes."""
         conversations = [normalize_problem(p) for p in problems]
-        async for item in solve_each(self.solve, conversations, max_in_flight):
+        async for item in solve_each(self.solve, conversations, max_in_flight, method=self.method):
             yield item
 
     async def aclose(self) -> None:

@@ -1,0 +1,124 @@
+"""A call can never take down its round or batch, and retries start clean.
+
+The upstream is the simulated server on loopback; `Raising` wraps the real HTTP backend and raises,
+on chosen calls, what a client bug raises (a bare ``ValueError`` from a header it could not parse), so
+the engine's containment is tested without depending on which client bug exists today.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+
+from pacore_agent import (
+    Coordinator,
+    OpenAIBackend,
+    ReplayMissError,
+    RetryPolicy,
+    RoundFailedError,
+    SimConfig,
+    SimServer,
+    SolveError,
+    SolveResult,
+)
+from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest
+from pacore_agent.serving.server import PacoreServer
+from tests.helpers import FakeSleep
+
+pytestmark = pytest.mark.anyio
+
+PROBLEM = "Let $x$ be the number of primes below 20. Find $x$."
+HEADER_BUG = "could not convert string to float: 'soon'"
+
+
+class Raising(Backend):
+    """The real HTTP backend, except that calls for which ``fails(body)`` holds raise ValueError."""
+
+    def __init__(self, inner: OpenAIBackend, fails: Callable[[GenerationRequest, int], bool]) -> None:
+        super().__init__(max_concurrency=inner.max_concurrency)
+        self.inner = inner
+        self.name = inner.name
+        self.model = inner.model
+        self.streams = inner.streams
+        self.fails = fails
+        self.calls = 0
+
+    async def generate(
+        self, request: GenerationRequest, *, on_delta: DeltaCallback | None = None
+    ) -> list[Completion]:
+        self.calls += 1
+        if self.fails(request, self.calls):
+            raise ValueError(HEADER_BUG)
+        return await self.inner.generate(request, on_delta=on_delta)
+
+
+@asynccontextmanager
+async def upstream(config: SimConfig | None = None, **options: Any) -> AsyncIterator[tuple[SimServer, OpenAIBackend]]:
+    async with SimServer(config or SimConfig(seed=3)) as sim:
+        async with OpenAIBackend(sim.base_url, "pacore-sim", **options) as backend:
+            yield sim, backend
+
+
+def _problem_of(request: GenerationRequest) -> str:
+    return str(request.messages[-1]["content"])
+
+
+async def test_an_unexpected_error_fails_its_trajectory_not_its_round() -> None:
+    async with upstream() as (_, http):
+        backend = Raising(http, lambda _, call: call in (2, 3))
+        result = await Coordinator([4], backend, retry=RetryPolicy(sleep=FakeSleep())).solve(PROBLEM)
+    first = result.rounds[0]
+    statuses = [t.status for t in first.trajectories]
+    assert statuses.count("failed") == 2 and statuses.count("ok") == 2
+    errors = [t.error for t in first.trajectories if t.error is not None]
+    assert all(e.type == "ValueError" and e.message == HEADER_BUG for e in errors)
+    assert len(first.messages) == 2 and result.answer
+
+
+async def test_solve_many_returns_one_outcome_per_problem_whatever_a_call_raises() -> None:
+    async with upstream() as (_, http):
+        # Every call of problem #3 raises; the other problems are untouched.
+        backend = Raising(http, lambda request, _: "#3" in _problem_of(request))
+        coordinator = Coordinator([3], backend, retry=RetryPolicy(sleep=FakeSleep()))
+        results = await coordinator.solve_many([f"{PROBLEM} #{i}" for i in range(8)])
+    assert len(results) == 8
+    failed = results[3]
+    assert isinstance(failed, RoundFailedError)
+    assert f"ValueError: {HEADER_BUG}" in str(failed)
+    assert [t.error.type for t in failed.partial.trajectories if t.error] == ["ValueError"] * 3
+    assert all(isinstance(r, SolveResult) and r.answer for i, r in enumerate(results) if i != 3)
+
+
+async def test_solve_many_turns_a_setup_error_into_that_problems_solve_error() -> None:
+    class Broken(Backend):
+        name = "broken"
+
+        async def generate(
+            self, request: GenerationRequest, *, on_delta: DeltaCallback | None = None
+        ) -> list[Completion]:
+            raise ReplayMissError("the request was never recorded")
+
+    coordinator = Coordinator([2], Broken())
+    with pytest.raises(ReplayMissError):  # alone, a setup error reaches the caller by its class
+        await coordinator.solve(PROBLEM)
+    results = await coordinator.solve_many([PROBLEM, f"{PROBLEM} again"])
+    assert len(results) == 2 and all(isinstance(r, SolveError) for r in results)
+    assert all(str(r) == "ReplayMissError: the request was never recorded" for r in results)
+
+
+async def test_serve_answers_an_openai_error_body_when_every_call_raises() -> None:
+    async with upstream() as (_, http):
+        backend = Raising(http, lambda *_: True)
+        async with PacoreServer(backend, retry=RetryPolicy(max_attempts=2, sleep=FakeSleep())) as server:
+            async with aiohttp.ClientSession() as session:
+                body = {"model": "pacore:[2]", "messages": [{"role": "user", "content": PROBLEM}]}
+                async with session.post(f"{server.base_url}/chat/completions", json=body) as response:
+                    status, answer = response.status, await response.json()
+    assert status == 502
+    error = answer["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "round_failed" and f"ValueError: {HEADER_BUG}" in error["message"]
