@@ -1,5 +1,7 @@
-"""Many problems at once: `solve_each` runs a solve per conversation and yields each result as it
-finishes; `collect` puts them back in problem order.
+"""Many problems at once.
+
+`solve_each` runs a solve per conversation and yields each result as it finishes; `collect` puts them
+back in problem order.
 
 A problem's failure is its own: whatever one solve raises (a `SolveError` with its partial result, or
 anything unexpected) becomes that problem's `SolveError`, and every other problem still gets its result.

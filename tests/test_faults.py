@@ -57,7 +57,9 @@ class Raising(Backend):
 
 
 @asynccontextmanager
-async def upstream(config: SimConfig | None = None, **options: Any) -> AsyncIterator[tuple[SimServer, OpenAIBackend]]:
+async def upstream(
+    config: SimConfig | None = None, **options: Any
+) -> AsyncIterator[tuple[SimServer, OpenAIBackend]]:
     async with SimServer(config or SimConfig(seed=3)) as sim:
         async with OpenAIBackend(sim.base_url, "pacore-sim", **options) as backend:
             yield sim, backend
