@@ -37,6 +37,7 @@ from pacore_agent.exceptions import (
 from pacore_agent.ordering import OrderPolicy, reference_order, round_rng
 from pacore_agent.prompts import Messages, SynthesisTemplate, build_prompt, normalize_problem
 from pacore_agent.results import (
+    AttemptRestarted,
     Done,
     ErrorInfo,
     Event,
@@ -575,8 +576,22 @@ class Coordinator:
 
         base = {"round": state.round, "call": call_index, "model": backend.name}
         indices = range(first, first + count)
+
+        async def before_retry(attempt: int, error: BaseException) -> bool:
+            # The retry streams from its first token again: the failed attempt's text is void.
+            for index in indices:
+                state.partial.pop(index, None)
+                state.partial_reasoning.pop(index, None)
+            if state.tokens and emit is not None:
+                info = error_info(error)
+                for index in indices:
+                    await emit(AttemptRestarted(round=state.round, index=index, attempt=attempt, error=info))
+            return True
+
         try:
-            call = await call_with_retries(backend, request, self.retry, on_delta=on_delta)
+            call = await call_with_retries(
+                backend, request, self.retry, on_delta=on_delta, before_retry=before_retry
+            )
         except anyio.get_cancelled_exc_class():
             for index in indices:
                 content = state.partial.get(index, [])

@@ -7,6 +7,7 @@ the engine's containment is tested without depending on which client bug exists 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +16,9 @@ import aiohttp
 import pytest
 
 from pacore_agent import (
+    AttemptRestarted,
     Coordinator,
+    Done,
     OpenAIBackend,
     ReplayMissError,
     RetryPolicy,
@@ -24,8 +27,10 @@ from pacore_agent import (
     SimServer,
     SolveError,
     SolveResult,
+    TokenDelta,
 )
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest
+from pacore_agent.exceptions import EndpointConnectionError
 from pacore_agent.serving.server import PacoreServer
 from tests.helpers import FakeSleep
 
@@ -124,3 +129,67 @@ async def test_serve_answers_an_openai_error_body_when_every_call_raises() -> No
     error = answer["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "round_failed" and f"ValueError: {HEADER_BUG}" in error["message"]
+
+
+class DropsMidStream(Raising):
+    """On chosen calls, streams the first half of the real answer, then the connection drops."""
+
+    async def generate(
+        self, request: GenerationRequest, *, on_delta: DeltaCallback | None = None
+    ) -> list[Completion]:
+        self.calls += 1
+        if not self.fails(request, self.calls):
+            return await self.inner.generate(request, on_delta=on_delta)
+        deltas: list[tuple[int, Any, str]] = []
+
+        async def keep(choice: int, field: Any, text: str) -> None:
+            deltas.append((choice, field, text))
+
+        await self.inner.generate(request, on_delta=keep)
+        for delta in deltas[: len(deltas) // 2]:
+            if on_delta is not None:
+                await on_delta(*delta)
+        raise EndpointConnectionError("Server disconnected (the stream ended mid-answer)")
+
+
+async def test_a_retried_stream_starts_clean_and_consumers_are_told() -> None:
+    async with upstream(stream=True) as (_, http):
+        backend = DropsMidStream(http, lambda _, call: call == 3)  # the final round's first attempt
+        coordinator = Coordinator([2], backend, retry=RetryPolicy(sleep=FakeSleep()))
+        events = [event async for event in coordinator.stream(PROBLEM)]
+    restarts = [e for e in events if isinstance(e, AttemptRestarted)]
+    assert len(restarts) == 1
+    restart = restarts[0]
+    assert (restart.round, restart.index, restart.attempt) == (1, 0, 2)
+    assert restart.error.type == "EndpointConnectionError"
+    at = events.index(restart)
+    before = "".join(e.text for e in events[:at] if isinstance(e, TokenDelta) and e.field == "content")
+    after = "".join(e.text for e in events[at:] if isinstance(e, TokenDelta) and e.field == "content")
+    done = events[-1]
+    assert isinstance(done, Done) and done.result.final is not None
+    final = done.result.final
+    assert final.content is not None
+    assert before and before not in final.content  # the failed attempt's text is gone
+    assert after == final.content  # the retry streamed the whole trajectory again
+    assert final.attempts == 2
+
+
+async def test_serve_streams_exactly_the_final_content_when_its_attempt_is_retried() -> None:
+    for split in (False, True):
+        async with upstream(SimConfig(seed=3, split_reasoning=split), stream=True) as (_, http):
+            backend = DropsMidStream(http, lambda _, call: call in (3, 7))  # each final round's first try
+            policy = RetryPolicy(max_attempts=3, sleep=FakeSleep())
+            async with PacoreServer(backend, retry=policy) as server, aiohttp.ClientSession() as session:
+                body = {"model": "pacore:[2]", "messages": [{"role": "user", "content": PROBLEM}], "seed": 1}
+                async with session.post(f"{server.base_url}/chat/completions", json=body) as response:
+                    plain = (await response.json())["choices"][0]["message"]
+                async with session.post(
+                    f"{server.base_url}/chat/completions", json={**body, "stream": True}
+                ) as response:
+                    lines = [line async for line in response.content]
+        chunks = [json.loads(line[6:]) for line in lines if line.startswith(b"data: {")]
+        deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+        content = "".join(d.get("content") or "" for d in deltas)
+        assert content == plain["content"]
+        reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
+        assert "[final round: attempt 2 restarts after EndpointConnectionError]" in reasoning

@@ -27,7 +27,7 @@ from pacore_agent.backends.base import DEFAULT_MAX_CONCURRENCY, Backend, Samplin
 from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
 from pacore_agent.budget import Budget, Price
 from pacore_agent.exceptions import PacoreError, SolveError, UsageError
-from pacore_agent.results import Done, SolveResult, TokenDelta, TrajectoryFinished
+from pacore_agent.results import AttemptRestarted, Done, SolveResult, TokenDelta, TrajectoryFinished
 from pacore_agent.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -363,6 +363,8 @@ async def _solve_live(coordinator: Coordinator, problem: str) -> SolveResult:
                 )
             elif isinstance(event, TokenDelta):
                 tail += event.text
+            elif isinstance(event, AttemptRestarted):
+                tail = ""  # the retry streams its trajectory again from the start
             elif isinstance(event, Done):
                 result = event.result
             live.update(render())
