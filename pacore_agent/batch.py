@@ -9,11 +9,11 @@ anything unexpected) becomes that problem's `SolveError`, and every other proble
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import anyio
 
+from pacore_agent.background import BackgroundIterator
 from pacore_agent.exceptions import SolveError, UsageError
 from pacore_agent.prompts import Messages
 from pacore_agent.results import SolveResult
@@ -21,13 +21,13 @@ from pacore_agent.results import SolveResult
 __all__ = ["collect", "solve_each"]
 
 
-async def solve_each(
+def solve_each(
     solve: Callable[[Messages], Awaitable[SolveResult]],
     conversations: Sequence[Messages],
     max_in_flight: int | None = None,
     *,
     method: str = "unknown",
-) -> AsyncIterator[tuple[int, SolveResult | SolveError]]:
+) -> BackgroundIterator[tuple[int, SolveResult | SolveError]]:
     """Run ``solve`` on every conversation concurrently, yielding ``(index, result)`` as each finishes.
 
     Args:
@@ -36,29 +36,29 @@ async def solve_each(
         max_in_flight: Solves running at once (default: all).
         method: The method label recorded in the partial result of a solve that failed unexpectedly.
 
-    A failed solve yields its `SolveError` (with ``.partial``); the others are unaffected.
+    A failed solve yields its `SolveError` (with ``.partial``); the others are unaffected. Stopping
+    early (``break``) cancels the solves still running.
     """
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or max_in_flight < 1):
         raise UsageError(f"max_in_flight must be at least 1, got {max_in_flight}")
     gate = anyio.CapacityLimiter(max_in_flight or max(len(conversations), 1))
-    send, receive = anyio.create_memory_object_stream[tuple[int, SolveResult | SolveError]](math.inf)
 
-    async def one(index: int, messages: Messages) -> None:
-        async with gate:
-            try:
-                result: SolveResult | SolveError = await solve(messages)
-            except SolveError as error:
-                result = error
-            except Exception as error:  # one problem's failure must never lose the others
-                result = unexpected_failure(error, messages, method)
-        await send.send((index, result))
+    async def produce(send: Callable[[tuple[int, SolveResult | SolveError]], Awaitable[None]]) -> None:
+        async def one(index: int, messages: Messages) -> None:
+            async with gate:
+                try:
+                    result: SolveResult | SolveError = await solve(messages)
+                except SolveError as error:
+                    result = error
+                except Exception as error:  # one problem's failure must never lose the others
+                    result = unexpected_failure(error, messages, method)
+            await send((index, result))
 
-    async with anyio.create_task_group() as group, send:
-        for index, messages in enumerate(conversations):
-            group.start_soon(one, index, messages)
-        async with receive:
-            for _ in conversations:
-                yield await receive.receive()
+        async with anyio.create_task_group() as group:
+            for index, messages in enumerate(conversations):
+                group.start_soon(one, index, messages)
+
+    return BackgroundIterator(produce)
 
 
 def unexpected_failure(error: Exception, messages: Messages, method: str) -> SolveError:

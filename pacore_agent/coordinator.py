@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -23,6 +23,7 @@ from typing import Any, Literal, Self
 import anyio
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest, SamplingParams
+from pacore_agent.background import BackgroundIterator
 from pacore_agent.batch import collect, solve_each
 from pacore_agent.budget import Budget, BudgetTracker
 from pacore_agent.compactors import Compactor, apply_compactor, final_conclusion
@@ -238,33 +239,22 @@ class Coordinator:
         """
         return await self._solve(normalize_problem(problem), emit=None)
 
-    async def stream(self, problem: Problem) -> AsyncGenerator[Event, None]:
+    def stream(self, problem: Problem) -> BackgroundIterator[Event]:
         """Solve one problem, yielding live events; the last one is `Done` with the result.
 
         Events: `RoundStarted`, `TrajectoryFinished`, `TokenDelta` (streaming backends; final round by
-        default), `RoundFinished`, `Done`. `solve` runs the same path without listening.
+        default), `AttemptRestarted` (a retry voids the text streamed so far for a trajectory),
+        `RoundFinished`, `Done`. `solve` runs the same path without listening. The solve runs in a task
+        of its own: breaking out early cancels it and its requests, never the caller; ``aclose()`` (or
+        ``async with``) also waits until they have stopped. A failed solve raises its error, by its
+        class, from the iteration.
         """
         messages = normalize_problem(problem)
-        send, receive = anyio.create_memory_object_stream[Event | BaseException](max_buffer_size=math.inf)
 
-        async def produce() -> None:
-            async with send:
-                try:
-                    await self._solve(messages, emit=send.send)
-                except PacoreError as error:
-                    await send.send(error)
+        async def produce(send: Emit) -> None:
+            await self._solve(messages, emit=send)
 
-        failure: BaseException | None = None
-        async with anyio.create_task_group() as group:
-            group.start_soon(produce)
-            async with receive:
-                async for item in receive:
-                    if isinstance(item, BaseException):
-                        failure = item
-                        break
-                    yield item
-        if failure is not None:
-            raise failure  # outside the task group, so callers get the error itself, not a group
+        return BackgroundIterator(produce)
 
     async def run_round(
         self,
@@ -318,14 +308,17 @@ class Coordinator:
             self.solve_iter(problems, max_in_flight=max_in_flight, budget=budget), len(problems)
         )
 
-    async def solve_iter(
+    def solve_iter(
         self,
         problems: Sequence[Problem],
         *,
         max_in_flight: int | None = None,
         budget: Budget | None = None,
-    ) -> AsyncIterator[tuple[int, SolveResult | SolveError]]:
-        """Like `solve_many`, yielding ``(index, result)`` as each problem finishes."""
+    ) -> BackgroundIterator[tuple[int, SolveResult | SolveError]]:
+        """Like `solve_many`, yielding ``(index, result)`` as each problem finishes.
+
+        Breaking out early cancels the solves still running.
+        """
         conversations = [normalize_problem(p) for p in problems]  # bad input fails before any request
         if budget is not None:
             budget.check_models([getattr(b, "model", b.name) for b in self.backends])
@@ -334,8 +327,7 @@ class Coordinator:
         async def solve(messages: Messages) -> SolveResult:
             return await self._solve(messages, emit=None, batch=batch)
 
-        async for item in solve_each(solve, conversations, max_in_flight, method=self.method):
-            yield item
+        return solve_each(solve, conversations, max_in_flight, method=self.method)
 
     async def aclose(self) -> None:
         """Close the backend if the coordinator created it."""

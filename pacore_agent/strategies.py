@@ -17,10 +17,11 @@ from __future__ import annotations
 import inspect
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from pacore_agent.backends.base import Backend, GenerationRequest, SamplingParams
+from pacore_agent.background import BackgroundIterator
 from pacore_agent.batch import collect, solve_each
 from pacore_agent.budget import Budget
 from pacore_agent.compactors import final_conclusion
@@ -123,13 +124,12 @@ class _Sampling:
         """Solve many problems concurrently; a failed problem gets its `SolveError` in its slot."""
         return await collect(self.solve_iter(problems, max_in_flight=max_in_flight), len(problems))
 
-    async def solve_iter(
+    def solve_iter(
         self, problems: Sequence[Problem], *, max_in_flight: int | None = None
-    ) -> AsyncIterator[tuple[int, SolveResult | SolveError]]:
+    ) -> BackgroundIterator[tuple[int, SolveResult | SolveError]]:
         """Like `solve_many`, yielding ``(index, result)`` as each problem finishes."""
         conversations = [normalize_problem(p) for p in problems]
-        async for item in solve_each(self.solve, conversations, max_in_flight, method=self.method):
-            yield item
+        return solve_each(self.solve, conversations, max_in_flight, method=self.method)
 
     async def aclose(self) -> None:
         """Close the backend if it was built from the environment."""
