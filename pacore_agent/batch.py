@@ -9,7 +9,9 @@ anything unexpected) becomes that problem's `SolveError`, and every other proble
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 
@@ -27,6 +29,7 @@ def solve_each(
     max_in_flight: int | None = None,
     *,
     method: str = "unknown",
+    session: Callable[[], AbstractAsyncContextManager[None]] | None = None,
 ) -> BackgroundIterator[tuple[int, SolveResult | SolveError]]:
     """Run ``solve`` on every conversation concurrently, yielding ``(index, result)`` as each finishes.
 
@@ -35,6 +38,7 @@ def solve_each(
         conversations: The problems, normalized.
         max_in_flight: Solves running at once (default: all).
         method: The method label recorded in the partial result of a solve that failed unexpectedly.
+        session: Held around the whole batch (`Coordinator.in_use`: connections stay open throughout).
 
     A failed solve yields its `SolveError` (with ``.partial``); the others are unaffected. Stopping
     early (``break``) cancels the solves still running.
@@ -54,7 +58,7 @@ def solve_each(
                     result = unexpected_failure(error, messages, method)
             await send((index, result))
 
-        async with anyio.create_task_group() as group:
+        async with session() if session else contextlib.nullcontext(), anyio.create_task_group() as group:
             for index, messages in enumerate(conversations):
                 group.start_soon(one, index, messages)
 

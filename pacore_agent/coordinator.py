@@ -173,6 +173,7 @@ class Coordinator:
         if adaptive_stop is not None and not 0 < adaptive_stop <= 1:
             raise UsageError(f"adaptive_stop must be a fraction in (0, 1], got {adaptive_stop!r}")
         self._owns_backend = backend is None
+        self._entered = self._in_use = 0
         if backend is None:
             from pacore_agent.backends.env import backend_from_env
 
@@ -237,7 +238,9 @@ class Coordinator:
             UsageError: The problem is empty or has no user turn.
             RoundFailedError: Every trajectory of a round failed; ``.partial`` holds what finished.
         """
-        return await self._solve(normalize_problem(problem), emit=None)
+        messages = normalize_problem(problem)
+        async with self.in_use():
+            return await self._solve(messages, emit=None)
 
     def stream(self, problem: Problem) -> BackgroundIterator[Event]:
         """Solve one problem, yielding live events; the last one is `Done` with the result.
@@ -252,7 +255,8 @@ class Coordinator:
         messages = normalize_problem(problem)
 
         async def produce(send: Emit) -> None:
-            await self._solve(messages, emit=send)
+            async with self.in_use():
+                await self._solve(messages, emit=send)
 
         return BackgroundIterator(produce)
 
@@ -282,9 +286,10 @@ class Coordinator:
             raise UsageError(f"width must be at least 1, got {width}")
         tracker = BudgetTracker(self.budget, self.clock) if self.budget is not None else None
         prompt = build_prompt(messages, list(references), self.template)
-        return await self._run_round(
-            problem_key(messages), round_index, width, prompt, None, final=False, tracker=tracker
-        )
+        async with self.in_use():
+            return await self._run_round(
+                problem_key(messages), round_index, width, prompt, None, final=False, tracker=tracker
+            )
 
     async def solve_many(
         self,
@@ -327,19 +332,38 @@ class Coordinator:
         async def solve(messages: Messages) -> SolveResult:
             return await self._solve(messages, emit=None, batch=batch)
 
-        return solve_each(solve, conversations, max_in_flight, method=self.method)
+        return solve_each(solve, conversations, max_in_flight, method=self.method, session=self.in_use)
 
     async def aclose(self) -> None:
         """Close the backend if the coordinator created it."""
         if self._owns_backend:
             await self.backend.aclose()
 
+    @contextlib.asynccontextmanager
+    async def in_use(self) -> AsyncIterator[None]:
+        """Keep a backend the coordinator built from the environment open while calls run.
+
+        Every public call runs inside it. Outside ``async with coordinator``, the owned backend is closed
+        when the last call in flight ends, so the one-liner ``await Coordinator(...).solve(x)`` leaves
+        no session or socket open (the next call opens new connections).
+        """
+        self._in_use += 1
+        try:
+            yield
+        finally:
+            self._in_use -= 1
+            if self._owns_backend and not self._entered and not self._in_use:
+                with anyio.CancelScope(shield=True):
+                    await self.backend.aclose()
+
     async def __aenter__(self) -> Self:
+        self._entered += 1
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._entered -= 1
         await self.aclose()
 
     # -- the one path ------------------------------------------------------------------------------

@@ -129,7 +129,8 @@ class _Sampling:
     ) -> BackgroundIterator[tuple[int, SolveResult | SolveError]]:
         """Like `solve_many`, yielding ``(index, result)`` as each problem finishes."""
         conversations = [normalize_problem(p) for p in problems]
-        return solve_each(self.solve, conversations, max_in_flight, method=self.method)
+        session = self._coordinator.in_use
+        return solve_each(self.solve, conversations, max_in_flight, method=self.method, session=session)
 
     async def aclose(self) -> None:
         """Close the backend if it was built from the environment."""

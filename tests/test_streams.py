@@ -87,3 +87,43 @@ async def test_breaking_out_of_solve_iter_cancels_the_other_solves(which: str) -
                 await wait_until(lambda: sim.engine.in_flight == 0)
             assert not caller.cancel_called
             assert sim.engine.disconnects == 2
+
+
+ONE_LINER = """
+import asyncio, gc, sys
+import anyio
+from pacore_agent import Coordinator, SelfConsistency
+
+async def main() -> None:
+    result = await Coordinator(schedule=[32, 4]).solve("What is 6*7?")
+    assert result.answer
+    results = await Coordinator([2]).solve_many(["What is 1+1?", "What is 2+2?"])
+    assert all(r.answer for r in results)
+    async for event in Coordinator([4]).stream("What is 3*3?"):
+        break  # abandoned early: the solve and its connections are closed
+    await asyncio.sleep(0.1)  # the abandoned solve winds down in its own task
+    assert (await SelfConsistency(3).solve("What is 5*5?")).answer
+
+if sys.argv[1] == "asyncio":
+    asyncio.run(main())
+else:
+    anyio.run(main)
+gc.collect()
+print("clean")
+"""
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "anyio"])
+async def test_the_one_liner_leaves_no_session_socket_or_warning(runner: str) -> None:
+    import os
+    import sys
+
+    async with SimServer(SimConfig(seed=3)) as sim:
+        env = {**os.environ, "PACORE_BASE_URL": sim.base_url, "PYTHONWARNINGS": "error"}
+        done = await anyio.run_process(
+            [sys.executable, "-W", "error", "-c", ONE_LINER, runner], env=env, check=False
+        )
+    stderr = done.stderr.decode()
+    assert done.returncode == 0, stderr
+    assert done.stdout.decode().strip() == "clean"
+    assert "Unclosed" not in stderr and "ResourceWarning" not in stderr and stderr == ""
