@@ -8,8 +8,10 @@ everything finished is kept, and then, as ``on_exceeded`` chooses:
 - ``"synthesize"``: the final round of one runs at once on the messages gathered so far (the one call
   allowed past the limit), so the caller still gets an answer.
 
-A limit is reached within one call's worth: a request starts only while every limit has room, and
-requests still running when the limit is reached are cut.
+A limit is reached within one call's worth: a request, and each retry of it, starts only while every
+limit has room, and requests still running when the limit is reached are cut. Everything is charged:
+every attempt as it starts, the tokens of every answer, the tokens a cut request had streamed (when its
+backend streams), and the final synthesis that ``"synthesize"`` lets past the limit.
 """
 
 from __future__ import annotations
@@ -158,9 +160,13 @@ class BudgetTracker:
         left = [t for t in (own, parent) if t is not None]
         return max(0.0, min(left)) if left else None
 
-    def start_call(self) -> bool:
-        """Reserve one request; ``False`` when a limit has been reached."""
-        if self.exceeded() is not None:
+    def start_call(self, *, force: bool = False) -> bool:
+        """Reserve one request (a first attempt or a retry); ``False`` when a limit has been reached.
+
+        Args:
+            force: Charge the request even past a limit (the final synthesis under ``"synthesize"``).
+        """
+        if not force and self.exceeded() is not None:
             return False
         self._charge_call(1)
         return True

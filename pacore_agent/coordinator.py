@@ -85,7 +85,8 @@ class _RoundState:
     emit: Emit | None = None
     tokens: bool = False  # emit TokenDelta events
     collect: bool = False  # stream, keeping partial output
-    tracker: BudgetTracker | None = None
+    tracker: BudgetTracker | None = None  # charged with every call and token
+    enforce: bool = False  # the tracker's limits cut this round (not the final round in "synthesize")
     scope: anyio.CancelScope | None = None  # the round's task group: cut when the quorum is reached
     successes: int = 0
     reached: bool = False
@@ -404,7 +405,8 @@ class Coordinator:
                 prompt,
                 emit,
                 final=final,
-                tracker=None if spare else tracker,
+                tracker=tracker,
+                spare=spare,
             )
             result.rounds.append(outcome)
             result.wall_s = self.clock() - start
@@ -487,19 +489,22 @@ class Coordinator:
         *,
         final: bool,
         tracker: BudgetTracker | None,
+        spare: bool = False,
     ) -> RoundResult:
         launched = width + self._extra(width)
         cuts = (
             self.min_success is not None
             or self.round_timeout is not None
             or launched > width
-            or tracker is not None
+            or (tracker is not None and not spare)
         )
         tokens = emit is not None and (
             self.stream_tokens == "all" or (self.stream_tokens == "final" and final)
         )
         limits = [
-            t for t in (self.round_timeout, tracker.remaining_s() if tracker else None) if t is not None
+            t
+            for t in (self.round_timeout, tracker.remaining_s() if tracker and not spare else None)
+            if t is not None
         ]
         # Partial output of cut trajectories is kept only when the backend streams anyway: streaming
         # every request just in case would cost more than the partial text is worth.
@@ -514,6 +519,7 @@ class Coordinator:
             tokens=tokens,
             collect=tokens or (cuts and streams),
             tracker=tracker,
+            enforce=tracker is not None and not spare,
         )
         start = self.clock()
         groups = [
@@ -535,7 +541,7 @@ class Coordinator:
             async with anyio.create_task_group() as group:
                 state.scope = group.cancel_scope
                 for call_index, (first, count) in enumerate(groups):
-                    if tracker is not None and not tracker.start_call():
+                    if tracker is not None and not tracker.start_call(force=spare):
                         state.budget_hit = True
                         break
                     group.start_soon(self._call, state, call_index, first, count, shared.get(count))
@@ -594,6 +600,9 @@ class Coordinator:
         indices = range(first, first + count)
 
         async def before_retry(attempt: int, error: BaseException) -> bool:
+            if tracker is not None and not tracker.start_call(force=not state.enforce):
+                state.budget_hit = True
+                return False  # no room for the retry: the call fails with its last error
             # The retry streams from its first token again: the failed attempt's text is void.
             for index in indices:
                 state.partial.pop(index, None)
@@ -622,6 +631,9 @@ class Coordinator:
                     latency_s=self.clock() - started,
                     **base,
                 )
+            if tracker is not None:  # its call was charged as it started; its tokens as far as known
+                cut = [t.usage for i in indices if (t := state.trajectories[i]) is not None]
+                tracker.charge(Usage.sum(cut), backend.name)
             raise
         except Exception as error:
             if isinstance(error, PacoreError) and not isinstance(error, BackendError):
@@ -637,8 +649,6 @@ class Coordinator:
                     latency_s=self.clock() - started,
                     **base,
                 )
-            if tracker is not None:
-                tracker.charge(Usage(), backend.name, extra_attempts=attempts - 1)
             await self._report([state.trajectories[i] for i in indices], emit)
             return
         latency = self.clock() - started
@@ -650,13 +660,11 @@ class Coordinator:
             finished.append(trajectory)
             if trajectory.ok:
                 state.successes += 1
-        if tracker is not None:
-            tracker.charge(
-                Usage.sum([t.usage for t in finished]), finished[0].model, extra_attempts=call.attempts - 1
-            )
+        if tracker is not None:  # every attempt was charged as it started
+            tracker.charge(Usage.sum([t.usage for t in finished]), finished[0].model)
         if emit is not None:
             await self._report(finished, emit)
-        budget_out = tracker is not None and tracker.overrun() is not None
+        budget_out = tracker is not None and state.enforce and tracker.overrun() is not None
         if budget_out:
             state.budget_hit = True
         if (state.successes >= state.target and not state.reached) or budget_out:

@@ -13,10 +13,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 
 from pacore_agent import (
     AttemptRestarted,
+    Budget,
     Coordinator,
     Done,
     OpenAIBackend,
@@ -32,7 +34,7 @@ from pacore_agent import (
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest
 from pacore_agent.exceptions import EndpointConnectionError
 from pacore_agent.serving.server import PacoreServer
-from tests.helpers import FakeSleep
+from tests.helpers import FakeSleep, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -193,3 +195,41 @@ async def test_serve_streams_exactly_the_final_content_when_its_attempt_is_retri
         assert content == plain["content"]
         reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
         assert "[final round: attempt 2 restarts after EndpointConnectionError]" in reasoning
+
+
+async def test_a_cut_call_is_charged_its_call_and_the_tokens_it_streamed() -> None:
+    async with upstream(stream=True) as (_, http):
+
+        class StallsMidStream(Raising):
+            """Calls 3 and 4 stream half an answer, then stall; the others answer once they have."""
+
+            stalled = 0
+
+            async def generate(
+                self, request: GenerationRequest, *, on_delta: DeltaCallback | None = None
+            ) -> list[Completion]:
+                self.calls += 1
+                if self.calls not in (3, 4):
+                    await wait_until(lambda: self.stalled == 2)
+                    return await self.inner.generate(request, on_delta=on_delta)
+                deltas: list[tuple[int, Any, str]] = []
+
+                async def keep(choice: int, field: Any, text: str) -> None:
+                    deltas.append((choice, field, text))
+
+                await self.inner.generate(request, on_delta=keep)
+                for delta in deltas[: len(deltas) // 2]:
+                    assert on_delta is not None
+                    await on_delta(*delta)
+                self.stalled += 1
+                await anyio.Event().wait()  # until the quorum cuts the call
+                raise AssertionError("unreachable")
+
+        backend = StallsMidStream(http, lambda *_: False)
+        coordinator = Coordinator([4], backend, min_success=2, budget=Budget(max_calls=100))
+        result = await coordinator.solve(PROBLEM)
+    cut = [t for t in result.rounds[0].trajectories if t.status == "cancelled"]
+    assert len(cut) == 2 and all(t.usage.completion_tokens > 0 for t in cut)
+    used = result.info["budget_used"]
+    assert used["calls"] == result.calls == 5
+    assert used["tokens"] == result.usage.total_tokens  # the cut calls' streamed tokens included
