@@ -16,6 +16,7 @@ backend streams), and the final synthesis that ``"synthesize"`` lets past the li
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -78,8 +79,18 @@ class Budget:
     def __post_init__(self) -> None:
         for name in ("max_calls", "max_tokens", "max_cost", "max_wall_s"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or value <= 0):
-                raise UsageError(f"budget {name} must be positive, got {value!r}")
+            if value is None:
+                continue
+            counted = name in ("max_calls", "max_tokens")
+            kind = int if counted else int | float
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, kind)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                what = "a whole number" if counted else "a number"
+                raise UsageError(f"budget {name} must be positive ({what}), got {value!r}")
         if self.max_cost is not None and not self.prices:
             raise UsageError(
                 "a max_cost budget needs prices: Budget(prices={'model-id': Price(input=..., output=...)})"

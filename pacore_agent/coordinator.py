@@ -169,8 +169,7 @@ class Coordinator:
         _check_min_success(min_success, self.schedule)
         if round_timeout is not None and not round_timeout > 0:
             raise UsageError(f"round_timeout must be a positive number of seconds, got {round_timeout}")
-        if isinstance(hedge, bool) or not isinstance(hedge, int | float) or hedge < 0:
-            raise UsageError(f"hedge must be a count or fraction >= 0 of extra trajectories, got {hedge!r}")
+        _check_count_or_share("hedge", hedge, zero=True)
         if adaptive_stop is not None and not 0 < adaptive_stop <= 1:
             raise UsageError(f"adaptive_stop must be a fraction in (0, 1], got {adaptive_stop!r}")
         self._owns_backend = backend is None
@@ -719,8 +718,7 @@ def _keep_first(state: _RoundState, width: int) -> list[Trajectory]:
 def _check_min_success(min_success: int | float | None, schedule: Schedule) -> None:
     if min_success is None:
         return
-    if isinstance(min_success, bool) or not isinstance(min_success, int | float) or min_success <= 0:
-        raise UsageError(f"min_success must be a positive count or a fraction in (0, 1], got {min_success!r}")
+    _check_count_or_share("min_success", min_success, zero=False)
     if isinstance(min_success, float) and min_success <= 1.0:
         return
     widest = max(schedule.widths)
@@ -739,6 +737,19 @@ def error_info(error: BaseException) -> ErrorInfo:
         message=str(error) or repr(error),
         status_code=status if isinstance(status, int) else None,
     )
+
+
+def _check_count_or_share(name: str, value: object, *, zero: bool) -> None:
+    """A count (a whole number) or a share of the round's width (a fraction up to 1)."""
+    what = "a count or a fraction >= 0" if zero else "a positive count or a fraction in (0, 1]"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UsageError(f"{name} must be {what}, got {value!r}")
+    if value < 0 or (value == 0 and not zero):
+        raise UsageError(f"{name} must be {what}, got {value!r}")
+    if isinstance(value, float) and value > 1 and not value.is_integer():
+        raise UsageError(
+            f"{name}={value} is neither a fraction in (0, 1] nor a whole count: use e.g. 0.5 or {math.ceil(value)}"
+        )
 
 
 def _failure_message(outcome: RoundResult, *, final: bool) -> str:

@@ -61,8 +61,10 @@ class Schedule:
             else:
                 widths, name = _parse_widths(text), None
         else:
-            if isinstance(value, bool | int):
-                raise UsageError(f"schedule must be a list of widths like [32, 4], got {value!r}")
+            if not isinstance(value, Sequence):  # None, a bare number, a set: nothing to read widths from
+                raise UsageError(
+                    f"schedule must be a list of widths like [32, 4] or a preset (low/medium/high), got {value!r}"
+                )
             widths, name = tuple(value), None
         if not widths:
             raise UsageError(

@@ -233,6 +233,10 @@ async def test_adaptive_stop_goes_on_when_answers_disagree() -> None:
         ({"round_timeout": 0}, "round_timeout"),
         ({"hedge": -1}, "hedge"),
         ({"adaptive_stop": 1.5}, "adaptive_stop"),
+        ({"min_success": 1.5}, r"min_success=1.5 is neither a fraction in \(0, 1\] nor a whole count"),
+        ({"hedge": 1.5}, r"hedge=1.5 is neither a fraction in \(0, 1\] nor a whole count"),
+        ({"hedge": float("nan")}, "hedge must be a count or a fraction >= 0, got nan"),
+        ({"min_success": "3"}, "min_success must be a positive count"),
     ],
 )
 async def test_bad_controls(options: dict[str, object], message: str) -> None:
@@ -249,11 +253,20 @@ async def test_bad_controls(options: dict[str, object], message: str) -> None:
         ({"max_wall_s": -2.0}, "max_wall_s must be positive"),
         ({"max_cost": 1.0}, "needs prices"),
         ({"on_exceeded": "ignore"}, "on_exceeded"),
+        ({"max_calls": "10"}, r"budget max_calls must be positive \(a whole number\), got '10'"),
+        ({"max_tokens": float("nan")}, r"budget max_tokens must be positive \(a whole number\), got nan"),
+        ({"max_cost": float("inf"), "prices": {"m": Price(1, 1)}}, "max_cost must be positive"),
     ],
 )
 def test_bad_budgets(budget: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         Budget(**budget)  # type: ignore[arg-type]
+
+
+async def test_a_schedule_of_none_names_the_argument() -> None:
+    async with served(SimConfig()) as (_, backend):
+        with pytest.raises(UsageError, match=r"schedule must be a list of widths like \[32, 4\].*got None"):
+            Coordinator(None, backend)  # type: ignore[arg-type]
 
 
 async def test_price_table_must_cover_the_model_in_use() -> None:
