@@ -61,7 +61,7 @@ class Schedule:
             else:
                 widths, name = _parse_widths(text), None
         else:
-            if not isinstance(value, Sequence):  # None, a bare number, a set: nothing to read widths from
+            if value is None or isinstance(value, bool | int | float) or not hasattr(value, "__iter__"):
                 raise UsageError(
                     f"schedule must be a list of widths like [32, 4] or a preset (low/medium/high), got {value!r}"
                 )
