@@ -15,7 +15,8 @@ fields and, where a solve was under way, the partial result so that no finished 
         │   ├── MalformedResponseError         the body is not a valid completion
         │   └── RequestRejectedError           400/401/403/404/422: not retried
         │       ├── AuthenticationError        401/403
-        │       └── ContextLengthError         the request does not fit the model's context
+        │       ├── ContextLengthError         the request does not fit the model's context
+        │       └── UnsupportedParameterError  the model refuses one request field or its value
         ├── SolveError                         a solve stopped; ``.partial`` holds what finished
         │   ├── RoundFailedError               every trajectory of a round failed
         │   └── BudgetExceeded                 a call, token, cost or time budget ran out
@@ -47,6 +48,7 @@ __all__ = [
     "RoundFailedError",
     "ServerError",
     "SolveError",
+    "UnsupportedParameterError",
     "UsageError",
 ]
 
@@ -182,6 +184,25 @@ class ContextLengthError(RequestRejectedError):
         return any(hint in lowered for hint in _CONTEXT_HINTS)
 
 
+class UnsupportedParameterError(RequestRejectedError):
+    """The endpoint refuses one request field, or its value.
+
+    OpenAI's hosted reasoning models refuse ``top_p``, ``max_tokens`` and a temperature other than 1.
+
+    Attributes:
+        param: The refused field, as the endpoint named it (``"top_p"``).
+        code: ``"unsupported_parameter"`` (drop the field) or ``"unsupported_value"`` (leave the
+            server's default).
+    """
+
+    def __init__(
+        self, message: str, *, param: str, code: str, status_code: int | None = 400, body: str | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code, body=body)
+        self.param = param
+        self.code = code
+
+
 _CONTEXT_PATTERNS = (
     re.compile(r"maximum context length (?:is|of) (\d+)"),
     re.compile(r"context length \((\d+) tokens\)"),
@@ -193,6 +214,7 @@ _PROMPT_PATTERNS = (
     re.compile(r"(\d+) tokens from the input"),
     re.compile(r"input \((\d+) tokens\)"),
     re.compile(r"prompt (?:has|contains|is) (\d+) tokens"),
+    re.compile(r"messages resulted in (\d+) tokens"),
 )
 _CONTEXT_HINTS = ("context length", "context window", "maximum context", "too many tokens", "max_model_len")
 

@@ -23,13 +23,13 @@ import pytest
 from aiohttp import web
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest
+from pacore_agent.backends.errors import error_from_response
 from pacore_agent.backends.sglang import (
     NativeCompletion,
     SGLangBackend,
     SGLangNativeClient,
     SGLangServer,
     SGLangServerError,
-    _error_from_response,
 )
 from pacore_agent.exceptions import (
     AuthenticationError,
@@ -303,7 +303,7 @@ def test_error_bodies_in_every_sglang_shape_map_to_our_exceptions(
     status: int, body: Any, headers: dict[str, str], expected: type[BackendError], message: str
 ) -> None:
     text = body if isinstance(body, str) else json.dumps(body)
-    error = _error_from_response("POST /generate", status, text, headers)
+    error = error_from_response("POST /generate", status, text, headers)
     assert type(error) is expected
     assert error.status_code == status
     assert error.body == text

@@ -40,13 +40,15 @@ DeltaCallback = Callable[[int, Literal["content", "reasoning"], str], Awaitable[
 class SamplingParams:
     """Sampling settings sent with every request.
 
-    The defaults are the paper's: temperature = top_p = 1.0 and no ``max_tokens`` (generate until the
-    model's context is full).
+    A field left ``None`` is not sent, so the endpoint's own default applies (hosted reasoning models
+    refuse ``top_p`` and any temperature but 1). The paper's settings, temperature = top_p = 1.0 and no
+    token cap, are `SamplingParams.paper`.
 
     Attributes:
-        temperature: Sampling temperature.
-        top_p: Nucleus sampling mass.
-        max_tokens: Cap on generated tokens; ``None`` leaves it to the server.
+        temperature: Sampling temperature; ``None`` leaves it to the server.
+        top_p: Nucleus sampling mass; ``None`` leaves it to the server.
+        max_tokens: Cap on generated tokens; ``None`` leaves it to the server. Backends send it under the
+            name the endpoint wants (``max_completion_tokens`` or ``max_tokens``).
         seed: Base seed. When set, every request gets its own seed derived from it, the problem, the
             round and the trajectory, so runs repeat on servers that honour ``seed``.
         stop: Stop strings.
@@ -54,8 +56,8 @@ class SamplingParams:
             ``reasoning_effort``, ...).
     """
 
-    temperature: float | None = 1.0
-    top_p: float | None = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
     max_tokens: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] | None = None
@@ -68,6 +70,11 @@ class SamplingParams:
             raise UsageError(f"top_p must be within (0, 1], got {self.top_p}")
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise UsageError(f"max_tokens must be positive or None, got {self.max_tokens}")
+
+    @classmethod
+    def paper(cls, **changes: Any) -> SamplingParams:
+        """The paper's settings (temperature = top_p = 1.0, no token cap), with ``changes`` applied."""
+        return cls(**{"temperature": 1.0, "top_p": 1.0, **changes})
 
     def with_(self, **changes: Any) -> SamplingParams:
         """A copy with some fields changed."""

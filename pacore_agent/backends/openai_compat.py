@@ -2,15 +2,14 @@
 
 One pooled client per backend, on the SDK's aiohttp transport when it is installed (about twice the
 requests per second of the default transport at high concurrency). Errors of the SDK are translated
-into `pacore_agent.exceptions` at this boundary.
+into `pacore_agent.exceptions` at this boundary, by `pacore_agent.backends.errors`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import ipaddress
+import logging
 import os
-import time
 from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -25,21 +24,20 @@ from pacore_agent.backends.base import (
     DeltaCallback,
     GenerationRequest,
 )
+from pacore_agent.backends.errors import from_sdk_error
 from pacore_agent.exceptions import (
-    AuthenticationError,
     BackendError,
     ConfigurationError,
-    ContextLengthError,
-    EndpointConnectionError,
-    EndpointTimeoutError,
     MalformedResponseError,
-    RateLimitError,
-    RequestRejectedError,
-    ServerError,
+    UnsupportedParameterError,
 )
 from pacore_agent.results import Usage
 
-__all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "is_local_url", "translate_error"]
+__all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "is_local_url"]
+
+logger = logging.getLogger(__name__)
+
+_TOKEN_LIMITS = ("max_completion_tokens", "max_tokens")
 
 DEFAULT_TIMEOUT = 7200.0
 """Seconds a request may take; long reasoning without streaming needs hours (as the official pipeline)."""
@@ -57,80 +55,6 @@ def is_local_url(url: str) -> bool:
     except ValueError:
         return False
     return address.is_loopback or address.is_private or address.is_link_local
-
-
-def _excerpt(body: object) -> str | None:
-    if body is None:
-        return None
-    text = body if isinstance(body, str) else repr(body)
-    return text[:_BODY_EXCERPT]
-
-
-def _error_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, Mapping):
-        error = body.get("error", body)
-        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        if isinstance(body.get("message"), str):
-            return str(body["message"])
-    return exc.message
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return float(value) / 1000.0
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    seen: set[int] = set()
-    while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
-        seen.add(id(exc))
-        exc = nxt
-    return exc
-
-
-def translate_error(exc: Exception, *, endpoint: str) -> BackendError:
-    """Map an ``openai`` SDK exception to pacore's error tree."""
-    if isinstance(exc, openai.APIConnectionError):
-        # The aiohttp transport reports a refused connection as a connect *timeout*: look at the root cause.
-        root = _root_cause(exc)
-        if isinstance(exc, openai.APITimeoutError) and not isinstance(root, ConnectionError):
-            return EndpointTimeoutError(f"{endpoint} did not answer in time")
-        return EndpointConnectionError(f"could not talk to {endpoint}: {type(root).__name__}: {root}")
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        message = _error_message(exc)
-        body = _excerpt(exc.body)
-        text = f"{endpoint} answered {status}: {message}"
-        if status == 429:
-            return RateLimitError(text, body=body, retry_after=_retry_after(exc.response.headers))
-        if status in (401, 403):
-            return AuthenticationError(
-                f"{text}. Check the API key (PACORE_API_KEY / OPENAI_API_KEY)", status_code=status, body=body
-            )
-        if status >= 500 or status in (408, 409):
-            return ServerError(text, status_code=status, body=body)
-        if status in (400, 413, 422) and ContextLengthError.matches(message):
-            return ContextLengthError.from_message(text, status_code=status, body=body)
-        return RequestRejectedError(text, status_code=status, body=body)
-    if isinstance(exc, openai.APIResponseValidationError | ValueError | KeyError | TypeError):
-        return MalformedResponseError(f"{endpoint} sent a malformed response: {type(exc).__name__}: {exc}")
-    if isinstance(exc, openai.OpenAIError):
-        return BackendError(f"{endpoint}: {type(exc).__name__}: {exc}")
-    raise exc
 
 
 def _usage(raw: Any) -> Usage:
@@ -175,6 +99,16 @@ class OpenAIBackend(Backend):
         supports_n: Whether the server honours ``n``; ``None`` finds out from the first answer (a server
             that ignores ``n`` returns fewer choices; the rest are then requested one by one).
         http_client: ``"aiohttp"`` (default where installed) or ``"httpx"``.
+        token_limit: The field that carries `SamplingParams.max_tokens`: ``"max_completion_tokens"``
+            (OpenAI's current name; SGLang has deprecated ``max_tokens``), ``"max_tokens"`` (what every
+            OpenAI-compatible server knows), or ``"auto"``: the first for hosted endpoints, the second
+            for local ones.
+
+    Requests adapt to the endpoint: when it answers 400 naming a field it does not support (OpenAI's
+    ``unsupported_parameter`` / ``unsupported_value``, as GPT-5 and the o-series answer ``top_p``,
+    ``max_tokens`` or a temperature other than 1), the field is dropped (a token limit is renamed to the
+    other name instead) for every later request to this endpoint, one warning names it, and the request
+    is sent again at once; that resend is not a failed attempt. Each field is adapted at most once.
     """
 
     def __init__(
@@ -190,6 +124,7 @@ class OpenAIBackend(Backend):
         extra_body: Mapping[str, Any] | None = None,
         supports_n: bool | None = None,
         http_client: Literal["aiohttp", "httpx"] = "aiohttp",
+        token_limit: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto",
     ) -> None:
         super().__init__(max_concurrency=max_concurrency)
         if not base_url or "://" not in base_url:
@@ -214,6 +149,12 @@ class OpenAIBackend(Backend):
         self._http_client_kind = http_client
         self._client: openai.AsyncOpenAI | None = None
         self._model_lock = anyio.Lock()
+        if token_limit == "auto":
+            token_limit = "max_tokens" if is_local_url(self.base_url) else "max_completion_tokens"
+        self.token_limit: str = token_limit
+        self._renamed: set[str] = set()
+        self.refused: dict[str, str] = {}
+        """Fields this endpoint refused (name -> the endpoint's code); they are no longer sent."""
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, max_concurrency={self.max_concurrency})"
@@ -258,7 +199,7 @@ class OpenAIBackend(Backend):
         try:
             page = await self.client.models.list()
         except Exception as exc:
-            raise translate_error(exc, endpoint=self.base_url) from exc
+            raise from_sdk_error(exc, endpoint=self.base_url) from exc
         return [model.id for model in page.data]
 
     async def resolve_model(self) -> str:
@@ -277,7 +218,7 @@ class OpenAIBackend(Backend):
                 self.model = self.name = models[0]
         return self.model
 
-    def _body(self, request: GenerationRequest, model: str, n: int) -> dict[str, Any]:
+    def _body(self, request: GenerationRequest, model: str, n: int, stream: bool) -> dict[str, Any]:
         sampling = request.sampling
         body: dict[str, Any] = {"model": model, "messages": request.messages}
         if n != 1:
@@ -285,13 +226,44 @@ class OpenAIBackend(Backend):
         for key, value in (
             ("temperature", sampling.temperature),
             ("top_p", sampling.top_p),
-            ("max_tokens", sampling.max_tokens),
+            (self.token_limit, sampling.max_tokens),
             ("seed", sampling.seed),
             ("stop", list(sampling.stop) if sampling.stop else None),
         ):
             if value is not None:
                 body[key] = value
+        body.update(self.extra_body)
+        body.update(sampling.extra_body)
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        for name in self.refused:
+            body.pop(name, None)
         return body
+
+    def _adapt(self, error: UnsupportedParameterError, body: Mapping[str, Any]) -> bool:
+        """Stop sending the field ``error`` names; whether a resend can help."""
+        param = error.param
+        if param not in body:
+            return False  # not something we sent: nothing to change
+        if param == self.token_limit and param in _TOKEN_LIMITS and not self._renamed:
+            # The other name of the same limit (OpenAI wants max_completion_tokens, old servers max_tokens).
+            other = next(name for name in _TOKEN_LIMITS if name != param)
+            self._renamed.add(param)
+            self.token_limit = other
+            logger.warning(
+                "%s refuses '%s' (%s): sending the token limit as '%s' from now on",
+                self.base_url, param, error.code, other,
+            )  # fmt: skip
+            return True
+        if param not in self.refused:
+            self.refused[param] = error.code
+            leaving = "the server's default" if error.code == "unsupported_value" else "it out"
+            logger.warning(
+                "%s refuses '%s' (%s): leaving %s in every request from now on",
+                self.base_url, param, error.code, leaving,
+            )  # fmt: skip
+        return True
 
     async def generate(
         self, request: GenerationRequest, *, on_delta: DeltaCallback | None = None
@@ -322,8 +294,22 @@ class OpenAIBackend(Backend):
         on_delta: DeltaCallback | None,
         offset: int = 0,
     ) -> list[Completion]:
-        body = {**self._body(request, model, n), **self.extra_body, **request.sampling.extra_body}
+        adapted: set[str] = set()
         stream = self.stream or on_delta is not None
+        while True:
+            body = self._body(request, model, n, stream)
+            try:
+                return await self._send(body, stream, on_delta, offset)
+            except UnsupportedParameterError as error:
+                # Each field at most once per request; a request in flight when another one adapted
+                # the endpoint resends too (its body was built before).
+                if error.param in adapted or not self._adapt(error, body):
+                    raise
+                adapted.add(error.param)
+
+    async def _send(
+        self, body: dict[str, Any], stream: bool, on_delta: DeltaCallback | None, offset: int
+    ) -> list[Completion]:
         try:
             if stream:
                 return await self._streamed(body, on_delta, offset)
@@ -334,7 +320,7 @@ class OpenAIBackend(Backend):
         except BackendError:
             raise
         except Exception as exc:
-            raise translate_error(exc, endpoint=self.base_url) from exc
+            raise from_sdk_error(exc, endpoint=self.base_url) from exc
 
     def _parse(self, response: Any) -> list[Completion]:
         # On the hot path of every request: plain-dict checks, and no second `Usage` per choice.
@@ -378,7 +364,7 @@ class OpenAIBackend(Backend):
         model: str | None = None
         stream = await self.client.post(
             "/chat/completions",
-            body={**body, "stream": True, "stream_options": {"include_usage": True}},
+            body=body,
             cast_to=object,
             stream=True,
             stream_cls=openai.AsyncStream[object],

@@ -49,17 +49,14 @@ from pacore_agent.backends.base import (
     DeltaCallback,
     GenerationRequest,
 )
+from pacore_agent.backends.errors import error_fields, error_from_response, excerpt
 from pacore_agent.exceptions import (
-    AuthenticationError,
     BackendError,
     ConfigurationError,
-    ContextLengthError,
     EndpointConnectionError,
     EndpointTimeoutError,
     MalformedResponseError,
-    RateLimitError,
     RequestRejectedError,
-    ServerError,
     UsageError,
 )
 from pacore_agent.results import Usage
@@ -110,7 +107,6 @@ _DEATH_GRACE = 2.0
 _KILL_WAIT = 5.0
 """Seconds to wait for the process group to vanish after SIGKILL."""
 
-_BODY_EXCERPT_CHARS = 2000
 _LOG_TAIL_BYTES = 64 * 1024
 
 
@@ -761,7 +757,7 @@ class SGLangNativeClient:
             return [str(card["id"]) for card in data["data"]]
         except (KeyError, TypeError) as exc:
             raise MalformedResponseError(
-                "GET /v1/models did not return a model list", body=_excerpt(data)
+                "GET /v1/models did not return a model list", body=excerpt(data)
             ) from exc
 
     async def flush_cache(self) -> None:
@@ -777,10 +773,10 @@ class SGLangNativeClient:
             raise RequestRejectedError(
                 "SGLang did not flush its cache: it does so only when no request is running or waiting",
                 status_code=status,
-                body=text[:_BODY_EXCERPT_CHARS],
+                body=excerpt(text),
             )
         if status != 200:
-            raise _error_from_response("POST /flush_cache", status, text, headers)
+            raise error_from_response("POST /flush_cache", status, text, headers)
 
     async def update_weights_from_disk(
         self,
@@ -917,7 +913,7 @@ class SGLangNativeClient:
         if not isinstance(items, list) or len(items) != len(expanded):
             got = len(items) if isinstance(items, list) else type(data).__name__
             raise MalformedResponseError(
-                f"POST /generate returned {got} results for {len(expanded)} sequences", body=_excerpt(data)
+                f"POST /generate returned {got} results for {len(expanded)} sequences", body=excerpt(data)
             )
         return [
             _parse_generate_item(
@@ -932,7 +928,9 @@ class SGLangNativeClient:
         data = await self._call_json("POST", path, body)
         if not isinstance(data, dict) or data.get("success") is not True:
             raise RequestRejectedError(
-                f"POST {path} did not succeed: {_message_of(data)}", status_code=200, body=_excerpt(data)
+                f"POST {path} did not succeed: {error_fields(data).message}",
+                status_code=200,
+                body=excerpt(data),
             )
         paused = data.get("num_paused_requests")
         return WeightUpdateResult(message=str(data.get("message", "")), num_paused_requests=paused)
@@ -940,14 +938,14 @@ class SGLangNativeClient:
     async def _call_json(self, method: str, path: str, body: Any = None) -> Any:
         status, text, headers = await self._request(method, path, body)
         if status != 200:
-            raise _error_from_response(f"{method} {path}", status, text, headers)
+            raise error_from_response(f"{method} {path}", status, text, headers)
         try:
             return json.loads(text)
         except ValueError as exc:
             raise MalformedResponseError(
                 f"{method} {path} returned a body that is not JSON",
                 status_code=status,
-                body=text[:_BODY_EXCERPT_CHARS],
+                body=excerpt(text),
             ) from exc
 
     async def _request(self, method: str, path: str, body: Any = None) -> tuple[int, str, Mapping[str, str]]:
@@ -1002,7 +1000,7 @@ def _parse_generate_item(
     where = f"POST /generate result {prompt_index}/{sample_index}"
     meta = item.get("meta_info") if isinstance(item, dict) else None
     if not isinstance(meta, dict):
-        raise MalformedResponseError(f"{where} has no meta_info object", body=_excerpt(item))
+        raise MalformedResponseError(f"{where} has no meta_info object", body=excerpt(item))
     output_ids = item.get("output_ids")
     token_ids: list[int] | None = None
     token_logprobs: list[float] | None = None
@@ -1019,23 +1017,23 @@ def _parse_generate_item(
                 raise MalformedResponseError(
                     f"{where}: output_ids ({len(token_ids)}) and output_token_logprobs ({len(logprob_ids)}) "
                     "name different tokens",
-                    body=_excerpt(item),
+                    body=excerpt(item),
                 )
         prompt_tokens = int(meta["prompt_tokens"])
         completion_tokens = int(meta["completion_tokens"])
         cached_tokens = int(meta.get("cached_tokens") or 0)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise MalformedResponseError(
-            f"{where} is not a /generate result: {exc!r}", body=_excerpt(item)
+            f"{where} is not a /generate result: {exc!r}", body=excerpt(item)
         ) from exc
     if token_ids is None:
         raise MalformedResponseError(
-            f"{where} has neither output_ids nor logprobs: ask for return_logprob=True", body=_excerpt(item)
+            f"{where} has neither output_ids nor logprobs: ask for return_logprob=True", body=excerpt(item)
         )
     if len(token_ids) != completion_tokens:
         raise MalformedResponseError(
             f"{where}: {len(token_ids)} token ids for completion_tokens={completion_tokens}",
-            body=_excerpt(item),
+            body=excerpt(item),
         )
     finish = meta.get("finish_reason")
     finish_details = finish if isinstance(finish, dict) else None
@@ -1056,75 +1054,6 @@ def _parse_generate_item(
         weight_version=str(version) if version is not None else None,
         meta_info=meta,
     )
-
-
-def _error_from_response(what: str, status: int, text: str, headers: Mapping[str, str]) -> BackendError:
-    """Map an SGLang error answer to our exception tree.
-
-    SGLang answers errors in three shapes: ``{"error": {"message": ...}}`` (``/generate``),
-    ``{"object": "error", "message": ..., "type": ..., "code": ...}`` (OpenAI endpoints and request
-    validation) and ``{"success": false, "message": ...}`` (weight updates); ``{"error": "Unauthorized"}``
-    for a missing API key.
-    """
-    message = _message_of(_loads_or_text(text))
-    body = text[:_BODY_EXCERPT_CHARS]
-    full = f"{what} failed: {message}" if message else f"{what} failed"
-    if status == 400:
-        if ContextLengthError.matches(message):
-            return ContextLengthError.from_message(full, status_code=status, body=body)
-        return RequestRejectedError(full, status_code=status, body=body)
-    if status in (401, 403):
-        return AuthenticationError(
-            f"{what}: the SGLang server refused the API key ({message or 'unauthorized'})",
-            status_code=status,
-            body=body,
-        )
-    if status == 429:
-        return RateLimitError(full, status_code=status, body=body, retry_after=_retry_after(headers))
-    if status >= 500:
-        return ServerError(full, status_code=status, body=body)
-    if 400 <= status < 500:
-        return RequestRejectedError(full, status_code=status, body=body)
-    return BackendError(full, status_code=status, body=body)
-
-
-def _loads_or_text(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _message_of(data: Any) -> str:
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and error.get("message") is not None:
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-        if data.get("message") is not None:
-            return str(data["message"])
-        if data.get("detail") is not None:
-            return str(data["detail"])
-    if isinstance(data, str):
-        return data.strip()[:_BODY_EXCERPT_CHARS]
-    return _excerpt(data)
-
-
-def _excerpt(data: Any) -> str:
-    text = data if isinstance(data, str) else json.dumps(data, default=str)
-    return text[:_BODY_EXCERPT_CHARS]
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    for name, scale in (("retry-after-ms", 0.001), ("Retry-After", 1.0)):
-        value = next((v for k, v in headers.items() if k.lower() == name.lower()), None)
-        if value is not None:
-            try:
-                return float(value) * scale
-            except ValueError:
-                continue
-    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1425,4 +1354,7 @@ def _openai_backend(base_url: str, model: str | None, api_key: str | None, max_c
     """The default chat backend: an `OpenAIBackend` (imported on first use; it pulls in the OpenAI SDK)."""
     from pacore_agent.backends.openai_compat import OpenAIBackend
 
-    return OpenAIBackend(base_url, model, api_key=api_key, max_concurrency=max_concurrency)
+    # SGLang has deprecated `max_tokens` in favour of OpenAI's `max_completion_tokens`.
+    return OpenAIBackend(
+        base_url, model, api_key=api_key, max_concurrency=max_concurrency, token_limit="max_completion_tokens"
+    )

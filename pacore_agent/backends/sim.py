@@ -8,6 +8,14 @@ the benefit of rounds is visible. Latency (heavy tails included), token counts a
 Retry-After, 500/503, dropped connections, stalls, malformed bodies, context-length 400) are
 configurable. Everything is seeded.
 
+Faults reproduce what real endpoints send (`FAULT_KINDS`): a 429 whose ``Retry-After`` is seconds, an
+HTTP-date or garbage; 500/503; a connection reset; a stall; a 200 that is not JSON or has no choices;
+a stream cut mid-answer or carrying an SSE ``{"error": ...}`` chunk (vLLM/SGLang); context-length
+400s in the wording of OpenAI, vLLM or SGLang (``SimConfig.error_style``). With
+``SimConfig(hosted_reasoning=True)`` it answers as OpenAI's hosted reasoning models (GPT-5, o-series):
+``top_p`` and ``max_tokens`` are refused with 400 ``unsupported_parameter``, a temperature other than 1
+with ``unsupported_value``, and the reasoning itself is never returned, only counted.
+
 `SimEngine` holds the model and its bookkeeping (every request body, highest concurrency seen,
 disconnects); `SimBackend` serves it in-process and `pacore_agent.backends.sim_server.SimServer` over
 real HTTP on loopback (``pacore sim-server``).
@@ -28,16 +36,9 @@ from typing import Any
 import anyio
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest
+from pacore_agent.backends.errors import error_from_response
 from pacore_agent.compactors import last_boxed
-from pacore_agent.exceptions import (
-    ContextLengthError,
-    EndpointConnectionError,
-    MalformedResponseError,
-    RateLimitError,
-    RequestRejectedError,
-    ServerError,
-    UsageError,
-)
+from pacore_agent.exceptions import EndpointConnectionError, MalformedResponseError, UsageError
 from pacore_agent.results import Usage
 
 __all__ = [
@@ -59,14 +60,30 @@ SIM_MODEL = "pacore-sim"
 SIM_LABEL = "(simulated reasoning, not a language model)"
 
 FAULT_KINDS: tuple[str, ...] = (
-    "bad_request",
-    "rate_limit",
-    "server_error",
-    "unavailable",
-    "drop",
-    "stall",
-    "malformed",
-    "context_length",
+    "bad_request",  # 400 invalid request
+    "rate_limit",  # 429, Retry-After in seconds
+    "rate_limit_date",  # 429, Retry-After as an HTTP-date
+    "rate_limit_malformed",  # 429, Retry-After: soon
+    "server_error",  # 500
+    "unavailable",  # 503
+    "drop",  # connection reset before any answer
+    "stall",  # no answer until the client gives up
+    "malformed",  # 200 whose body is not JSON
+    "empty_choices",  # 200 with "choices": []
+    "stream_drop",  # the answer cut mid-way (connection closed after some chunks)
+    "stream_error",  # an SSE {"error": ...} chunk (500) after some chunks; a plain 500 when not streaming
+    "stream_context_length",  # the same with a context-length 400 inside; a plain 400 when not streaming
+    "context_length",  # 400 context length
+)
+
+ERROR_STYLES: tuple[str, ...] = ("openai", "vllm", "sglang")
+"""Wire shapes of error bodies: OpenAI's ``{"error": {..., "code": "str"}}``, vLLM's
+``{"error": {..., "code": 400}}``, SGLang's top-level ``{"object": "error", ..., "code": 400}``."""
+
+_CUT_MID_ANSWER = ("stream_drop", "stream_error", "stream_context_length")
+_RATE_LIMIT_MESSAGE = (
+    "Rate limit reached for requests per min (RPM): Limit 500, Used 500, Requested 1. "
+    "Please try again in 1s. (simulated)"
 )
 
 _SYNTHESIS_HEAD = "You are given a problem and a list of reference responses."
@@ -137,17 +154,22 @@ class Faults:
         rates: Probability per request of each fault kind (see `FAULT_KINDS`).
         script: Faults of the first requests, in arrival order (``None`` = no fault): deterministic
             scenarios for tests, e.g. ``("rate_limit", "server_error")``.
-        retry_after: Seconds sent in ``Retry-After`` with a 429.
+        retry_after: Seconds a 429 asks to wait (``rate_limit``: as seconds; ``rate_limit_date``: as an
+            HTTP-date that far ahead).
+        stream_cut: Share of the answer's chunks sent before ``stream_drop`` / ``stream_error`` strikes.
     """
 
     rates: Mapping[str, float] = field(default_factory=dict)
     script: Sequence[str | None] = ()
     retry_after: float = 1.0
+    stream_cut: float = 0.5
 
     def __post_init__(self) -> None:
         for kind in [*self.rates, *(k for k in self.script if k is not None)]:
             if kind not in FAULT_KINDS:
                 raise UsageError(f"unknown fault {kind!r}: choose from {', '.join(FAULT_KINDS)}")
+        if not 0 <= self.stream_cut <= 1:
+            raise UsageError(f"stream_cut must be within [0, 1], got {self.stream_cut}")
 
 
 @dataclass(frozen=True)
@@ -173,6 +195,14 @@ class SimConfig:
         synthesis_latency: Latency of requests carrying references (default: ``latency``).
         faults: Fault injection.
         record_requests: Keep every request body (tests assert on them; benchmarks turn it off).
+        hosted_reasoning: Answer as OpenAI's hosted reasoning models: 400 ``unsupported_parameter`` for
+            ``top_p`` and ``max_tokens`` (``max_completion_tokens`` is the token limit),
+            ``unsupported_value`` for a temperature other than 1, 404 ``model_not_found`` for another
+            model id, reasoning counted in usage but never returned.
+        error_style: Wire shape of error bodies (see `ERROR_STYLES`); default ``"openai"`` when
+            ``hosted_reasoning``, else ``"vllm"``.
+        unsupported_params: Request fields refused with 400 ``unsupported_parameter`` (e.g.
+            ``("max_completion_tokens",)`` for servers that only know ``max_tokens``).
     """
 
     model: str = SIM_MODEL
@@ -190,14 +220,26 @@ class SimConfig:
     synthesis_latency: Latency | None = None
     faults: Faults = field(default_factory=Faults)
     record_requests: bool = True
+    hosted_reasoning: bool = False
+    error_style: str | None = None
+    unsupported_params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.error_style is not None and self.error_style not in ERROR_STYLES:
+            raise UsageError(
+                f"unknown error_style {self.error_style!r}: choose from {', '.join(ERROR_STYLES)}"
+            )
         if not 0 <= self.accuracy <= 1 or not 0 <= self.synth_recover <= 1:
             raise UsageError("accuracy and synth_recover must be probabilities within [0, 1]")
         if not self.distractor_weights or any(w < 0 for w in self.distractor_weights):
             raise UsageError("distractor_weights must be a non-empty list of non-negative weights")
         if self.think_words < 0:
             raise UsageError("think_words must not be negative")
+
+    @property
+    def wire_style(self) -> str:
+        """The error body shape in effect (``error_style`` or its default)."""
+        return self.error_style or ("openai" if self.hosted_reasoning else "vllm")
 
 
 @dataclass(frozen=True)
@@ -213,22 +255,41 @@ class SimChoice:
 
 @dataclass(frozen=True)
 class SimReply:
-    """A successful simulated answer: the choices, usage and how long to take."""
+    """A simulated answer: the choices, usage and how long to take.
+
+    Attributes:
+        cut: When set, the answer fails part-way (``stream_drop``, ``stream_error``,
+            ``stream_context_length``): the server sends `SimConfig.faults`' ``stream_cut`` of its chunks
+            and then this fault.
+    """
 
     choices: list[SimChoice]
     usage: Usage
     latency: float | None
     model: str
+    cut: SimFault | None = None
 
 
 @dataclass(frozen=True)
 class SimFault:
-    """A simulated failure."""
+    """A simulated failure.
+
+    Attributes:
+        kind: One of `FAULT_KINDS`, or ``"unsupported_parameter"`` / ``"unsupported_value"`` /
+            ``"model_not_found"`` (hosted mode).
+        status: HTTP status (0 when there is no answer at all).
+        message: The error message, in the real servers' wording.
+        retry_after: Seconds a 429 asks to wait (``None``: no usable ``Retry-After``).
+        param: The offending request field, as OpenAI names it in ``error.param``.
+        code: OpenAI's ``error.code`` (``"unsupported_parameter"``, ``"context_length_exceeded"``, ...).
+    """
 
     kind: str
     status: int
     message: str
     retry_after: float | None = None
+    param: str | None = None
+    code: str | None = None
 
 
 def _words(text: str) -> int:
@@ -332,8 +393,10 @@ class SimEngine:
             self.requests.append(dict(body))
         self._arrivals += 1
         fault = self._fault(self._arrivals - 1)
-        if fault is not None and fault.kind != "stall":
+        if fault is not None and fault.kind not in ("stall", *_CUT_MID_ANSWER, "context_length"):
             return fault
+        if (refused := self._refusal(body)) is not None:
+            return refused
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return SimFault("bad_request", 400, "messages must be a non-empty list")
@@ -341,12 +404,18 @@ class SimEngine:
         if n < 1:
             return SimFault("bad_request", 400, "n must be at least 1")
         prompt_tokens = sum(_words(_text_of(m)) for m in messages)
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         window = self.config.context_window
         if fault is not None and fault.kind == "context_length":
             return self._context_fault(prompt_tokens, max_tokens or window)
         if prompt_tokens >= window or (max_tokens is not None and prompt_tokens + int(max_tokens) > window):
             return self._context_fault(prompt_tokens, int(max_tokens or 0))
+        if fault is not None and fault.kind in _CUT_MID_ANSWER and not body.get("stream"):
+            # Without a stream there is no "mid-answer": the error is the whole answer.
+            if fault.kind == "stream_error":
+                return SimFault("server_error", 500, "Internal server error (simulated)")
+            if fault.kind == "stream_context_length":
+                return self._context_fault(prompt_tokens, max_tokens or window)
 
         key = _hash(json.dumps(messages, sort_keys=True, ensure_ascii=False))
         seen = self._seen.get(key, 0)
@@ -367,7 +436,7 @@ class SimEngine:
         # Latency first, from its own stream, so that content settings do not change who straggles.
         latency = latency_model.sample(random.Random(_hash(self.config.seed, key, "latency", seen)))  # type: ignore[union-attr]
         choices = [self._choice(prompt, rng, max_tokens) for rng in rngs]
-        if fault is not None:  # a scripted or sampled stall
+        if fault is not None and fault.kind == "stall":
             latency = None
         usage = Usage(
             prompt_tokens=prompt_tokens,
@@ -375,11 +444,79 @@ class SimEngine:
             reasoning_tokens=sum(c.reasoning_tokens for c in choices),
             cached_tokens=prompt_tokens if seen else 0,
         )
-        return SimReply(choices=choices, usage=usage, latency=latency, model=self.config.model)
+        reply = SimReply(choices=choices, usage=usage, latency=latency, model=self.config.model)
+        if fault is not None and fault.kind in _CUT_MID_ANSWER:
+            # The server front end sends part of this answer, then fails (`SimReply.cut`).
+            return replace(reply, cut=self._cut_fault(fault, prompt_tokens, max_tokens or window))
+        return reply
+
+    def _refusal(self, body: Mapping[str, Any]) -> SimFault | None:
+        """OpenAI's answer to fields a model refuses (one field at a time, as it does)."""
+        config = self.config
+        model = body.get("model")
+        if config.hosted_reasoning and model != config.model:
+            return SimFault(
+                "model_not_found",
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+        refused = (*config.unsupported_params, *(("top_p", "max_tokens") if config.hosted_reasoning else ()))
+        for name in refused:
+            if name in body:
+                hint = " Use 'max_completion_tokens' instead." if name == "max_tokens" else ""
+                return SimFault(
+                    "unsupported_parameter",
+                    400,
+                    f"Unsupported parameter: '{name}' is not supported with this model.{hint}",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+        if not config.hosted_reasoning:
+            return None
+        temperature = body.get("temperature")
+        if temperature is not None and temperature != 1:
+            return SimFault(
+                "unsupported_value",
+                400,
+                f"Unsupported value: 'temperature' does not support {temperature} with this model. "
+                "Only the default (1) value is supported.",
+                param="temperature",
+                code="unsupported_value",
+            )
+        return None
+
+    def _cut_fault(self, fault: SimFault, prompt_tokens: int, max_tokens: int) -> SimFault:
+        if fault.kind == "stream_context_length":
+            return self._context_fault(prompt_tokens, max_tokens)
+        if fault.kind == "stream_error":
+            return replace(fault, status=500, message="Internal server error (simulated)")
+        return fault
 
     def _context_fault(self, prompt_tokens: int, max_tokens: int) -> SimFault:
-        # SGLang's wording, so clients parse it as they would parse the real server's.
+        # Each server's own wording, so clients parse it as they would parse the real one's.
         window = self.config.context_window
+        style = self.config.wire_style
+        if style == "openai":
+            message = (
+                f"This model's maximum context length is {window} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion."
+            )
+            return SimFault("context_length", 400, message, param="messages", code="context_length_exceeded")
+        if style == "vllm":
+            if prompt_tokens >= window:
+                message = (
+                    f"This model's maximum context length is {window} tokens. However, your request has "
+                    f"{prompt_tokens} input tokens. Please reduce the length of the input messages."
+                )
+            else:
+                message = (
+                    f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's "
+                    f"maximum context length is {window} tokens and your request has {prompt_tokens} input "
+                    f"tokens ({max_tokens} > {window} - {prompt_tokens})."
+                )
+            return SimFault("context_length", 400, message)
         return SimFault(
             "context_length",
             400,
@@ -405,16 +542,23 @@ class SimEngine:
             return None
         status, message = {
             "bad_request": (400, "Invalid request (simulated)"),
-            "rate_limit": (429, "Rate limit reached for requests (simulated)"),
+            "rate_limit": (429, _RATE_LIMIT_MESSAGE),
+            "rate_limit_date": (429, _RATE_LIMIT_MESSAGE),
+            "rate_limit_malformed": (429, _RATE_LIMIT_MESSAGE),
             "server_error": (500, "Internal server error (simulated)"),
             "unavailable": (503, "Service unavailable (simulated)"),
-            "drop": (0, "connection dropped (simulated)"),
+            "drop": (0, "connection reset (simulated)"),
             "stall": (0, "stalled (simulated)"),
             "malformed": (200, "malformed body (simulated)"),
+            "empty_choices": (200, "no choices (simulated)"),
+            "stream_drop": (0, "connection closed mid-answer (simulated)"),
+            "stream_error": (500, ""),
+            "stream_context_length": (400, ""),
             "context_length": (400, ""),
         }[kind]
-        retry_after = faults.retry_after if kind == "rate_limit" else None
-        return SimFault(kind, status, message, retry_after)
+        retry_after = faults.retry_after if kind in ("rate_limit", "rate_limit_date") else None
+        code = "rate_limit_exceeded" if status == 429 else None
+        return SimFault(kind, status, message, retry_after, code=code)
 
     def _answer(self, prompt: str, rng: random.Random) -> tuple[str, list[str]]:
         """(answer, reference answers seen) for the last user message's text."""
@@ -461,7 +605,10 @@ class SimEngine:
             # Truncated mid-thought, as a real model stopped by max_tokens.
             reasoning = " ".join(reasoning.split()[: int(max_tokens)])
             reasoning_tokens, conclusion_tokens, conclusion, finish = _words(reasoning), 0, "", "length"
-        if self.config.split_reasoning:
+        if self.config.hosted_reasoning:
+            # Hosted reasoning models count their reasoning in usage but never return it.
+            content, reasoning_out = conclusion, None
+        elif self.config.split_reasoning:
             content, reasoning_out = conclusion, reasoning
         else:
             closing = "\n</think>\n\n" if finish == "stop" else ""
@@ -492,20 +639,58 @@ def _body(request: GenerationRequest, model: str) -> dict[str, Any]:
     return body
 
 
-def fault_error(fault: SimFault, endpoint: str) -> Exception:
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error"}
+_SERVER_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+
+
+def error_json(
+    style: str, status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """An error body as the server of ``style`` sends it (`pacore_agent.backends.sim.ERROR_STYLES`).
+
+    OpenAI puts a string ``code`` (or null) and a snake-case ``type`` under ``error``; vLLM the same
+    envelope with the HTTP status as ``code``; SGLang (and vLLM before 0.10) the fields at top level.
+    """
+    if style == "openai":
+        kind = (
+            "requests"
+            if status == 429
+            else _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        )
+        return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    fields = {
+        "message": message,
+        "type": _SERVER_TYPES.get(status, "BadRequestError"),
+        "param": param,
+        "code": status,
+    }
+    if style == "sglang":
+        return {"object": "error", **fields}
+    return {"error": fields}
+
+
+def stream_error_json(style: str, status: int, message: str) -> dict[str, Any]:
+    """The ``data:`` payload of an SSE error chunk: always under ``error`` (SGLang keeps ``object``)."""
+    body = error_json(style, status, message)
+    return {"error": body} if style == "sglang" else body
+
+
+def fault_error(fault: SimFault, endpoint: str, style: str = "vllm") -> Exception:
     """The exception a client sees for a simulated fault (the in-process twin of the HTTP path)."""
-    text = f"{endpoint} answered {fault.status}: {fault.message}"
-    if fault.kind == "rate_limit":
-        return RateLimitError(text, retry_after=fault.retry_after)
-    if fault.kind in ("server_error", "unavailable"):
-        return ServerError(text, status_code=fault.status)
-    if fault.kind == "drop":
-        return EndpointConnectionError(f"{endpoint}: connection dropped (simulated)")
-    if fault.kind == "malformed":
-        return MalformedResponseError(f"{endpoint} sent a malformed response (simulated)")
-    if fault.kind == "context_length":
-        return ContextLengthError.from_message(text)
-    return RequestRejectedError(text, status_code=fault.status)
+    if fault.kind in ("drop", "stream_drop"):
+        return EndpointConnectionError(f"{endpoint}: {fault.message}")
+    if fault.kind in ("malformed", "empty_choices"):
+        return MalformedResponseError(f"{endpoint} sent a malformed response: {fault.message}")
+    headers = {"Retry-After": "soon" if fault.retry_after is None else f"{fault.retry_after:g}"}
+    body = error_json(style, fault.status, fault.message, param=fault.param, code=fault.code)
+    return error_from_response(endpoint, fault.status, body, headers)
 
 
 class SimBackend(Backend):
@@ -541,6 +726,8 @@ class SimBackend(Backend):
                 replies.append(await self._one(_body(replace(request, n=missing), engine.config.model)))
         completions: list[Completion] = []
         for reply in replies:
+            if reply.cut is not None:
+                await self._cut(reply, len(completions), on_delta)
             usages = reply.usage.split([c.completion_tokens for c in reply.choices])
             for choice, usage in zip(reply.choices, usages, strict=True):
                 if on_delta is not None:
@@ -565,12 +752,26 @@ class SimBackend(Backend):
             if isinstance(reply, SimFault):
                 if reply.kind == "stall":
                     await anyio.sleep_forever()
-                raise fault_error(reply, "sim")
+                raise fault_error(reply, "sim", engine.config.wire_style)
             if reply.latency is None:
                 await anyio.sleep_forever()
             await self._sleep(reply.latency or 0.0)
         except anyio.get_cancelled_exc_class():
             engine.disconnects += 1
             raise
-        engine.record_served(reply)
+        if reply.cut is None:
+            engine.record_served(reply)
         return reply
+
+    async def _cut(self, reply: SimReply, offset: int, on_delta: DeltaCallback | None) -> None:
+        """Stream part of an answer that then fails, as the HTTP server does."""
+        assert reply.cut is not None
+        if on_delta is not None:
+            share = self.engine.config.faults.stream_cut
+            for index, choice in enumerate(reply.choices):
+                if choice.reasoning:
+                    await on_delta(
+                        offset + index, "reasoning", choice.reasoning[: int(len(choice.reasoning) * share)]
+                    )
+                await on_delta(offset + index, "content", choice.content[: int(len(choice.content) * share)])
+        raise fault_error(reply.cut, "sim", self.engine.config.wire_style)

@@ -4,11 +4,17 @@ Serves ``POST /v1/chat/completions`` (with and without ``stream``, with ``n``), 
 ``GET /health`` like an OpenAI-compatible server, so clients are tested over the same wire as real
 endpoints. A client that disconnects cancels its request here, and that is counted
 (``engine.disconnects``).
+
+Failures go over the wire as the real servers send them (see `pacore_agent.backends.sim.FAULT_KINDS`):
+error bodies in the shape of ``SimConfig.error_style`` (OpenAI, vLLM or SGLang), ``Retry-After`` as
+seconds, an HTTP-date or garbage, a reset socket, a connection closed in the middle of a chunked
+answer, and vLLM/SGLang's SSE ``data: {"error": {...}}`` chunk followed by ``data: [DONE]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import time
 import uuid
@@ -17,17 +23,21 @@ from typing import Any
 
 from aiohttp import web
 
-from pacore_agent.backends.sim import SIM_LABEL, SimChoice, SimConfig, SimEngine, SimFault, SimReply
+from pacore_agent.backends.sim import (
+    SIM_LABEL,
+    SimChoice,
+    SimConfig,
+    SimEngine,
+    SimFault,
+    SimReply,
+    error_json,
+    stream_error_json,
+)
 from pacore_agent.serving.app import AppServer
 
 __all__ = ["SimServer"]
 
 _CHUNK_WORDS = 8
-
-
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"object": "error", "error": {"message": message, "type": kind, "code": status}}
-    return web.json_response(body, status=status, headers=headers)
 
 
 def _usage_json(reply: SimReply) -> dict[str, Any]:
@@ -70,6 +80,7 @@ class SimServer(AppServer):
         port: Port; 0 picks a free one.
         api_key: When set, requests must send ``Authorization: Bearer <api_key>``.
         sleep: How latency is waited (tests may inject a fake).
+        clock: Wall clock of the ``Retry-After`` HTTP-dates (``rate_limit_date``).
     """
 
     def __init__(
@@ -80,10 +91,12 @@ class SimServer(AppServer):
         port: int = 0,
         api_key: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = config if isinstance(config, SimEngine) else SimEngine(config)
         self._api_key = api_key
         self._sleep = sleep
+        self._clock = clock
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
@@ -117,11 +130,23 @@ class SimServer(AppServer):
         }
         return web.json_response({"object": "list", "data": [model]})
 
+    def _error(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        body = error_json(self.engine.config.wire_style, status, message, param=param, code=code)
+        return web.json_response(body, status=status, headers=headers)
+
     def _check_auth(self, request: web.Request) -> web.Response | None:
         if self._api_key is None:
             return None
         if request.headers.get("Authorization", "") != f"Bearer {self._api_key}":
-            return _error(401, "Incorrect API key provided (simulated server)", "authentication_error")
+            return self._error(401, "Incorrect API key provided (simulated server)", code="invalid_api_key")
         return None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -130,9 +155,9 @@ class SimServer(AppServer):
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "request body is not valid JSON", "invalid_request_error")
+            return self._error(400, "request body is not valid JSON")
         if not isinstance(body, dict):
-            return _error(400, "request body must be a JSON object", "invalid_request_error")
+            return self._error(400, "request body must be a JSON object")
         engine = self.engine
         with engine.track():
             try:
@@ -150,6 +175,8 @@ class SimServer(AppServer):
             if reply.latency is None:
                 await asyncio.Event().wait()  # a stall: only the client's disconnect ends it
             await self._sleep(reply.latency or 0.0)
+            if reply.cut is not None:
+                return await self._cut_body(request, reply)
             self.engine.record_served(reply)
             return web.json_response(self._completion_json(reply))
         return await self._stream(request, body, reply)
@@ -158,6 +185,7 @@ class SimServer(AppServer):
         if fault.kind == "stall":
             await asyncio.Event().wait()
         if fault.kind == "drop":
+            # A reset socket (RST), as when a server process dies or a proxy gives up.
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=500)  # never delivered: the connection is gone
@@ -165,15 +193,43 @@ class SimServer(AppServer):
             return web.Response(
                 status=200, text='{"id": "chatcmpl-sim", "choices": [', content_type="application/json"
             )
-        headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
-        kind = (
-            "rate_limit_error"
-            if fault.status == 429
-            else "server_error"
-            if fault.status >= 500
-            else "invalid_request_error"
+        if fault.kind == "empty_choices":
+            return web.json_response(
+                {
+                    "id": f"chatcmpl-sim-{uuid.uuid4().hex[:12]}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": self.engine.config.model,
+                    "choices": [],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                }
+            )
+        headers: dict[str, str] = {}
+        if fault.kind == "rate_limit" and fault.retry_after is not None:
+            headers["Retry-After"] = f"{fault.retry_after:g}"
+        elif fault.kind == "rate_limit_date" and fault.retry_after is not None:
+            headers["Retry-After"] = email.utils.formatdate(self._clock() + fault.retry_after, usegmt=True)
+        elif fault.kind == "rate_limit_malformed":
+            headers["Retry-After"] = "soon"
+        return self._error(
+            fault.status, fault.message, param=fault.param, code=fault.code, headers=headers or None
         )
-        return _error(fault.status, fault.message, kind, headers)
+
+    async def _cut_body(self, request: web.Request, reply: SimReply) -> web.StreamResponse:
+        """A non-streamed answer whose connection closes part-way through its body."""
+        data = json.dumps(self._completion_json(reply)).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data[: int(len(data) * self.engine.config.faults.stream_cut)])
+        self._close(request)
+        return response
+
+    @staticmethod
+    def _close(request: web.Request) -> None:
+        # close(), not abort(): what was written is flushed, then the peer sees the body end early.
+        if request.transport is not None:
+            request.transport.close()
 
     def _completion_json(self, reply: SimReply) -> dict[str, Any]:
         return {
@@ -218,6 +274,10 @@ class SimServer(AppServer):
             plan += [("content", piece) for piece in _pieces(choice.content)]
             plans.append(plan)
         steps = max(len(plan) for plan in plans)
+        cut = reply.cut
+        if cut is not None:
+            # Some of the answer goes out (at least one piece), then the fault strikes.
+            steps = max(1, min(steps - 1, int(steps * self.engine.config.faults.stream_cut)))
         pause = None if reply.latency is None else reply.latency / max(steps - 1, 1)
         for index in range(len(reply.choices)):
             await send(
@@ -233,6 +293,16 @@ class SimServer(AppServer):
                 if step < len(plan):
                     field, text = plan[step]
                     await send([{"index": index, "delta": {field: text}, "finish_reason": None}])
+        if cut is not None:
+            if cut.kind == "stream_drop":
+                self._close(request)
+                return response
+            # vLLM and SGLang: the error as one more `data:` chunk, then the usual end of stream.
+            error = stream_error_json(self.engine.config.wire_style, cut.status, cut.message)
+            await response.write(f"data: {json.dumps(error)}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
         for index, choice in enumerate(reply.choices):
             await send([{"index": index, "delta": {}, "finish_reason": choice.finish_reason}])
         if (body.get("stream_options") or {}).get("include_usage"):

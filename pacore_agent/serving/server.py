@@ -40,11 +40,10 @@ import anyio
 from aiohttp import web
 
 from pacore_agent.backends.base import Backend, SamplingParams
+from pacore_agent.backends.errors import error_response
 from pacore_agent.coordinator import Coordinator
 from pacore_agent.exceptions import (
-    BudgetExceeded,
     PacoreError,
-    RoundFailedError,
     UsageError,
 )
 from pacore_agent.prompts import Messages, normalize_problem
@@ -239,15 +238,12 @@ def _summary(result: SolveResult) -> dict[str, Any]:
 
 
 def _solve_error(error: PacoreError) -> _ApiError:
-    if isinstance(error, RoundFailedError):
-        code = "round_failed"
-    elif isinstance(error, BudgetExceeded):
-        code = "budget_exceeded"
-    else:
-        code = "upstream_error"
+    # The status, type and code come from the one error translation of pacore (backends.errors).
+    status, body = error_response(error)
+    fields = body["error"]
     # Credentials written into an upstream URL (https://user:pass@host) never reach the client.
     message = _USERINFO.sub("://***@", f"PaCoRe could not answer: {error}")
-    return _ApiError(502, message, "upstream_error", code=code)
+    return _ApiError(status, message, fields["type"], param=fields["param"], code=fields["code"])
 
 
 class _Progress:
