@@ -160,9 +160,9 @@ def solve(
             seed=seed,
             order=order,  # type: ignore[arg-type]
             n_per_request=n_per_request,
-            min_success=_count_or_share(min_success),
+            min_success=_count_or_share("--min-success", min_success),
             round_timeout=round_timeout,
-            hedge=_count_or_share(hedge) or 0,
+            hedge=_count_or_share("--hedge", hedge) or 0,
             budget=budget,
         )
     except PacoreError as error:
@@ -193,10 +193,14 @@ def solve(
         print_result(result)
 
 
-def _count_or_share(value: float | None) -> int | float | None:
+def _count_or_share(option: str, value: float | None) -> int | float | None:
     """``0.75`` stays a share; ``24.0`` (typer parses floats) becomes the count ``24``."""
-    if value is None or value < 1 or value != int(value):
+    if value is None or value < 1:
         return value
+    if value != int(value):
+        raise fail(
+            f"{option} {value:g} is neither a share in (0, 1] nor a whole count: use e.g. 0.5 or {int(value) + 1}"
+        )
     return int(value)
 
 
