@@ -8,6 +8,7 @@ the engine's containment is tested without depending on which client bug exists 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,6 +33,7 @@ from pacore_agent import (
     TokenDelta,
 )
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest
+from pacore_agent.backends.sim import FAULT_KINDS, Faults
 from pacore_agent.exceptions import EndpointConnectionError
 from pacore_agent.serving.server import PacoreServer
 from tests.helpers import FakeSleep, wait_until
@@ -233,3 +235,76 @@ async def test_a_cut_call_is_charged_its_call_and_the_tokens_it_streamed() -> No
     used = result.info["budget_used"]
     assert used["calls"] == result.calls == 5
     assert used["tokens"] == result.usage.total_tokens  # the cut calls' streamed tokens included
+
+
+# -- every fault kind of the simulated server, through solve_many and through pacore serve --------------
+
+SPLICE_FREE = re.compile(r"\A<think>\n[^<]*\n</think>\n\nThe answer is \$\\boxed\{[^}]*\}\$\.\Z")
+"""One whole simulated answer: a spliced retry would repeat ``<think>`` or cut the text."""
+
+
+def _readable(message: str) -> bool:
+    return bool(message.strip()) and "TaskGroup" not in message and "sub-exception" not in message
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+async def test_solve_many_under_each_fault_kind(kind: str) -> None:
+    config = SimConfig(seed=3, faults=Faults(rates={kind: 0.3}, retry_after=2))
+    async with upstream(config, stream=True, timeout=0.3) as (_, http):
+        coordinator = Coordinator([3], http, retry=RetryPolicy(max_attempts=3, sleep=FakeSleep()))
+        results = await coordinator.solve_many([f"{PROBLEM} #{i}" for i in range(6)])
+    assert len(results) == 6  # nothing lost: one outcome per problem
+    trajectories = []
+    for outcome in results:
+        if isinstance(outcome, SolveError):
+            assert _readable(str(outcome)) and type(outcome).__name__ in (
+                "RoundFailedError",
+                "BudgetExceeded",
+            )
+            trajectories += outcome.partial.trajectories
+        else:
+            assert isinstance(outcome, SolveResult) and outcome.answer
+            trajectories += outcome.trajectories
+    failed = [t for t in trajectories if t.status == "failed"]
+    for trajectory in failed:
+        assert trajectory.error is not None and trajectory.error.type.endswith("Error")
+        assert _readable(trajectory.error.message)
+    for trajectory in trajectories:
+        if trajectory.ok:
+            assert SPLICE_FREE.match(trajectory.content or ""), trajectory.content
+    assert any(isinstance(r, SolveResult) for r in results)
+    if kind not in ("bad_request", "context_length", "stream_context_length"):
+        assert all(isinstance(r, SolveResult) for r in results)  # transient faults are retried away
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+async def test_serve_streaming_under_each_fault_kind(kind: str) -> None:
+    # The final round's first attempt meets the fault (arrivals 0 and 1 are round 0's).
+    config = SimConfig(seed=3, faults=Faults(script=[None, None, kind], retry_after=2))
+    async with upstream(config, stream=True, timeout=0.3) as (_, http):
+        policy = RetryPolicy(max_attempts=3, sleep=FakeSleep())
+        async with PacoreServer(http, retry=policy) as server, aiohttp.ClientSession() as session:
+            body = {"model": "pacore:[2]", "messages": [{"role": "user", "content": PROBLEM}], "stream": True}
+            async with session.post(f"{server.base_url}/chat/completions", json=body) as response:
+                assert response.status == 200
+                raw = await response.read()
+    events = [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+    errors = [c["error"] for c in chunks if "error" in c]
+    if kind == "bad_request":  # not retried: the stream ends with a readable OpenAI-style error
+        assert content == "" and len(errors) == 1
+        assert set(errors[0]) == {"message", "type", "param", "code"} and _readable(errors[0]["message"])
+        assert "RequestRejectedError" in errors[0]["message"] or "400" in errors[0]["message"]
+        return
+    assert errors == []
+    assert SPLICE_FREE.match(content), content  # exactly one whole answer, never two spliced
+    reasoning = "".join(
+        c["choices"][0]["delta"].get("reasoning_content") or "" for c in chunks if c.get("choices")
+    )
+    assert "[final round: attempt 2 restarts after " in reasoning  # the fault did hit the final round
+    finish = [c for c in chunks if c.get("choices") and c["choices"][0]["finish_reason"]]
+    summary = finish[-1]["pacore"]
+    assert summary["rounds"][-1]["ok"] == 1
+    assert summary["answer"] and summary["answer"] in content
