@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -119,6 +120,22 @@ async def test_solve_many_turns_a_setup_error_into_that_problems_solve_error() -
     results = await coordinator.solve_many([PROBLEM, f"{PROBLEM} again"])
     assert len(results) == 2 and all(isinstance(r, SolveError) for r in results)
     assert all(str(r) == "ReplayMissError: the request was never recorded" for r in results)
+
+
+async def test_bench_stores_a_readable_error_when_every_call_raises(tmp_path: Path) -> None:
+    from pacore_agent.evaluation.bench import BenchSettings, parse_methods, read_failures, run_bench
+    from pacore_agent.evaluation.datasets import Problem
+
+    problems = [Problem(id=f"p{i}", problem=f"{PROBLEM} #{i}", answer="8") for i in range(3)]
+    settings = BenchSettings("mine", parse_methods(["pacore:[2]"]), samples=1)
+    async with upstream() as (_, http):
+        backend = Raising(http, lambda request, _: "#1" in _problem_of(request))
+        summary = await run_bench(settings, problems, backend, tmp_path)
+    assert summary.recorded == 2 and len(summary.failed) == 1
+    (failure,) = read_failures(tmp_path)
+    assert failure.problem_id == "p1" and failure.error.type == "RoundFailedError"
+    assert f"ValueError: {HEADER_BUG}" in failure.error.message
+    assert "TaskGroup" not in failure.error.message
 
 
 async def test_serve_answers_an_openai_error_body_when_every_call_raises() -> None:
