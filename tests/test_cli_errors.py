@@ -109,6 +109,14 @@ def test_report_outputs_under_a_file(run_dir: Path, tmp_path: Path) -> None:
         )
 
 
+def test_solve_trace_under_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    target = blocker / "trace.json"
+    done = pacore("solve", "--backend", "sim", "--schedule", "2", "--trace", str(target), "2+2?")
+    one_line_error(done, f"--trace {target}", "cannot write")
+
+
 def test_report_refuses_a_run_with_a_corrupt_middle_line(run_dir: Path) -> None:
     results = run_dir / "results.jsonl"
     lines = results.read_text().splitlines(keepends=True)

@@ -15,7 +15,8 @@ One module per command family (`solve`, `serve`, `bench`), the options they shar
 from __future__ import annotations
 
 from pacore_agent.cli import bench, serve, solve  # noqa: F401  (each module registers its commands)
-from pacore_agent.cli.common import app, endpoint_configured, make_backend, make_local_backend
+from pacore_agent.cli.common import app, endpoint_configured, fail, make_backend, make_local_backend
+from pacore_agent.exceptions import UsageError
 
 __all__ = ["app", "endpoint_configured", "main", "make_backend", "make_local_backend"]
 
@@ -25,4 +26,9 @@ def main() -> None:
     from pacore_agent.runtime import tune_gc
 
     tune_gc()  # an application with thousands of requests in flight: see pacore_agent.runtime
-    app()
+    try:
+        app()
+    except (UsageError, OSError) as error:
+        # Last resort: every command names the option for the errors it foresees; a usage or
+        # environment error it did not foresee is still one line, never a traceback.
+        raise SystemExit(fail(str(error)).exit_code) from None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +10,7 @@ import anyio
 import typer
 
 from pacore_agent.budget import Budget
-from pacore_agent.cli.common import app, err, fail, make_backend, report_console
+from pacore_agent.cli.common import app, err, fail, make_backend, report_console, writing
 from pacore_agent.cli.options import (
     PAPER,
     ApiKeyEnv,
@@ -266,14 +264,14 @@ def report(
         else:
             report_console().print(render_table(reports))
             if markdown is not None:
-                with _writing("--markdown", markdown):
+                with writing("--markdown", markdown):
                     markdown.write_text(to_markdown(reports), encoding="utf-8")
         if csv_path is not None:
-            with _writing("--csv", csv_path):
+            with writing("--csv", csv_path):
                 write_csv(reports, csv_path)
             err.print(f"wrote {csv_path}", highlight=False)
         if plot is not None:
-            with _writing("--plot", plot):
+            with writing("--plot", plot):
                 plot_scaling(reports, plot)
             err.print(f"wrote {plot}", highlight=False)
     except PacoreError as error:
@@ -290,12 +288,3 @@ def _check_store(directory: Path) -> None:
 
     for _ in RunStore.open(directory, readonly=True).records(strict=True):
         pass
-
-
-@contextlib.contextmanager
-def _writing(option: str, path: Path) -> Iterator[None]:
-    """An output file that cannot be written exits naming its option."""
-    try:
-        yield
-    except OSError as error:
-        raise fail(f"{option} {path}: cannot write it ({error.strerror or error})") from None

@@ -6,7 +6,10 @@ Usage and environment errors end a command with one line, ``error: <what to chan
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import typer
@@ -27,6 +30,7 @@ __all__ = [
     "make_local_backend",
     "out",
     "report_console",
+    "writing",
 ]
 
 app = typer.Typer(
@@ -50,6 +54,15 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` on one line of standard error; raise the returned exit."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def writing(option: str, path: Path) -> Iterator[None]:
+    """An output file that cannot be written exits naming its option."""
+    try:
+        yield
+    except OSError as error:
+        raise fail(f"{option} {path}: cannot write it ({error.strerror or error})") from None
 
 
 def api_key(api_key_env: str | None) -> str | None:

@@ -22,6 +22,7 @@ from pacore_agent.cli.common import (
     make_backend,
     make_local_backend,
     out,
+    writing,
 )
 from pacore_agent.cli.live import print_result, solve_live
 from pacore_agent.cli.options import (
@@ -181,12 +182,14 @@ def solve(
         result = anyio.run(run)
     except SolveError as error:
         if trace is not None:
-            trace.write_text(error.partial.model_dump_json(indent=2))
+            with writing("--trace", trace):
+                trace.write_text(error.partial.model_dump_json(indent=2))
         raise fail(f"{error} (partial trace: {trace})" if trace else str(error), code=1) from None
     except PacoreError as error:
         raise fail(str(error)) from None
     if trace is not None:
-        trace.write_text(result.model_dump_json(indent=2))
+        with writing("--trace", trace):
+            trace.write_text(result.model_dump_json(indent=2))
     if as_json:
         sys.stdout.write(result.model_dump_json() + "\n")
     else:
