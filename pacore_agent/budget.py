@@ -158,8 +158,6 @@ class BudgetTracker:
             return "cost"
         if budget.max_wall_s is not None and self.clock() - self.started >= budget.max_wall_s:
             return "wall_time"
-        if budget.max_calls is not None and self.calls > budget.max_calls:
-            return "calls"  # retries went past the limit
         return self.parent.overrun() if self.parent else None
 
     def remaining_s(self) -> float | None:
@@ -187,15 +185,17 @@ class BudgetTracker:
         if self.parent:
             self.parent._charge_call(count)
 
-    def charge(self, usage: Usage, model: str | None, extra_attempts: int = 0) -> None:
-        """Record a finished request's usage (and its retries, which were extra calls)."""
+    def charge(self, usage: Usage, model: str | None) -> None:
+        """Record the tokens (and their cost) of an answer, or of the part a cut request had streamed.
+
+        Requests themselves, retries included, are charged by `start_call` as they start.
+        """
         self.tokens += usage.total_tokens
         price = self.budget.prices.get(model or "")
         if price is not None:
             self.cost += price.cost(usage)
-        self.calls += extra_attempts
         if self.parent:
-            self.parent.charge(usage, model, extra_attempts)
+            self.parent.charge(usage, model)
 
     def summary(self) -> dict[str, float | int]:
         """What was used, for the trace."""
