@@ -65,6 +65,18 @@ class Raising(Backend):
             raise ValueError(HEADER_BUG)
         return await self.inner.generate(request, on_delta=on_delta)
 
+    async def stream_half(self, request: GenerationRequest, on_delta: DeltaCallback | None) -> None:
+        """Stream the first half of a real answer's deltas, as a connection cut mid-answer does."""
+        deltas: list[tuple[int, Any, str]] = []
+
+        async def keep(choice: int, field: Any, text: str) -> None:
+            deltas.append((choice, field, text))
+
+        await self.inner.generate(request, on_delta=keep)
+        for delta in deltas[: len(deltas) // 2]:
+            if on_delta is not None:
+                await on_delta(*delta)
+
 
 @asynccontextmanager
 async def upstream(
@@ -161,15 +173,7 @@ class DropsMidStream(Raising):
         self.calls += 1
         if not self.fails(request, self.calls):
             return await self.inner.generate(request, on_delta=on_delta)
-        deltas: list[tuple[int, Any, str]] = []
-
-        async def keep(choice: int, field: Any, text: str) -> None:
-            deltas.append((choice, field, text))
-
-        await self.inner.generate(request, on_delta=keep)
-        for delta in deltas[: len(deltas) // 2]:
-            if on_delta is not None:
-                await on_delta(*delta)
+        await self.stream_half(request, on_delta)
         raise EndpointConnectionError("Server disconnected (the stream ended mid-answer)")
 
 
@@ -231,15 +235,7 @@ async def test_a_cut_call_is_charged_its_call_and_the_tokens_it_streamed() -> No
                 if self.calls not in (3, 4):
                     await wait_until(lambda: self.stalled == 2)
                     return await self.inner.generate(request, on_delta=on_delta)
-                deltas: list[tuple[int, Any, str]] = []
-
-                async def keep(choice: int, field: Any, text: str) -> None:
-                    deltas.append((choice, field, text))
-
-                await self.inner.generate(request, on_delta=keep)
-                for delta in deltas[: len(deltas) // 2]:
-                    assert on_delta is not None
-                    await on_delta(*delta)
+                await self.stream_half(request, on_delta)
                 self.stalled += 1
                 await anyio.Event().wait()  # until the quorum cuts the call
                 raise AssertionError("unreachable")
