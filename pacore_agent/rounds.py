@@ -221,11 +221,14 @@ class RoundRunner:
 
         base = {"round": state.round, "call": call_index, "model": backend.name}
         indices = range(first, first + count)
+        made = 1  # attempts started, whatever ends the call
 
         async def before_retry(attempt: int, error: BaseException) -> bool:
+            nonlocal made
             if tracker is not None and not tracker.start_call(force=not state.enforce):
                 state.budget_hit = True
                 return False  # no room for the retry: the call fails with its last error
+            made = attempt
             # The retry streams from its first token again: the failed attempt's text is void.
             for index in indices:
                 state.partial.pop(index, None)
@@ -251,6 +254,7 @@ class RoundRunner:
                     reasoning="".join(reasoning) or None,
                     # One token per streamed delta, as SGLang and vLLM stream: an estimate.
                     usage=Usage(completion_tokens=len(content) + len(reasoning)),
+                    attempts=made,
                     latency_s=self.clock() - started,
                     **base,
                 )
@@ -262,13 +266,12 @@ class RoundRunner:
             if isinstance(error, PacoreError) and not isinstance(error, BackendError):
                 raise  # a setup error (replay miss, model not loaded): every call fails alike
             # Anything else is this call's failure, never its round's: a bad header, a client bug.
-            attempts = getattr(error, "attempt", 1)
             for index in indices:
                 state.trajectories[index] = Trajectory(
                     index=index,
                     status="failed",
                     error=error_info(error),
-                    attempts=attempts,
+                    attempts=made,
                     latency_s=self.clock() - started,
                     **base,
                 )

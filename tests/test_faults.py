@@ -103,6 +103,18 @@ async def test_an_unexpected_error_fails_its_trajectory_not_its_round() -> None:
     assert len(first.messages) == 2 and result.answer
 
 
+async def test_an_unexpected_error_on_a_retry_keeps_the_attempt_count() -> None:
+    config = SimConfig(seed=3, faults=Faults(script=["server_error"]))
+    async with upstream(config) as (sim, http):
+        backend = Raising(http, lambda _, call: call == 2)  # the retry of the 500
+        with pytest.raises(RoundFailedError) as caught:
+            await Coordinator([1], backend, retry=RetryPolicy(sleep=FakeSleep())).solve(PROBLEM)
+    (trajectory,) = caught.value.partial.trajectories
+    assert trajectory.attempts == 2 and trajectory.error is not None
+    assert trajectory.error.type == "ValueError"
+    assert caught.value.partial.calls == 2 and len(sim.engine.requests) == 1
+
+
 async def test_solve_many_returns_one_outcome_per_problem_whatever_a_call_raises() -> None:
     async with upstream() as (_, http):
         # Every call of problem #3 raises; the other problems are untouched.
