@@ -485,6 +485,14 @@ async def test_pacore_serve_command_end_to_end() -> None:
             "0",
             "--api-key-env",
             "PACORE_TEST_SERVE_TOKEN",
+            "--temperature",
+            "0.6",
+            "--top-p",
+            "none",
+            "--max-tokens",
+            "4000",
+            "--extra-body",
+            '{"top_k": 20}',
         ]
         process = await anyio.open_process(command, cwd=REPO, env=env, stderr=subprocess.STDOUT)
         try:
@@ -504,6 +512,10 @@ async def test_pacore_serve_command_end_to_end() -> None:
             assert answer.choices[0].message.content and "\\boxed{" in answer.choices[0].message.content
             assert answer.usage is not None and usage_of(answer.usage) == sim.engine.usage_served
             assert sim.engine.served == 4
+            # The generation options are every request's defaults; top_p was left out.
+            for body in sim.engine.requests:
+                assert body["temperature"] == 0.6 and body["top_k"] == 20 and "top_p" not in body
+                assert body.get("max_tokens", body.get("max_completion_tokens")) == 4000
         finally:
             process.terminate()
             with anyio.fail_after(30):
