@@ -169,15 +169,16 @@ class BudgetTracker:
         left = [t for t in (own, parent) if t is not None]
         return max(0.0, min(left)) if left else None
 
-    def start_call(self, *, force: bool = False) -> bool:
+    def start_call(self, *, force: bool = False, count: int = 1) -> bool:
         """Reserve one request (a first attempt or a retry); ``False`` when a limit has been reached.
 
         Args:
             force: Charge the request even past a limit (the final synthesis under ``"synthesize"``).
+            count: Requests to charge at once (a round run elsewhere, retries included).
         """
         if not force and self.exceeded() is not None:
             return False
-        self._charge_call(1)
+        self._charge_call(count)
         return True
 
     def _charge_call(self, count: int) -> None:

@@ -2,7 +2,9 @@
 
 Round r launches K_r trajectories on P(x, M_{r-1}) (`pacore_agent.rounds`: one task group, each
 request holding one slot of the backend's limiter and retrying outside it). Finished trajectories are
-compacted to messages; failed ones are recorded and left out. A final round of one trajectory gives the
+compacted to messages; failed ones are recorded and left out. A round whose finished trajectories leave
+no message (all empty) hands the next round the problem alone, as the paper does for an empty M
+(Appendix B), and says so in ``info["bypassed_rounds"]``. A final round of one trajectory gives the
 answer, C(final trajectory). This is the one way pacore runs a round: the CLI, the server, the
 benchmarks and training all come through here.
 """
@@ -183,12 +185,15 @@ class Coordinator(RoundRunner):
     def __repr__(self) -> str:
         return f"Coordinator(schedule={self.schedule}, backend={self.backend!r}, seed={self.seed})"
 
-    async def solve(self, problem: Problem) -> SolveResult:
+    async def solve(self, problem: Problem, *, first_round: RoundResult | None = None) -> SolveResult:
         """Solve one problem.
 
         Args:
             problem: The problem text, or chat messages (the last user message holds the problem;
                 earlier turns are kept as history in every round).
+            first_round: A first round run elsewhere, e.g. drawn from a pool of pre-generated
+                trajectories (the paper's evaluation protocol); it stands for round 0 (see
+                `adopt_round`) and the solve goes on from there.
 
         Returns:
             The answer with the whole trace.
@@ -199,9 +204,11 @@ class Coordinator(RoundRunner):
         """
         messages = normalize_problem(problem)
         async with self.in_use():
-            return await self._solve(messages, emit=None)
+            return await self._solve(messages, emit=None, first_round=first_round)
 
-    def stream(self, problem: Problem) -> BackgroundIterator[Event]:
+    def stream(
+        self, problem: Problem, *, first_round: RoundResult | None = None
+    ) -> BackgroundIterator[Event]:
         """Solve one problem, yielding live events; the last one is `Done` with the result.
 
         Events: `RoundStarted`, `TrajectoryFinished`, `TokenDelta` (streaming backends; final round by
@@ -215,7 +222,7 @@ class Coordinator(RoundRunner):
 
         async def produce(send: Emit) -> None:
             async with self.in_use():
-                await self._solve(messages, emit=send)
+                await self._solve(messages, emit=send, first_round=first_round)
 
         return BackgroundIterator(produce)
 
@@ -249,6 +256,23 @@ class Coordinator(RoundRunner):
             return await self._run_round(
                 problem_key(messages), round_index, width, prompt, None, final=False, tracker=tracker
             )
+
+    async def adopt_round(self, problem: Problem, given: RoundResult, *, round_index: int = 0) -> RoundResult:
+        """Take a round run elsewhere (a pool's drawn trajectories) as if this coordinator had run it.
+
+        Each finished trajectory is compacted again with this coordinator's C, the budget is charged for
+        every call, ``TrajectoryFinished`` events go out, and the references are ordered by this
+        coordinator's order policy: what `solve` does with a ``first_round``. Trajectories that kept only
+        their message (a pool without full trajectories) are compacted from that message.
+
+        Args:
+            problem: The problem text or chat messages.
+            given: The round (its trajectories, their usage, latency and finish reasons).
+            round_index: Which round it stands for.
+        """
+        messages = normalize_problem(problem)
+        tracker = BudgetTracker(self.budget, self.clock) if self.budget is not None else None
+        return await self._adopt_round(problem_key(messages), round_index, given, None, tracker)
 
     async def solve_many(
         self,
@@ -328,7 +352,11 @@ class Coordinator(RoundRunner):
     # -- the one path ------------------------------------------------------------------------------
 
     async def _solve(
-        self, messages: Messages, emit: Emit | None, batch: BudgetTracker | None = None
+        self,
+        messages: Messages,
+        emit: Emit | None,
+        batch: BudgetTracker | None = None,
+        first_round: RoundResult | None = None,
     ) -> SolveResult:
         key = problem_key(messages)
         result = SolveResult(
@@ -341,7 +369,12 @@ class Coordinator(RoundRunner):
             seed=self.seed,
             started_at=time.time(),
         )
-        start = self.clock()
+        if first_round is not None and first_round.width != self.rounds[0]:
+            raise UsageError(
+                f"first_round has width {first_round.width}; the schedule's first round is {self.rounds[0]}"
+            )
+        # A given first round took its own time: the solve's wall time counts it.
+        start = self.clock() - (first_round.wall_s if first_round is not None else 0.0)
         tracker: BudgetTracker | None = batch
         if self.budget is not None:
             tracker = BudgetTracker(self.budget, self.clock, parent=batch)
@@ -356,16 +389,19 @@ class Coordinator(RoundRunner):
                 await emit(RoundStarted(round=round_index, width=widths[round_index], model=backend.name))
             # In "synthesize" mode the final round is the one call allowed past an exhausted budget.
             spare = final and self.budget is not None and self.budget.on_exceeded == "synthesize"
-            outcome = await self._run_round(
-                key,
-                round_index,
-                widths[round_index],
-                prompt,
-                emit,
-                final=final,
-                tracker=tracker,
-                spare=spare,
-            )
+            if round_index == 0 and first_round is not None:
+                outcome = await self._adopt_round(key, 0, first_round, emit, tracker)
+            else:
+                outcome = await self._run_round(
+                    key,
+                    round_index,
+                    widths[round_index],
+                    prompt,
+                    emit,
+                    final=final,
+                    tracker=tracker,
+                    spare=spare,
+                )
             result.rounds.append(outcome)
             result.wall_s = self.clock() - start
             if emit is not None:
@@ -388,8 +424,10 @@ class Coordinator(RoundRunner):
                 references = outcome.messages
                 round_index = len(widths) - 1  # straight to the final synthesis
                 continue
-            if not outcome.messages:
+            if not any(t.ok for t in outcome.trajectories):
                 raise RoundFailedError(_failure_message(outcome, final=False), partial=result)
+            if not outcome.messages:  # finished, but no message (e.g. all empty): Appendix B's bypass
+                result.info.setdefault("bypassed_rounds", []).append(round_index)
             if round_index == 0 and self.adaptive_stop is not None and await self._agreed(result, outcome):
                 break
             references = outcome.messages

@@ -23,7 +23,7 @@ import anyio
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest, SamplingParams
 from pacore_agent.budget import BudgetTracker
-from pacore_agent.compactors import Compactor, apply_compactor
+from pacore_agent.compactors import Compactor, compact
 from pacore_agent.exceptions import BackendError, PacoreError
 from pacore_agent.ordering import OrderPolicy, reference_order, round_rng
 from pacore_agent.prompts import Messages
@@ -89,6 +89,36 @@ class RoundRunner:
     hedge: int | float
     stream_tokens: TokenStreaming
     clock: Callable[[], float]
+
+    async def _adopt_round(
+        self, key: str, round_index: int, given: RoundResult, emit: Emit | None, tracker: BudgetTracker | None
+    ) -> RoundResult:
+        """See `Coordinator.adopt_round`: each call charged, its trajectories compacted with C."""
+        trajectories: list[Trajectory] = []
+        stop_reason = "complete"
+        for source in given.trajectories:
+            if tracker is not None and not tracker.start_call(count=source.attempts):
+                stop_reason = "budget"
+                break
+            trajectory = source.model_copy(update={"round": round_index, "message": None})
+            if trajectory.ok and trajectory.content:
+                await self._compact(trajectory)
+            trajectories.append(trajectory)
+            if tracker is not None:
+                tracker.charge(trajectory.usage, trajectory.model)
+        if tracker is not None and tracker.overrun() is not None:
+            stop_reason = "budget"
+        await self._report(trajectories, emit)
+        order = reference_order(self.order, trajectories, round_rng(self.seed, key, round_index))
+        return RoundResult(
+            index=round_index,
+            width=given.width,
+            trajectories=trajectories,
+            order=[trajectories[i].index for i in order],
+            messages=[trajectories[i].message or "" for i in order],
+            wall_s=given.wall_s,
+            stop_reason=stop_reason,
+        )
 
     def _target(self, width: int) -> int:
         if self.min_success is None:
@@ -321,10 +351,16 @@ class RoundRunner:
         trajectory = Trajectory(**fields)
         if trajectory.content:
             try:
-                trajectory.message = await apply_compactor(self.compactor, trajectory.text)
+                await self._compact(trajectory)
             except Exception as error:  # a compactor bug fails its trajectory, not the round
                 trajectory.status, trajectory.error = "failed", error_info(error)
         return trajectory
+
+    async def _compact(self, trajectory: Trajectory) -> None:
+        """Set the trajectory's message to C(its text); tokens C spent (`summarize`) join its usage."""
+        trajectory.message, spent = await compact(self.compactor, trajectory.text)
+        if spent.total_tokens:
+            trajectory.usage = trajectory.usage + spent
 
     async def _report(self, trajectories: Sequence[Trajectory | None], emit: Emit | None) -> None:
         if emit is None:

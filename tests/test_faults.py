@@ -274,9 +274,13 @@ def _readable(message: str) -> bool:
 
 @pytest.mark.parametrize("kind", FAULT_KINDS)
 async def test_solve_many_under_each_fault_kind(kind: str) -> None:
-    config = SimConfig(seed=3, faults=Faults(rates={kind: 0.3}, retry_after=2))
-    async with upstream(config, stream=True, timeout=0.3) as (_, http):
-        coordinator = Coordinator([3], http, retry=RetryPolicy(max_attempts=3, sleep=FakeSleep()))
+    config = SimConfig(seed=3, faults=Faults(rates={kind: 0.2}, retry_after=2))
+    # A stall ends at the client's timeout (real time: kept short); other kinds keep the default, so
+    # a loaded machine does not add timeouts of its own. Eight attempts make a call that fails every
+    # one of them (0.2 ** 8) practically impossible, so transient faults never fail a problem.
+    timeout = {"timeout": 0.3} if kind == "stall" else {}
+    async with upstream(config, stream=True, **timeout) as (_, http):
+        coordinator = Coordinator([3], http, retry=RetryPolicy(max_attempts=8, sleep=FakeSleep()))
         results = await coordinator.solve_many([f"{PROBLEM} #{i}" for i in range(6)])
     assert len(results) == 6  # nothing lost: one outcome per problem
     trajectories = []
@@ -306,7 +310,8 @@ async def test_solve_many_under_each_fault_kind(kind: str) -> None:
 async def test_serve_streaming_under_each_fault_kind(kind: str) -> None:
     # The final round's first attempt meets the fault (arrivals 0 and 1 are round 0's).
     config = SimConfig(seed=3, faults=Faults(script=[None, None, kind], retry_after=2))
-    async with upstream(config, stream=True, timeout=0.3) as (_, http):
+    timeout = {"timeout": 0.3} if kind == "stall" else {}
+    async with upstream(config, stream=True, **timeout) as (_, http):
         policy = RetryPolicy(max_attempts=3, sleep=FakeSleep())
         async with PacoreServer(http, retry=policy) as server, aiohttp.ClientSession() as session:
             body = {"model": "pacore:[2]", "messages": [{"role": "user", "content": PROBLEM}], "stream": True}
