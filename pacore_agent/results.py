@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    computed_field,
+    model_serializer,
+)
 
 __all__ = [
     "AttemptRestarted",
@@ -34,7 +41,9 @@ class Usage(BaseModel):
     """Token counts as the endpoint reported them.
 
     ``completion_tokens`` includes ``reasoning_tokens`` (as in the OpenAI API); ``cached_tokens`` is the
-    part of ``prompt_tokens`` served from the prefix cache.
+    part of ``prompt_tokens`` served from the prefix cache. ``estimated`` is true when some of the counts
+    were made by pacore with a tokenizer because the endpoint sent none (a sum is estimated when any
+    part is).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -43,11 +52,30 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0
+    estimated: bool = False
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Measured counts (the usual case) are stored as before: the flag only appears when it is set.
+        data: dict[str, Any] = handler(self)
+        if not self.estimated:
+            data.pop("estimated", None)
+        return data
 
     @property
     def total_tokens(self) -> int:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict[str, Any]:
+        """The ``usage`` object of an OpenAI chat completion with these counts."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -55,6 +83,7 @@ class Usage(BaseModel):
             completion_tokens=self.completion_tokens + other.completion_tokens,
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
             cached_tokens=self.cached_tokens + other.cached_tokens,
+            estimated=self.estimated or other.estimated,
         )
 
     def split(self, weights: list[int]) -> list[Usage]:
@@ -81,6 +110,7 @@ class Usage(BaseModel):
                 cached_tokens=self.cached_tokens if i == 0 else 0,
                 completion_tokens=completion[i],
                 reasoning_tokens=reasoning[i],
+                estimated=self.estimated,
             )
             for i in range(n)
         ]

@@ -321,3 +321,26 @@ async def test_each_fault_kind_is_retried_or_not(
         assert waited == 0.0 and call.request.sampling.max_tokens == 4096 - 5 - 16
     else:
         assert 0.5 <= waited <= 1.0  # the first back-off (equal jitter), also for a malformed Retry-After
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"timeout": -5}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"timeout": "60"}, "timeout"),
+        ({"http_client": "curl"}, "http_client"),
+        ({"token_limit": "max_new_tokens"}, "token_limit"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+    ],
+)
+def test_bad_options_get_one_line_naming_the_option(options: dict[str, Any], named: str) -> None:
+    with pytest.raises(UsageError) as bad:
+        OpenAIBackend("http://127.0.0.1:30000/v1", **options)
+    message = str(bad.value)
+    assert message.startswith(named) and "\n" not in message
+    assert repr(next(iter(options.values())))[:3] in message or "positive" in message

@@ -182,3 +182,19 @@ async def test_a_field_refused_again_after_dropping_it_is_raised() -> None:
                 await backend.generate(request)
     assert refused.value.param == "top_p" and not refused.value.retryable
     assert [b.get("top_p") for b in seen] == [0.5, None]
+
+
+async def test_a_server_refusing_stream_options_streams_and_counts_its_tokens(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pacore_agent.backends.openai_compat")
+    config = SimConfig(seed=1, unsupported_params=("stream_options",))
+    async with SimServer(config) as server:
+        async with OpenAIBackend(server.base_url, "pacore-sim", stream=True) as backend:
+            [completion] = await backend.generate(GenerationRequest([{"role": "user", "content": PROBLEM}]))
+    assert completion.content and completion.usage.estimated and completion.usage.completion_tokens > 0
+    assert [("stream_options" in b, b.get("stream")) for b in server.engine.requests] == [
+        (True, True),
+        (False, True),
+    ]
+    assert ["'stream_options'" in r.getMessage() for r in caplog.records] == [True]

@@ -45,40 +45,12 @@ from pacore_agent.exceptions import (
 )
 from pacore_agent.results import Usage
 from pacore_agent.testing.fake_sglang import DIE_EXIT_CODE, EOS_TOKEN_ID, FakeSGLangServer
+from tests.processes import FAKE_COMMAND, FAKE_ENV, group_members, running
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="process-group checks read /proc")
 
-REPO = Path(__file__).resolve().parents[1]
-FAKE_COMMAND = [sys.executable, "-m", "pacore_agent.testing.fake_sglang"]
-FAKE_ENV = {"PYTHONPATH": str(REPO)}
-
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def _running(pid: int) -> bool:
-    """Whether the process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[2] == str(pgid) and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
 
 
 def _launch(*extra: str, **kwargs: Any) -> SGLangBackend:
@@ -530,7 +502,7 @@ async def test_launch_serves_then_stops_the_whole_process_group(
         state = await _fake_state(backend.base_url)
         [child] = state["child_pids"]
         assert state["pid"] == pid
-        assert sorted(_group_members(pid)) == sorted([pid, child])
+        assert sorted(group_members(pid)) == sorted([pid, child])
 
         [out] = await backend.generate_ids([3, 4, 5], {"max_new_tokens": 8})
         assert out.logprobs is not None and len(out.logprobs) == len(out.token_ids) == out.completion_tokens
@@ -541,8 +513,8 @@ async def test_launch_serves_then_stops_the_whole_process_group(
         assert state["flush_count"] == 1
 
     assert server.returncode == 0  # stopped by SIGTERM, cleanly
-    assert not _running(child)  # the leftover worker got the group's signal too
-    assert _group_members(pid) == []
+    assert not running(child)  # the leftover worker got the group's signal too
+    assert group_members(pid) == []
     log = log_path.read_text()
     assert "fired up and ready to roll" in log
     assert "--mem-fraction-static 0.8" in log  # SGLang's other arguments reach the command
@@ -567,7 +539,7 @@ async def test_a_server_that_dies_at_startup_is_reported_with_its_exit_code_and_
     assert "simulated startup failure" in error.log_tail
     assert error.log_path == backend.server.log_path
     assert not error.retryable
-    assert _group_members(backend.server.pid or -1) == []
+    assert group_members(backend.server.pid or -1) == []
     # Without log_path, the log is a new temporary file, left for the user to read.
     assert error.log_path is not None and error.log_path.is_relative_to(tempfile.gettempdir())
     error.log_path.unlink()
@@ -589,7 +561,7 @@ async def test_a_server_that_dies_mid_run_is_reported_with_its_exit_code_and_log
         assert "simulated crash" in error.log_tail
         assert not backend.server.running
         pid = backend.server.pid
-    assert pid is not None and _group_members(pid) == []
+    assert pid is not None and group_members(pid) == []
 
 
 @pytest.mark.anyio
@@ -602,8 +574,8 @@ async def test_a_server_ignoring_sigterm_is_killed_with_its_children(
         pid = backend.server.pid
         [child] = (await _fake_state(backend.base_url))["child_pids"]
     assert backend.server.returncode == -signal.SIGKILL
-    assert not _running(child)
-    assert pid is not None and _group_members(pid) == []
+    assert not running(child)
+    assert pid is not None and group_members(pid) == []
 
 
 @pytest.mark.anyio
@@ -617,7 +589,7 @@ async def test_a_server_that_never_gets_healthy_times_out_and_is_stopped(
     assert "did not answer /health_generate with 200 within 5s" in str(timed_out.value)
     assert "fake-sglang" in timed_out.value.log_tail  # the log tail is quoted
     assert backend.server.returncode is not None
-    assert _group_members(backend.server.pid or -1) == []
+    assert group_members(backend.server.pid or -1) == []
 
 
 @pytest.mark.anyio
@@ -629,7 +601,7 @@ async def test_cancelling_a_launch_leaves_no_process_behind(anyio_backend: str, 
     assert scope.cancelled_caught
     assert backend.server.pid is not None
     assert backend.server.returncode is not None
-    assert _group_members(backend.server.pid) == []
+    assert group_members(backend.server.pid) == []
 
 
 @pytest.mark.anyio

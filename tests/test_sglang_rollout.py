@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -28,16 +27,13 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from pacore_agent.backends.sglang import SGLangBackend, SGLangServerError
 from pacore_agent.exceptions import BackendError, ContextLengthError, RequestRejectedError, UsageError
 from pacore_agent.testing.fake_sglang import EOS_TOKEN_ID, FakeSGLangServer
+from tests.processes import FAKE_COMMAND, FAKE_ENV, group_members, running
 from training.ppo import PPOConfig, PPOTrainer
 from training.rollout import HFRollout
 from training.sglang_rollout import SGLangRollout, WeightSyncError
 from training.toy import EOS, PAD, make_policy, sample_problems
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="process-group checks read /proc")
-
-REPO = Path(__file__).resolve().parents[1]
-FAKE_COMMAND = [sys.executable, "-m", "pacore_agent.testing.fake_sglang"]
-FAKE_ENV = {"PYTHONPATH": str(REPO)}
 
 
 @pytest.fixture(autouse=True)
@@ -92,31 +88,6 @@ def _post(url: str, body: Any) -> Any:
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
-
-
-def _running(pid: int) -> bool:
-    """Whether the process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[2] == str(pgid) and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
 
 
 # -- generation -----------------------------------------------------------------------------------
@@ -350,10 +321,10 @@ def test_a_launched_server_serves_takes_weights_and_its_death_is_reported(tmp_pa
         assert f"exited with status {-signal.SIGKILL}" in str(push_failed.value)
         assert "fired up and ready to roll" in push_failed.value.log_tail
         assert isinstance(push_failed.value.__cause__, SGLangServerError)
-        assert _running(child)  # the dead server's worker lives on until the engine closes
+        assert running(child)  # the dead server's worker lives on until the engine closes
 
-    assert not _running(child)
-    assert _group_members(pid) == []
+    assert not running(child)
+    assert group_members(pid) == []
 
 
 # -- usage ------------------------------------------------------------------------------------------

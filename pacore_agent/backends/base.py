@@ -20,6 +20,7 @@ from pacore_agent.results import Usage
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
+    "AsyncResource",
     "Backend",
     "Completion",
     "DeltaCallback",
@@ -121,7 +122,38 @@ class Completion:
     logprobs: list[float] | None = None
 
 
-class Backend(ABC):
+class AsyncResource:
+    """An async context manager that enters with `start` and exits with `aclose`.
+
+    A failed `start` closes what it opened before the error propagates.
+    """
+
+    async def start(self) -> None:
+        """Open what must be open before use; nothing by default."""
+        return None
+
+    async def aclose(self) -> None:
+        """Release connections and other resources. Idempotent."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class Backend(AsyncResource, ABC):
     """Base class of every backend.
 
     Subclasses implement `generate`. Optional abilities (token ids, logprobs, weight updates) live on
@@ -169,21 +201,6 @@ class Backend(ABC):
         Raises:
             pacore_agent.exceptions.BackendError: The endpoint failed; subclasses say how.
         """
-
-    async def aclose(self) -> None:
-        """Release connections and other resources. Idempotent."""
-        return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, max_concurrency={self.max_concurrency})"

@@ -27,13 +27,14 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pacore_agent.exceptions import (
     AuthenticationError,
     BackendError,
+    BudgetExceeded,
     ContextLengthError,
     EndpointConnectionError,
     EndpointTimeoutError,
@@ -41,7 +42,9 @@ from pacore_agent.exceptions import (
     PacoreError,
     RateLimitError,
     RequestRejectedError,
+    RoundFailedError,
     ServerError,
+    SolveError,
     UnsupportedParameterError,
     UsageError,
 )
@@ -55,6 +58,7 @@ __all__ = [
     "excerpt",
     "from_sdk_error",
     "parse_retry_after",
+    "redact",
     "stream_error",
     "unsupported_parameter",
 ]
@@ -197,6 +201,14 @@ def _seconds(value: str | None) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every occurrence of each secret (keys) replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 def unsupported_parameter(fields: ErrorFields) -> str | None:
     """The request field a 400 refuses as unsupported (parameter or value), or ``None``."""
     if fields.code in _UNSUPPORTED_CODES and fields.param:
@@ -329,7 +341,6 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
     code); a failure of the endpoint behind the server is a 502 (504 for a timeout); anything that is
     not a pacore error is a 500 whose message never carries the exception's text.
     """
-    from pacore_agent.exceptions import BudgetExceeded, RoundFailedError, SolveError
 
     def body(message: str, kind: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
         return {"error": {"message": message, "type": kind, "param": param, "code": code}}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from types import TracebackType
 
 from pacore_agent.exceptions import UsageError
 
@@ -109,12 +108,7 @@ class EndpointLimiter:
 
     __aenter__ = acquire  # not a wrapper: one coroutine less per request
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.release()
 
     def __repr__(self) -> str:

@@ -7,10 +7,12 @@ into `pacore_agent.exceptions` at this boundary, by `pacore_agent.backends.error
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import logging
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -30,14 +32,16 @@ from pacore_agent.exceptions import (
     ConfigurationError,
     MalformedResponseError,
     UnsupportedParameterError,
+    UsageError,
 )
 from pacore_agent.results import Usage
 
-__all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "is_local_url"]
+__all__ = ["DEFAULT_TIMEOUT", "OpenAIBackend", "estimate_usage", "is_local_url"]
 
 logger = logging.getLogger(__name__)
 
 _TOKEN_LIMITS = ("max_completion_tokens", "max_tokens")
+_HTTP_CLIENTS = ("aiohttp", "httpx")
 
 DEFAULT_TIMEOUT = 7200.0
 """Seconds a request may take; long reasoning without streaming needs hours (as the official pipeline)."""
@@ -57,10 +61,10 @@ def is_local_url(url: str) -> bool:
     return address.is_loopback or address.is_private or address.is_link_local
 
 
-def _usage(raw: Any) -> Usage:
+def _usage(raw: Any) -> Usage | None:
     # Bodies come from `json.loads`: plain dicts (checked as `dict`, not the slower `Mapping`).
     if not isinstance(raw, dict):
-        return Usage()
+        return None
     details = raw.get("completion_tokens_details")
     prompt_details = raw.get("prompt_tokens_details")
     return Usage(
@@ -71,6 +75,52 @@ def _usage(raw: Any) -> Usage:
         if isinstance(prompt_details, dict)
         else 0,
     )
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The error that stopped a task group (not the cancellations it caused in the other tasks)."""
+    errors = [error for error in _leaves(group) if not isinstance(error, anyio.get_cancelled_exc_class())]
+    return errors[0] if errors else None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for error in group.exceptions:
+        out += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return out
+
+
+def _text_of(message: Mapping[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: only the text ones count here
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    return content if isinstance(content, str) else ""
+
+
+def estimate_usage(
+    count: Callable[[str], int], messages: Sequence[Mapping[str, Any]], completions: Sequence[Completion]
+) -> None:
+    """Set each completion's usage from token counts made with ``count``, marked ``estimated``.
+
+    The prompt is counted once, on the first completion (as `Usage.split` places it); each completion
+    counts its content and reasoning.
+    """
+    prompt = sum(count(_text_of(message)) for message in messages)
+    for index, completion in enumerate(completions):
+        reasoning = count(completion.reasoning) if completion.reasoning else 0
+        completion.usage = Usage(
+            prompt_tokens=prompt if index == 0 else 0,
+            completion_tokens=count(completion.content or "") + reasoning,
+            reasoning_tokens=reasoning,
+            estimated=True,
+        )
+
+
+def _tiktoken_counter() -> Callable[[str], int]:
+    from pacore_agent.tokenizers import tiktoken_encoding
+
+    encoding = tiktoken_encoding("o200k_base")
+    return lambda text: len(encoding.encode(text, disallowed_special=()))
 
 
 def _reasoning_of(message: Mapping[str, Any]) -> str | None:
@@ -103,6 +153,9 @@ class OpenAIBackend(Backend):
             (OpenAI's current name; SGLang has deprecated ``max_tokens``), ``"max_tokens"`` (what every
             OpenAI-compatible server knows), or ``"auto"``: the first for hosted endpoints, the second
             for local ones.
+        token_counter: Counts the tokens of a text, for the usage of answers that carry none (marked
+            `Usage.estimated`); default: tiktoken's ``o200k_base``, loaded offline. Pass the model's own
+            tokenizer for exact counts, e.g. ``lambda text: len(tokenizer.encode(text))``.
 
     Requests adapt to the endpoint: when it answers 400 naming a field it does not support (OpenAI's
     ``unsupported_parameter`` / ``unsupported_value``, as GPT-5 and the o-series answer ``top_p``,
@@ -125,8 +178,19 @@ class OpenAIBackend(Backend):
         supports_n: bool | None = None,
         http_client: Literal["aiohttp", "httpx"] = "aiohttp",
         token_limit: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto",
+        token_counter: Callable[[str], int] | None = None,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+            raise UsageError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if http_client not in _HTTP_CLIENTS:
+            raise UsageError(
+                f"http_client must be one of {', '.join(map(repr, _HTTP_CLIENTS))}; got {http_client!r}"
+            )
+        if token_limit not in ("auto", *_TOKEN_LIMITS):
+            raise UsageError(
+                f"token_limit must be 'auto', 'max_completion_tokens' or 'max_tokens'; got {token_limit!r}"
+            )
         if not base_url or "://" not in base_url:
             raise ConfigurationError(
                 f"base_url must be a URL like http://127.0.0.1:30000/v1, got {base_url!r}"
@@ -152,6 +216,7 @@ class OpenAIBackend(Backend):
         if token_limit == "auto":
             token_limit = "max_tokens" if is_local_url(self.base_url) else "max_completion_tokens"
         self.token_limit: str = token_limit
+        self._token_counter = token_counter
         self._renamed: set[str] = set()
         self.refused: dict[str, str] = {}
         """Fields this endpoint refused (name -> the endpoint's code); they are no longer sent."""
@@ -187,6 +252,12 @@ class OpenAIBackend(Backend):
                 http_client=http,
             )
         return self._client
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by ``token_counter`` (tiktoken's ``o200k_base`` unless one was given)."""
+        if self._token_counter is None:
+            self._token_counter = _tiktoken_counter()
+        return self._token_counter(text)
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
@@ -268,23 +339,68 @@ class OpenAIBackend(Backend):
     async def generate(
         self, request: GenerationRequest, *, on_delta: DeltaCallback | None = None
     ) -> list[Completion]:
-        """Generate ``request.n`` completions (see `Backend.generate`)."""
+        """Generate ``request.n`` completions (see `Backend.generate`).
+
+        When the server ignores ``n`` (it answers fewer choices; remembered in `supports_n`), the rest
+        are requested one at a time and concurrently, each holding a slot of its own of `limiter`
+        besides the caller's.
+        """
         model = request.model or self.model or await self.resolve_model()
         n = request.n
         if n > 1 and self.supports_n is False:
-            completions: list[Completion] = []
-            for _ in range(n):
-                completions += await self._request(request, model, 1, on_delta)
-            return completions
+            return await self._fill(request, model, n, on_delta, offset=0)
         completions = await self._request(request, model, n, on_delta)
         if len(completions) < n:
-            # The server ignored `n`: remember it, and fetch the rest one by one within this call's slot.
             self.supports_n = False
-            while len(completions) < n:
-                completions += await self._request(request, model, 1, on_delta, offset=len(completions))
+            completions += await self._fill(request, model, n - len(completions), on_delta, len(completions))
         elif n > 1:
             self.supports_n = True
         return completions[:n]
+
+    async def _fill(
+        self, request: GenerationRequest, model: str, count: int, on_delta: DeltaCallback | None, offset: int
+    ) -> list[Completion]:
+        """``count`` single completions: one in the caller's slot, the others as slots come free.
+
+        The caller's slot works through the list while helpers wait for slots of their own; helpers
+        still waiting when the list is done are dropped. So no caller ever waits for a slot while it
+        holds one (callers waiting on each other's slots would deadlock), and a free endpoint serves
+        them all at once.
+        """
+        results: list[list[Completion]] = [[] for _ in range(count)]
+        todo = collections.deque(range(count))
+        waiting: set[anyio.CancelScope] = set()
+
+        async def work() -> None:
+            while todo:
+                index = todo.popleft()
+                results[index] = await self._request(request, model, 1, on_delta, offset + index)
+
+        async def helper() -> None:
+            with anyio.CancelScope() as scope:
+                waiting.add(scope)
+                await self.limiter.acquire()
+            waiting.discard(scope)  # no await since the slot came: the scope can no longer be cancelled
+            if scope.cancel_called:
+                return
+            try:
+                await work()
+            finally:
+                self.limiter.release()
+
+        try:
+            async with anyio.create_task_group() as group:
+                for _ in range(count - 1):
+                    group.start_soon(helper)
+                await work()
+                for scope in waiting:
+                    scope.cancel()
+        except BaseExceptionGroup as failures:
+            first = _first_error(failures)
+            if first is None:
+                raise
+            raise first from None
+        return [completion for result in results for completion in result]
 
     async def _request(
         self,
@@ -312,15 +428,21 @@ class OpenAIBackend(Backend):
     ) -> list[Completion]:
         try:
             if stream:
-                return await self._streamed(body, on_delta, offset)
-            # The SDK's low-level call with the raw JSON: the same pooled client, retries, auth and error
-            # classes, without building and validating typed models (half the client CPU per request).
-            response = await self.client.post("/chat/completions", body=body, cast_to=object)
-            return self._parse(response)
+                completions, measured = await self._streamed(body, on_delta, offset)
+            else:
+                # The SDK's low-level call with the raw JSON: the same pooled client, auth and error
+                # classes, without building and validating typed models (half the client CPU per request).
+                response = await self.client.post("/chat/completions", body=body, cast_to=object)
+                completions = self._parse(response)
+                measured = isinstance(response, dict) and isinstance(response.get("usage"), dict)
         except BackendError:
             raise
         except Exception as exc:
             raise from_sdk_error(exc, endpoint=self.base_url) from exc
+        if not measured:
+            # The server sent no usage (some ignore `stream_options.include_usage`): count, and say so.
+            await anyio.to_thread.run_sync(estimate_usage, self.count_tokens, body["messages"], completions)
+        return completions
 
     def _parse(self, response: Any) -> list[Completion]:
         # On the hot path of every request: plain-dict checks, and no second `Usage` per choice.
@@ -331,7 +453,7 @@ class OpenAIBackend(Backend):
             raise MalformedResponseError(f"{self.base_url} returned no choices")
         if len(choices) > 1:
             choices = sorted(choices, key=lambda c: c.get("index") or 0 if isinstance(c, dict) else 0)
-        usage = _usage(response.get("usage"))
+        usage = _usage(response.get("usage")) or Usage()
         model = response.get("model")
         parsed: list[Completion] = []
         for choice in choices:
@@ -356,11 +478,12 @@ class OpenAIBackend(Backend):
 
     async def _streamed(
         self, body: dict[str, Any], on_delta: DeltaCallback | None, offset: int
-    ) -> list[Completion]:
+    ) -> tuple[list[Completion], bool]:
+        """The streamed completions, and whether the server sent their usage."""
         contents: dict[int, list[str]] = {}
         reasonings: dict[int, list[str]] = {}
         finish: dict[int, str | None] = {}
-        usage = Usage()
+        usage: Usage | None = None
         model: str | None = None
         stream = await self.client.post(
             "/chat/completions",
@@ -405,7 +528,8 @@ class OpenAIBackend(Backend):
             )
             for i in sorted(contents)
         ]
-        usages = usage.split([len(c.content or "") + len(c.reasoning or "") for c in parsed])
-        for completion, part in zip(parsed, usages, strict=True):
-            completion.usage = part
-        return parsed
+        if usage is not None:
+            usages = usage.split([len(c.content or "") + len(c.reasoning or "") for c in parsed])
+            for completion, part in zip(parsed, usages, strict=True):
+                completion.usage = part
+        return parsed, usage is not None

@@ -28,7 +28,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,9 +36,19 @@ from typing import Any
 import anyio
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest
-from pacore_agent.backends.errors import error_from_response
+from pacore_agent.backends.sim_faults import (
+    CUT_MID_ANSWER,
+    ERROR_STYLES,
+    FAULT_KINDS,
+    Faults,
+    SimFault,
+    context_fault,
+    draw_fault,
+    fault_error,
+    refusal,
+)
 from pacore_agent.compactors import last_boxed
-from pacore_agent.exceptions import EndpointConnectionError, MalformedResponseError, UsageError
+from pacore_agent.exceptions import UsageError
 from pacore_agent.results import Usage
 
 __all__ = [
@@ -58,33 +68,6 @@ SIM_MODEL = "pacore-sim"
 """The simulated model's id."""
 
 SIM_LABEL = "(simulated reasoning, not a language model)"
-
-FAULT_KINDS: tuple[str, ...] = (
-    "bad_request",  # 400 invalid request
-    "rate_limit",  # 429, Retry-After in seconds
-    "rate_limit_date",  # 429, Retry-After as an HTTP-date
-    "rate_limit_malformed",  # 429, Retry-After: soon
-    "server_error",  # 500
-    "unavailable",  # 503
-    "drop",  # connection reset before any answer
-    "stall",  # no answer until the client gives up
-    "malformed",  # 200 whose body is not JSON
-    "empty_choices",  # 200 with "choices": []
-    "stream_drop",  # the answer cut mid-way (connection closed after some chunks)
-    "stream_error",  # an SSE {"error": ...} chunk (500) after some chunks; a plain 500 when not streaming
-    "stream_context_length",  # the same with a context-length 400 inside; a plain 400 when not streaming
-    "context_length",  # 400 context length
-)
-
-ERROR_STYLES: tuple[str, ...] = ("openai", "vllm", "sglang")
-"""Wire shapes of error bodies: OpenAI's ``{"error": {..., "code": "str"}}``, vLLM's
-``{"error": {..., "code": 400}}``, SGLang's top-level ``{"object": "error", ..., "code": 400}``."""
-
-_CUT_MID_ANSWER = ("stream_drop", "stream_error", "stream_context_length")
-_RATE_LIMIT_MESSAGE = (
-    "Rate limit reached for requests per min (RPM): Limit 500, Used 500, Requested 1. "
-    "Please try again in 1s. (simulated)"
-)
 
 _SYNTHESIS_HEAD = "You are given a problem and a list of reference responses."
 _SYNTHESIS = re.compile(r"Original Problem:\n(?P<problem>.*?)\n\nReference Responses:\n(?P<refs>.*)", re.S)
@@ -147,32 +130,6 @@ class Latency:
 
 
 @dataclass(frozen=True)
-class Faults:
-    """Fault injection.
-
-    Attributes:
-        rates: Probability per request of each fault kind (see `FAULT_KINDS`).
-        script: Faults of the first requests, in arrival order (``None`` = no fault): deterministic
-            scenarios for tests, e.g. ``("rate_limit", "server_error")``.
-        retry_after: Seconds a 429 asks to wait (``rate_limit``: as seconds; ``rate_limit_date``: as an
-            HTTP-date that far ahead).
-        stream_cut: Share of the answer's chunks sent before ``stream_drop`` / ``stream_error`` strikes.
-    """
-
-    rates: Mapping[str, float] = field(default_factory=dict)
-    script: Sequence[str | None] = ()
-    retry_after: float = 1.0
-    stream_cut: float = 0.5
-
-    def __post_init__(self) -> None:
-        for kind in [*self.rates, *(k for k in self.script if k is not None)]:
-            if kind not in FAULT_KINDS:
-                raise UsageError(f"unknown fault {kind!r}: choose from {', '.join(FAULT_KINDS)}")
-        if not 0 <= self.stream_cut <= 1:
-            raise UsageError(f"stream_cut must be within [0, 1], got {self.stream_cut}")
-
-
-@dataclass(frozen=True)
 class SimConfig:
     """Settings of the simulated reasoning model.
 
@@ -203,6 +160,8 @@ class SimConfig:
             ``hosted_reasoning``, else ``"vllm"``.
         unsupported_params: Request fields refused with 400 ``unsupported_parameter`` (e.g.
             ``("max_completion_tokens",)`` for servers that only know ``max_tokens``).
+        send_usage: Report usage; ``False`` mimics servers that send none (and ignore
+            ``stream_options.include_usage``).
     """
 
     model: str = SIM_MODEL
@@ -223,6 +182,7 @@ class SimConfig:
     hosted_reasoning: bool = False
     error_style: str | None = None
     unsupported_params: tuple[str, ...] = ()
+    send_usage: bool = True
 
     def __post_init__(self) -> None:
         if self.error_style is not None and self.error_style not in ERROR_STYLES:
@@ -268,28 +228,6 @@ class SimReply:
     latency: float | None
     model: str
     cut: SimFault | None = None
-
-
-@dataclass(frozen=True)
-class SimFault:
-    """A simulated failure.
-
-    Attributes:
-        kind: One of `FAULT_KINDS`, or ``"unsupported_parameter"`` / ``"unsupported_value"`` /
-            ``"model_not_found"`` (hosted mode).
-        status: HTTP status (0 when there is no answer at all).
-        message: The error message, in the real servers' wording.
-        retry_after: Seconds a 429 asks to wait (``None``: no usable ``Retry-After``).
-        param: The offending request field, as OpenAI names it in ``error.param``.
-        code: OpenAI's ``error.code`` (``"unsupported_parameter"``, ``"context_length_exceeded"``, ...).
-    """
-
-    kind: str
-    status: int
-    message: str
-    retry_after: float | None = None
-    param: str | None = None
-    code: str | None = None
 
 
 def _words(text: str) -> int:
@@ -392,10 +330,10 @@ class SimEngine:
         if self.config.record_requests:
             self.requests.append(dict(body))
         self._arrivals += 1
-        fault = self._fault(self._arrivals - 1)
-        if fault is not None and fault.kind not in ("stall", *_CUT_MID_ANSWER, "context_length"):
+        fault = draw_fault(self.config.faults, self._arrivals - 1, self._fault_rng)
+        if fault is not None and fault.kind not in ("stall", *CUT_MID_ANSWER, "context_length"):
             return fault
-        if (refused := self._refusal(body)) is not None:
+        if (refused := refusal(self.config, body)) is not None:
             return refused
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -407,15 +345,15 @@ class SimEngine:
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         window = self.config.context_window
         if fault is not None and fault.kind == "context_length":
-            return self._context_fault(prompt_tokens, max_tokens or window)
+            return context_fault(self.config, prompt_tokens, max_tokens or window)
         if prompt_tokens >= window or (max_tokens is not None and prompt_tokens + int(max_tokens) > window):
-            return self._context_fault(prompt_tokens, int(max_tokens or 0))
-        if fault is not None and fault.kind in _CUT_MID_ANSWER and not body.get("stream"):
+            return context_fault(self.config, prompt_tokens, int(max_tokens or 0))
+        if fault is not None and fault.kind in CUT_MID_ANSWER and not body.get("stream"):
             # Without a stream there is no "mid-answer": the error is the whole answer.
             if fault.kind == "stream_error":
                 return SimFault("server_error", 500, "Internal server error (simulated)")
             if fault.kind == "stream_context_length":
-                return self._context_fault(prompt_tokens, max_tokens or window)
+                return context_fault(self.config, prompt_tokens, max_tokens or window)
 
         key = _hash(json.dumps(messages, sort_keys=True, ensure_ascii=False))
         seen = self._seen.get(key, 0)
@@ -445,120 +383,17 @@ class SimEngine:
             cached_tokens=prompt_tokens if seen else 0,
         )
         reply = SimReply(choices=choices, usage=usage, latency=latency, model=self.config.model)
-        if fault is not None and fault.kind in _CUT_MID_ANSWER:
+        if fault is not None and fault.kind in CUT_MID_ANSWER:
             # The server front end sends part of this answer, then fails (`SimReply.cut`).
             return replace(reply, cut=self._cut_fault(fault, prompt_tokens, max_tokens or window))
         return reply
 
-    def _refusal(self, body: Mapping[str, Any]) -> SimFault | None:
-        """OpenAI's answer to fields a model refuses (one field at a time, as it does)."""
-        config = self.config
-        model = body.get("model")
-        if config.hosted_reasoning and model != config.model:
-            return SimFault(
-                "model_not_found",
-                404,
-                f"The model `{model}` does not exist or you do not have access to it.",
-                code="model_not_found",
-            )
-        refused = (*config.unsupported_params, *(("top_p", "max_tokens") if config.hosted_reasoning else ()))
-        for name in refused:
-            if name in body:
-                hint = " Use 'max_completion_tokens' instead." if name == "max_tokens" else ""
-                return SimFault(
-                    "unsupported_parameter",
-                    400,
-                    f"Unsupported parameter: '{name}' is not supported with this model.{hint}",
-                    param=name,
-                    code="unsupported_parameter",
-                )
-        if not config.hosted_reasoning:
-            return None
-        temperature = body.get("temperature")
-        if temperature is not None and temperature != 1:
-            return SimFault(
-                "unsupported_value",
-                400,
-                f"Unsupported value: 'temperature' does not support {temperature} with this model. "
-                "Only the default (1) value is supported.",
-                param="temperature",
-                code="unsupported_value",
-            )
-        return None
-
     def _cut_fault(self, fault: SimFault, prompt_tokens: int, max_tokens: int) -> SimFault:
         if fault.kind == "stream_context_length":
-            return self._context_fault(prompt_tokens, max_tokens)
+            return context_fault(self.config, prompt_tokens, max_tokens)
         if fault.kind == "stream_error":
             return replace(fault, status=500, message="Internal server error (simulated)")
         return fault
-
-    def _context_fault(self, prompt_tokens: int, max_tokens: int) -> SimFault:
-        # Each server's own wording, so clients parse it as they would parse the real one's.
-        window = self.config.context_window
-        style = self.config.wire_style
-        if style == "openai":
-            message = (
-                f"This model's maximum context length is {window} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
-                "completion). Please reduce the length of the messages or completion."
-            )
-            return SimFault("context_length", 400, message, param="messages", code="context_length_exceeded")
-        if style == "vllm":
-            if prompt_tokens >= window:
-                message = (
-                    f"This model's maximum context length is {window} tokens. However, your request has "
-                    f"{prompt_tokens} input tokens. Please reduce the length of the input messages."
-                )
-            else:
-                message = (
-                    f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's "
-                    f"maximum context length is {window} tokens and your request has {prompt_tokens} input "
-                    f"tokens ({max_tokens} > {window} - {prompt_tokens})."
-                )
-            return SimFault("context_length", 400, message)
-        return SimFault(
-            "context_length",
-            400,
-            f"Requested token count exceeds the model's maximum context length of {window} tokens. "
-            f"You requested a total of {prompt_tokens + max_tokens} tokens: {prompt_tokens} tokens from "
-            f"the input messages and {max_tokens} tokens for the completion. Please reduce the number of "
-            "tokens in the input messages or the completion to fit within the limit.",
-        )
-
-    def _fault(self, arrival: int) -> SimFault | None:
-        faults = self.config.faults
-        kind: str | None = None
-        if arrival < len(faults.script):
-            kind = faults.script[arrival]
-        elif faults.rates:
-            draw = self._fault_rng.random()
-            for name, rate in faults.rates.items():
-                if draw < rate:
-                    kind = name
-                    break
-                draw -= rate
-        if kind is None:
-            return None
-        status, message = {
-            "bad_request": (400, "Invalid request (simulated)"),
-            "rate_limit": (429, _RATE_LIMIT_MESSAGE),
-            "rate_limit_date": (429, _RATE_LIMIT_MESSAGE),
-            "rate_limit_malformed": (429, _RATE_LIMIT_MESSAGE),
-            "server_error": (500, "Internal server error (simulated)"),
-            "unavailable": (503, "Service unavailable (simulated)"),
-            "drop": (0, "connection reset (simulated)"),
-            "stall": (0, "stalled (simulated)"),
-            "malformed": (200, "malformed body (simulated)"),
-            "empty_choices": (200, "no choices (simulated)"),
-            "stream_drop": (0, "connection closed mid-answer (simulated)"),
-            "stream_error": (500, ""),
-            "stream_context_length": (400, ""),
-            "context_length": (400, ""),
-        }[kind]
-        retry_after = faults.retry_after if kind in ("rate_limit", "rate_limit_date") else None
-        code = "rate_limit_exceeded" if status == 429 else None
-        return SimFault(kind, status, message, retry_after, code=code)
 
     def _answer(self, prompt: str, rng: random.Random) -> tuple[str, list[str]]:
         """(answer, reference answers seen) for the last user message's text."""
@@ -637,60 +472,6 @@ def _body(request: GenerationRequest, model: str) -> dict[str, Any]:
             body[key] = value
     body.update(sampling.extra_body)
     return body
-
-
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error"}
-_SERVER_TYPES = {
-    400: "BadRequestError",
-    401: "AuthenticationError",
-    404: "NotFoundError",
-    429: "RateLimitError",
-    500: "InternalServerError",
-    503: "ServiceUnavailableError",
-}
-
-
-def error_json(
-    style: str, status: int, message: str, *, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    """An error body as the server of ``style`` sends it (`pacore_agent.backends.sim.ERROR_STYLES`).
-
-    OpenAI puts a string ``code`` (or null) and a snake-case ``type`` under ``error``; vLLM the same
-    envelope with the HTTP status as ``code``; SGLang (and vLLM before 0.10) the fields at top level.
-    """
-    if style == "openai":
-        kind = (
-            "requests"
-            if status == 429
-            else _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-        )
-        return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    fields = {
-        "message": message,
-        "type": _SERVER_TYPES.get(status, "BadRequestError"),
-        "param": param,
-        "code": status,
-    }
-    if style == "sglang":
-        return {"object": "error", **fields}
-    return {"error": fields}
-
-
-def stream_error_json(style: str, status: int, message: str) -> dict[str, Any]:
-    """The ``data:`` payload of an SSE error chunk: always under ``error`` (SGLang keeps ``object``)."""
-    body = error_json(style, status, message)
-    return {"error": body} if style == "sglang" else body
-
-
-def fault_error(fault: SimFault, endpoint: str, style: str = "vllm") -> Exception:
-    """The exception a client sees for a simulated fault (the in-process twin of the HTTP path)."""
-    if fault.kind in ("drop", "stream_drop"):
-        return EndpointConnectionError(f"{endpoint}: {fault.message}")
-    if fault.kind in ("malformed", "empty_choices"):
-        return MalformedResponseError(f"{endpoint} sent a malformed response: {fault.message}")
-    headers = {"Retry-After": "soon" if fault.retry_after is None else f"{fault.retry_after:g}"}
-    body = error_json(style, fault.status, fault.message, param=fault.param, code=fault.code)
-    return error_from_response(endpoint, fault.status, body, headers)
 
 
 class SimBackend(Backend):

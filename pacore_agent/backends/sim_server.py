@@ -30,25 +30,13 @@ from pacore_agent.backends.sim import (
     SimEngine,
     SimFault,
     SimReply,
-    error_json,
-    stream_error_json,
 )
+from pacore_agent.backends.sim_faults import error_json, stream_error_json
 from pacore_agent.serving.app import AppServer
 
 __all__ = ["SimServer"]
 
 _CHUNK_WORDS = 8
-
-
-def _usage_json(reply: SimReply) -> dict[str, Any]:
-    usage = reply.usage
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
 
 
 def _message_json(choice: SimChoice) -> dict[str, Any]:
@@ -242,7 +230,7 @@ class SimServer(AppServer):
                 {"index": i, "message": _message_json(c), "finish_reason": c.finish_reason, "logprobs": None}
                 for i, c in enumerate(reply.choices)
             ],
-            "usage": _usage_json(reply),
+            **({"usage": reply.usage.to_openai()} if self.engine.config.send_usage else {}),
         }
 
     async def _stream(
@@ -305,8 +293,8 @@ class SimServer(AppServer):
             return response
         for index, choice in enumerate(reply.choices):
             await send([{"index": index, "delta": {}, "finish_reason": choice.finish_reason}])
-        if (body.get("stream_options") or {}).get("include_usage"):
-            await send([], _usage_json(reply))
+        if (body.get("stream_options") or {}).get("include_usage") and self.engine.config.send_usage:
+            await send([], reply.usage.to_openai())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         self.engine.record_served(reply)

@@ -198,14 +198,7 @@ def _integer(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def _usage_json(usage: Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
+_usage_json = Usage.to_openai
 
 
 def _summary(result: SolveResult) -> dict[str, Any]:

@@ -2,13 +2,15 @@
 
 It answers the endpoints pacore uses the way SGLang documents them (``python/sglang/srt/entrypoints/
 http_server.py`` and ``managers/io_struct.py`` upstream): ``/health``, ``/health_generate``,
-``/get_model_info``, ``/v1/models``, ``/generate`` (token ids and ``output_token_logprobs`` as
+``/model_info`` (and the older ``/get_model_info``), ``/v1/models``, ``/generate`` (token ids and ``output_token_logprobs`` as
 ``[logprob, token_id, text]``, ``meta_info`` with ``prompt_tokens``, ``completion_tokens``,
 ``finish_reason`` ``{"type": ...}``), a minimal ``/v1/chat/completions``, ``/flush_cache``,
 ``/update_weights_from_disk`` and ``/update_weights_from_tensor``; and it fails like SGLang (HTTP 400
 with ``{"error": {"message": ...}}`` from ``/generate``, ``{"object": "error", ...}`` for malformed
 requests, ``{"success": false, ...}`` from weight updates, 401 ``{"error": "Unauthorized"}`` without the
-API key).
+API key, and the same from the admin endpoints without the ``--admin-api-key`` when one is set).
+``meta_info.weight_versions`` lists the weight versions of each sequence as spans; a sequence generated
+across a weight update has two.
 
 Tokens are drawn from a generator seeded by the server seed, the prompt and the sample index, so the
 same request always gets the same answer.
@@ -56,6 +58,7 @@ EOS_TOKEN_ID = 2
 """The fake vocabulary's end-of-sequence token; a sequence that stops ends with it."""
 
 _FIRST_TOKEN_ID = 3
+_ADMIN_PATHS = frozenset({"/update_weights_from_disk", "/update_weights_from_tensor", "/flush_cache"})
 _LABEL = "fake SGLang server (a test double, not SGLang)"
 
 
@@ -71,6 +74,9 @@ class FakeSGLangServer(AppServer):
         vocab_size: Token ids are drawn from ``[3, vocab_size)``.
         context_length: Prompts (plus ``max_new_tokens``) longer than this are refused as SGLang does.
         api_key: Require ``Authorization: Bearer <api_key>`` (except on ``/health*`` and ``/_fake``).
+        admin_api_key: As ``--admin-api-key``: the weight updates and ``/flush_cache`` require this key,
+            and refuse ``api_key``.
+        legacy_model_info: Serve only ``/get_model_info``, as SGLang did before ``/model_info``.
         reasoning_parser: As ``--reasoning-parser``: chat answers then carry ``reasoning_content``.
         startup_delay: Seconds during which the health endpoints answer 503, as while loading.
         die_after_requests: Serve this many ``/generate`` requests, then die on the next one.
@@ -80,7 +86,7 @@ class FakeSGLangServer(AppServer):
     Generation honours ``max_new_tokens`` (default 128, as SGLang), ``temperature`` 0 (greedy: every
     sample the same), ``ignore_eos`` and ``stop_token_ids`` (a sampled stop token ends the sequence and
     is kept, with ``finish_reason`` ``{"type": "stop", "matched": id}``). In-process, the JSON body of
-    every ``/generate`` request is kept in `generate_bodies`.
+    every ``/generate`` request is kept in `generate_bodies`, and the path of every request in `paths`.
     """
 
     def __init__(
@@ -94,6 +100,8 @@ class FakeSGLangServer(AppServer):
         vocab_size: int = 32000,
         context_length: int = 32768,
         api_key: str | None = None,
+        admin_api_key: str | None = None,
+        legacy_model_info: bool = False,
         reasoning_parser: str | None = None,
         startup_delay: float = 0.0,
         die_after_requests: int | None = None,
@@ -107,18 +115,22 @@ class FakeSGLangServer(AppServer):
         self.vocab_size = vocab_size
         self.context_length = context_length
         self.api_key = api_key
+        self.admin_api_key = admin_api_key
+        self.legacy_model_info = legacy_model_info
         self.reasoning_parser = reasoning_parser
         self.startup_delay = startup_delay
         self.die_after_requests = die_after_requests
         self.exit_on_die = exit_on_die
         self.weight_version = "default"
         self.fail_weight_updates = False
+        self.next_weight_version: str | None = None
         self.flush_busy = False
         self.weight_updates: list[dict[str, Any]] = []
         self.tensor_updates: list[dict[str, Any]] = []
         self.flush_count = 0
         self.generate_requests = 0
         self.generate_bodies: list[Any] = []
+        self.paths: list[str] = []
         self.chat_requests = 0
         self.child_pids: list[int] = []
         self._dead = False
@@ -160,19 +172,25 @@ class FakeSGLangServer(AppServer):
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth_middleware])
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/health_generate", self._health)
-        app.router.add_get("/get_model_info", self._model_info)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/generate", self._generate)
-        app.router.add_put("/generate", self._generate)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/flush_cache", self._flush_cache)
-        app.router.add_post("/flush_cache", self._flush_cache)
-        app.router.add_post("/update_weights_from_disk", self._update_from_disk)
-        app.router.add_post("/update_weights_from_tensor", self._update_from_tensor)
-        app.router.add_get("/_fake/state", self._fake_state)
-        app.router.add_post("/_fake/configure", self._fake_configure)
+        routes: list[tuple[str, str, Any]] = [
+            ("GET", "/health", self._health),
+            ("GET", "/health_generate", self._health),
+            ("GET", "/get_model_info", self._model_info),
+            ("GET", "/model_info", self._model_info),
+            ("GET", "/v1/models", self._models),
+            ("POST", "/generate", self._generate),
+            ("PUT", "/generate", self._generate),
+            ("POST", "/v1/chat/completions", self._chat),
+            ("GET", "/flush_cache", self._flush_cache),
+            ("POST", "/flush_cache", self._flush_cache),
+            ("POST", "/update_weights_from_disk", self._update_from_disk),
+            ("POST", "/update_weights_from_tensor", self._update_from_tensor),
+            ("GET", "/_fake/state", self._fake_state),
+            ("POST", "/_fake/configure", self._fake_configure),
+        ]
+        for method, path, handler in routes:
+            if not (self.legacy_model_info and path == "/model_info"):
+                app.router.add_route(method, path, handler)
         return app
 
     @web.middleware
@@ -180,8 +198,11 @@ class FakeSGLangServer(AppServer):
         if self._dead:
             _drop_connection(request)
         path = request.path
+        self.paths.append(path)
         exempt = path.startswith("/health") or path.startswith("/_fake")
-        if self.api_key and not exempt and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+        # The admin endpoints take only the admin key when there is one (the normal key is refused).
+        key = self.admin_api_key if self.admin_api_key and path in _ADMIN_PATHS else self.api_key
+        if key and not exempt and request.headers.get("Authorization") != f"Bearer {key}":
             return web.json_response({"error": "Unauthorized"}, status=401)
         response: web.StreamResponse = await handler(request)
         return response
@@ -261,6 +282,8 @@ class FakeSGLangServer(AppServer):
                 sample = copies.get(key, 0)
                 copies[key] = sample + 1
                 outputs.append(self._fake_sequence(prompt, params, sample, return_logprob))
+        if self.next_weight_version is not None:
+            self.weight_version, self.next_weight_version = self.next_weight_version, None
         if single and n == 1:
             return web.json_response(outputs[0])
         return web.json_response(outputs)
@@ -330,11 +353,7 @@ class FakeSGLangServer(AppServer):
                 {"success": False, "message": message, "num_paused_requests": 0}, status=400
             )
         self.model_path = body["model_path"]
-        message = "Succeeded to update model weights."
-        if body.get("weight_version") is not None:
-            self.weight_version = str(body["weight_version"])
-            message += f" Weight version updated to {self.weight_version}."
-        return web.json_response({"success": True, "message": message, "num_paused_requests": 0})
+        return self._updated(body, num_paused_requests=0)
 
     async def _update_from_tensor(self, request: web.Request) -> web.StreamResponse:
         body = await _json_body(request)
@@ -347,11 +366,14 @@ class FakeSGLangServer(AppServer):
             return web.json_response(
                 {"success": False, "message": "Failed to update weights (fake failure)."}, status=400
             )
+        return self._updated(body)
+
+    def _updated(self, body: dict[str, Any], **extra: Any) -> web.Response:
         message = "Succeeded to update model weights."
         if body.get("weight_version") is not None:
             self.weight_version = str(body["weight_version"])
             message += f" Weight version updated to {self.weight_version}."
-        return web.json_response({"success": True, "message": message})
+        return web.json_response({"success": True, "message": message, **extra})
 
     async def _fake_state(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.state())
@@ -364,6 +386,10 @@ class FakeSGLangServer(AppServer):
             self.fail_weight_updates = bool(body["fail_weight_updates"])
         if "flush_busy" in body:
             self.flush_busy = bool(body["flush_busy"])
+        if "next_weight_version" in body:
+            # The next /generate is served across a weight update to this version, as when weights
+            # are updated while requests run (SGLang pauses them and resumes with the new weights).
+            self.next_weight_version = body["next_weight_version"]
         if "die_after_requests" in body:
             more = body["die_after_requests"]
             self.die_after_requests = None if more is None else self.generate_requests + int(more)
@@ -431,7 +457,8 @@ class FakeSGLangServer(AppServer):
             "id": uuid.uuid4().hex,
             "finish_reason": finish,
             "prompt_tokens": len(prompt),
-            "weight_version": self.weight_version,
+            "weight_version": self.next_weight_version or self.weight_version,
+            "weight_versions": self._spans(len(ids)),
             "completion_tokens": len(ids),
             "cached_tokens": 0,
             "e2e_latency": 0.001,
@@ -442,6 +469,15 @@ class FakeSGLangServer(AppServer):
             meta["output_token_logprobs_length"] = len(ids)
         text = "".join(f" tok{token}" for token in ids if token != EOS_TOKEN_ID)
         return {"text": text, "output_ids": ids, "meta_info": meta}
+
+    def _spans(self, length: int) -> list[dict[str, Any]]:
+        if self.next_weight_version is None or length < 2:
+            return [{"version": self.weight_version, "start": 0, "end": length}]
+        half = length // 2
+        return [
+            {"version": self.weight_version, "start": 0, "end": half},
+            {"version": self.next_weight_version, "start": half, "end": length},
+        ]
 
     def _die(self, request: web.Request) -> NoReturn:
         logger.error("simulated crash after %d /generate requests (fake server)", self.generate_requests - 1)
@@ -504,11 +540,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=30000)
     parser.add_argument("--served-model-name")
     parser.add_argument("--api-key")
+    parser.add_argument("--admin-api-key")
     parser.add_argument("--reasoning-parser")
     parser.add_argument("--tp-size", "--tensor-parallel-size", "--tp", type=int, default=1)
     parser.add_argument("--context-length", type=int, default=32768)
     parser.add_argument("--random-seed", "--seed", type=int, default=0)
     fake = parser.add_argument_group("faults (fake server only)")
+    fake.add_argument("--legacy-model-info", action="store_true", help="serve only /get_model_info")
     fake.add_argument("--startup-delay", type=float, default=0.0, help="answer 503 on /health* for S seconds")
     fake.add_argument("--fail-startup", type=int, metavar="CODE", help="print an error and exit with CODE")
     fake.add_argument("--die-after-requests", type=int, metavar="N", help="exit on the (N+1)th /generate")
@@ -533,6 +571,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="[%(asctime)s fake-sglang] %(message)s",
     )
     logger.info("starting the %s for %s (pid %d)", _LABEL, args.model_path, os.getpid())
+    # SGLang logs its whole server_args, keys included: clients quoting this log must mask them.
+    logger.info(
+        "server_args=ServerArgs(model_path=%r, host=%r, port=%d, api_key=%r, admin_api_key=%r)",
+        args.model_path, args.host, args.port, args.api_key, args.admin_api_key,
+    )  # fmt: skip
     if ignored:
         logger.info("ignoring arguments the fake has no use for: %s", " ".join(ignored))
     if args.fail_startup is not None:
@@ -548,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.random_seed,
         context_length=args.context_length,
         api_key=args.api_key,
+        admin_api_key=args.admin_api_key,
+        legacy_model_info=args.legacy_model_info,
         reasoning_parser=args.reasoning_parser,
         startup_delay=args.startup_delay,
         die_after_requests=args.die_after_requests,
