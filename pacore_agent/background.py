@@ -72,6 +72,8 @@ class BackgroundIterator(Generic[T]):
             self._finished = True
             self._receive.close()
             raise StopAsyncIteration from None
+        if self._finished:  # closed by aclose() while this consumer waited: the stream just ends
+            raise StopAsyncIteration
         if isinstance(item, _Failure):
             self._finished = True
             self._receive.close()
@@ -115,5 +117,11 @@ async def _run(produce: Producer[T], send: MemoryObjectSendStream[T | _Failure])
     except Exception as error:
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             send.send_nowait(_Failure(error))
+    except BaseException as error:
+        # Cancelled from outside (the loop shutting down) or interrupted: a consumer still reading must
+        # not mistake the end for a complete stream. (After aclose() or a drop nobody reads it.)
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            send.send_nowait(_Failure(error))
+        raise
     finally:
         send.close()

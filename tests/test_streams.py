@@ -62,6 +62,23 @@ async def test_aclose_waits_until_the_requests_are_gone() -> None:
         assert sim.engine.in_flight == 0
 
 
+async def test_aclose_from_another_task_ends_the_consumers_loop_quietly() -> None:
+    async with hanging() as (sim, backend):
+        events = Coordinator([4], backend).stream(PROBLEM)
+        seen: list[object] = []
+
+        async def consume() -> None:
+            async for event in events:  # ends without an error once closed elsewhere
+                seen.append(event)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(consume)
+            await wait_until(lambda: sim.engine.in_flight == 4)
+            await events.aclose()
+        assert [type(e) for e in seen] == [RoundStarted]
+        await wait_until(lambda: sim.engine.in_flight == 0)
+
+
 @pytest.mark.parametrize("which", ["coordinator", "strategy"])
 async def test_breaking_out_of_solve_iter_cancels_the_other_solves(which: str) -> None:
     # One problem at a time: the first one's requests answer at once, the next one's hang.
