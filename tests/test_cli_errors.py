@@ -84,6 +84,15 @@ def busy_port() -> Iterator[int]:
             ["--concurrency must be"],
         ),
         (["bench", "aime2025", "-m", "single", "--out", "o", "--max-in-flight", "0"], ["--max-in-flight"]),
+        (["bench", "aime2025", "-m", "single", "--out", "o", "--max-calls", "0"], ["--max-calls must be"]),
+        (
+            ["solve", "--backend", "sim", "--budget-tokens", "-5", "2+2?"],
+            ["--budget-tokens must be at least 1"],
+        ),
+        (
+            ["solve", "--backend", "sim", "--round-timeout", "0", "2+2?"],
+            ["--round-timeout must be a positive"],
+        ),
     ],
 )
 def test_bad_options_get_one_line_naming_the_option(

@@ -20,6 +20,7 @@ from pacore_agent.cli.options import (
     Temperature,
     TopP,
     at_least_one,
+    positive,
     sampling,
 )
 from pacore_agent.exceptions import PacoreError
@@ -142,6 +143,9 @@ def bench(
     at_least_one("--concurrency", concurrency)
     at_least_one("--max-in-flight", max_in_flight)
     at_least_one("--samples", samples)
+    at_least_one("--max-calls", max_calls)
+    at_least_one("--max-solve-tokens", max_solve_tokens)
+    positive("--max-wall-s", max_wall_s)
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out} is a file: give a directory (a new one, or a run directory to resume)")
     generation = sampling(temperature, top_p, max_tokens, extra_body)

@@ -26,6 +26,7 @@ __all__ = [
     "Temperature",
     "TopP",
     "at_least_one",
+    "positive",
     "sampling",
 ]
 
@@ -126,3 +127,9 @@ def at_least_one(option: str, value: int | None) -> None:
     """Exit naming ``option`` when a count that must be positive is not (``None``: not given)."""
     if value is not None and value < 1:
         raise fail(f"{option} must be at least 1, got {value}")
+
+
+def positive(option: str, value: float | None) -> None:
+    """Exit naming ``option`` when a quantity that must be positive is not (``None``: not given)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise fail(f"{option} must be a positive number, got {value}")

@@ -34,6 +34,7 @@ from pacore_agent.cli.options import (
     Temperature,
     TopP,
     at_least_one,
+    positive,
     sampling,
 )
 from pacore_agent.exceptions import PacoreError, SolveError, UsageError
@@ -139,6 +140,14 @@ def solve(
     from pacore_agent.coordinator import Coordinator
 
     at_least_one("--concurrency", concurrency)
+    at_least_one("--budget-calls", budget_calls)
+    at_least_one("--budget-tokens", budget_tokens)
+    for option, value in (
+        ("--budget-seconds", budget_seconds),
+        ("--budget-cost", budget_cost),
+        ("--round-timeout", round_timeout),
+    ):
+        positive(option, value)
     generation = sampling(temperature, top_p, max_tokens, extra_body)
     text = sys.stdin.read() if problem == "-" else problem
     if backend_kind is None:
