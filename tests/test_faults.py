@@ -338,3 +338,27 @@ async def test_serve_streaming_under_each_fault_kind(kind: str) -> None:
     summary = finish[-1]["pacore"]
     assert summary["rounds"][-1]["ok"] == 1
     assert summary["answer"] and summary["answer"] in content
+
+
+async def test_serve_answers_a_bug_outside_any_call_with_a_500_body_that_leaks_nothing() -> None:
+    def broken_order(trajectories: Any, rng: Any) -> list[int]:
+        raise KeyError("secret-internal-detail")
+
+    async with upstream() as (_, http):
+        options = {"order": broken_order}
+        async with (
+            PacoreServer(http, coordinator_options=options) as server,
+            aiohttp.ClientSession() as session,
+        ):
+            body = {"model": "pacore:[2]", "messages": [{"role": "user", "content": PROBLEM}]}
+            async with session.post(f"{server.base_url}/chat/completions", json=body) as response:
+                status, answer = response.status, await response.json()
+            async with session.post(
+                f"{server.base_url}/chat/completions", json={**body, "stream": True}
+            ) as response:
+                raw = (await response.read()).decode()
+    assert status == 500 and answer["error"]["type"] == "server_error"
+    assert set(answer["error"]) == {"message", "type", "param", "code"}
+    events = [line[6:] for line in raw.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["error"] == answer["error"]
+    assert "secret-internal-detail" not in json.dumps(answer) + raw

@@ -98,7 +98,6 @@ _SHUTDOWN_TIMEOUT = 5.0
 
 _OWNER = "pacore"
 _USERINFO = re.compile(r"://[^/@\s]+@")
-_INTERNAL = "internal error of the PaCoRe server (details are in its log)"
 
 
 class _ApiError(Exception):
@@ -230,12 +229,15 @@ def _summary(result: SolveResult) -> dict[str, Any]:
     }
 
 
-def _solve_error(error: PacoreError) -> _ApiError:
-    # The status, type and code come from the one error translation of pacore (backends.errors).
+def _solve_error(error: BaseException) -> _ApiError:
+    # The status, type and code come from the one error translation of pacore (backends.errors); an
+    # error that is not pacore's is a 500 whose message never carries the exception's text.
     status, body = error_response(error)
     fields = body["error"]
-    # Credentials written into an upstream URL (https://user:pass@host) never reach the client.
-    message = _USERINFO.sub("://***@", f"PaCoRe could not answer: {error}")
+    message = fields["message"]
+    if isinstance(error, PacoreError):
+        # Credentials written into an upstream URL (https://user:pass@host) never reach the client.
+        message = _USERINFO.sub("://***@", f"PaCoRe could not answer: {error}")
     return _ApiError(status, message, fields["type"], param=fields["param"], code=fields["code"])
 
 
@@ -428,9 +430,9 @@ class PacoreServer(AppServer):
             kind = "invalid_request_error" if exc.status < 500 else "server_error"
             message = f"{request.method} {request.path}: {exc.reason}"
             return _ApiError(exc.status, message, kind).response()
-        except Exception:
+        except Exception as error:
             logger.exception("unexpected error answering %s %s", request.method, request.path)
-            return _ApiError(500, _INTERNAL, "server_error").response()
+            return _solve_error(error).response()
 
     def _check_auth(self, request: web.Request) -> None:
         if self._api_key is None:
@@ -645,10 +647,9 @@ class PacoreServer(AppServer):
             # The status line is sent: the error can only go into the stream.
             if isinstance(error, PacoreError):
                 logger.warning("solve failed (%s): %s", chat.model, error)
-                await self._fail(chunks, _solve_error(error))
             else:
                 logger.exception("unexpected error streaming %s", chat.model)
-                await self._fail(chunks, _ApiError(500, _INTERNAL, "server_error"))
+            await self._fail(chunks, _solve_error(error))
 
     async def _fail(self, chunks: _Chunks, error: _ApiError) -> None:
         try:
