@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from pacore_agent.backends.base import GenerationRequest, SamplingParams
 from pacore_agent.backends.errors import (
@@ -41,6 +42,7 @@ from pacore_agent.exceptions import (
 )
 from pacore_agent.results import SolveResult
 from pacore_agent.retry import RetryPolicy, call_with_retries
+from pacore_agent.serving.app import AppServer
 from tests.helpers import FakeSleep
 
 NOW = 1_700_000_000.0
@@ -344,3 +346,23 @@ def test_bad_options_get_one_line_naming_the_option(options: dict[str, Any], nam
     message = str(bad.value)
     assert message.startswith(named) and "\n" not in message
     assert repr(next(iter(options.values())))[:3] in message or "positive" in message
+
+
+@pytest.mark.anyio
+async def test_a_key_echoed_by_the_endpoint_never_reaches_the_exception() -> None:
+    # Some gateways quote the request's Authorization header in their error body.
+    key = "sk-live-0f9e8d7c6b5a"
+
+    async def chat(request: web.Request) -> web.Response:
+        echoed = request.headers["Authorization"]
+        body = {"error": {"message": f"Invalid credentials: {echoed}", "type": "invalid_request_error"}}
+        return web.json_response(body, status=401)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    async with AppServer(app, host="127.0.0.1", port=0) as server:
+        async with OpenAIBackend(f"{server.root_url}/v1", "m", api_key=key) as backend:
+            with pytest.raises(AuthenticationError) as refused:
+                await backend.generate(REQUEST)
+    assert key not in str(refused.value) and key not in (refused.value.body or "")
+    assert "Bearer ***" in str(refused.value)

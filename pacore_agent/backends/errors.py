@@ -51,6 +51,7 @@ from pacore_agent.exceptions import (
 
 __all__ = [
     "BODY_EXCERPT_CHARS",
+    "INTERNAL_ERROR",
     "ErrorFields",
     "error_fields",
     "error_from_response",
@@ -227,6 +228,7 @@ def error_from_response(
     headers: Mapping[str, str] | None = None,
     *,
     now: Callable[[], float] = time.time,
+    secrets: Iterable[str | None] = (),
 ) -> BackendError:
     """The exception for an HTTP error answer.
 
@@ -236,10 +238,13 @@ def error_from_response(
         body: The body: text, bytes or already-parsed JSON.
         headers: The response headers (``Retry-After``).
         now: Wall clock, to read an HTTP-date ``Retry-After``.
+        secrets: Keys masked wherever the body repeats them (some proxies echo the request's headers).
     """
     fields = error_fields(body)
+    secrets = tuple(secrets)
     raw = excerpt(body)
-    message = fields.message
+    raw = raw and redact(raw, secrets)
+    message = redact(fields.message, secrets)
     text = (
         f"{what} answered {status}: {message}"
         if message
@@ -265,7 +270,7 @@ def error_from_response(
     return BackendError(text, status_code=status, body=raw)
 
 
-def stream_error(what: str, payload: Any) -> BackendError:
+def stream_error(what: str, payload: Any, *, secrets: Iterable[str | None] = ()) -> BackendError:
     """The exception for an SSE error chunk (``data: {"error": {...}}``) in the middle of a stream.
 
     vLLM and SGLang put the status in ``code``; OpenAI puts a string code or a type. The chunk is typed
@@ -285,11 +290,13 @@ def stream_error(what: str, payload: Any) -> BackendError:
     if status is None:
         status = 400 if ContextLengthError.matches(fields.message) else 500
     error_body = {"error": dict(error)} if isinstance(error, Mapping) else error
-    return error_from_response(f"{what} (in the stream)", status, error_body)
+    return error_from_response(f"{what} (in the stream)", status, error_body, secrets=secrets)
 
 
-def from_sdk_error(exc: Exception, *, endpoint: str) -> BackendError:
+def from_sdk_error(exc: Exception, *, endpoint: str, secrets: Iterable[str | None] = ()) -> BackendError:
     """Map an ``openai`` SDK exception to pacore's error tree (the SDK's own parsing reused).
+
+    ``secrets`` (the API key) are masked wherever the answer repeats them.
 
     Raises:
         Exception: ``exc`` itself when it is neither an SDK error nor a parsing error.
@@ -312,12 +319,13 @@ def from_sdk_error(exc: Exception, *, endpoint: str) -> BackendError:
             body: Any = exc.response.text
         except Exception:  # a streamed answer whose body was not read
             body = exc.body if exc.body is not None else exc.message
-        return error_from_response(endpoint, exc.status_code, body, exc.response.headers)
+        return error_from_response(endpoint, exc.status_code, body, exc.response.headers, secrets=secrets)
     if isinstance(exc, openai.APIResponseValidationError | ValueError | KeyError | TypeError):
         return MalformedResponseError(f"{endpoint} sent a malformed response: {type(exc).__name__}: {exc}")
     if isinstance(exc, openai.APIError):
         # Raised by the SDK's stream reader for an SSE `{"error": ...}` chunk; `body` is that error.
-        return stream_error(endpoint, exc.body if exc.body is not None else {"message": exc.message})
+        payload = exc.body if exc.body is not None else {"message": exc.message}
+        return stream_error(endpoint, payload, secrets=secrets)
     if isinstance(exc, openai.OpenAIError):
         return BackendError(f"{endpoint}: {type(exc).__name__}: {exc}")
     raise exc
@@ -331,7 +339,8 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-_INTERNAL = "internal error of the PaCoRe server (details are in its log)"
+INTERNAL_ERROR = "internal error of the PaCoRe server (details are in its log)"
+"""What a server answers for an unexpected exception (its text stays in the log)."""
 
 
 def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
@@ -346,7 +355,7 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
         return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
     if not isinstance(exc, PacoreError):
-        return 500, body(_INTERNAL, "server_error")
+        return 500, body(INTERNAL_ERROR, "server_error")
     message = str(exc)
     if isinstance(exc, UsageError):
         return 400, body(message, "invalid_request_error")
@@ -364,4 +373,4 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
         return 502, body(message, "upstream_error", code="budget_exceeded")
     if isinstance(exc, BackendError | SolveError):
         return 502, body(message, "upstream_error", code="upstream_error")
-    return 500, body(_INTERNAL, "server_error")
+    return 500, body(INTERNAL_ERROR, "server_error")

@@ -209,6 +209,7 @@ class OpenAIBackend(Backend):
                 "(or OPENAI_API_KEY)"
             )
         self._api_key = api_key or "EMPTY"  # local servers accept any key
+        self._secrets = (api_key,)  # masked wherever an answer repeats it
         self._extra_headers = dict(extra_headers or {})
         self._http_client_kind = http_client
         self._client: openai.AsyncOpenAI | None = None
@@ -270,7 +271,7 @@ class OpenAIBackend(Backend):
         try:
             page = await self.client.models.list()
         except Exception as exc:
-            raise from_sdk_error(exc, endpoint=self.base_url) from exc
+            raise from_sdk_error(exc, endpoint=self.base_url, secrets=self._secrets) from exc
         return [model.id for model in page.data]
 
     async def resolve_model(self) -> str:
@@ -438,7 +439,7 @@ class OpenAIBackend(Backend):
         except BackendError:
             raise
         except Exception as exc:
-            raise from_sdk_error(exc, endpoint=self.base_url) from exc
+            raise from_sdk_error(exc, endpoint=self.base_url, secrets=self._secrets) from exc
         if not measured:
             # The server sent no usage (some ignore `stream_options.include_usage`): count, and say so.
             await anyio.to_thread.run_sync(estimate_usage, self.count_tokens, body["messages"], completions)

@@ -154,6 +154,7 @@ class SGLangNativeClient(AsyncResource):
         self.max_connections = max_connections
         self.server = server
         self._api_key = api_key
+        self._secrets = (api_key, admin_api_key)
         self._admin_headers = {"Authorization": f"Bearer {admin_api_key}"} if admin_api_key else None
         self._model_info_path = "/model_info"
         self._session: aiohttp.ClientSession | None = None
@@ -250,7 +251,7 @@ class SGLangNativeClient(AsyncResource):
                 body=excerpt(text),
             )
         if status != 200:
-            raise error_from_response("POST /flush_cache", status, text, headers)
+            raise error_from_response("POST /flush_cache", status, text, headers, secrets=self._secrets)
 
     async def update_weights_from_disk(
         self,
@@ -414,7 +415,7 @@ class SGLangNativeClient(AsyncResource):
     async def _call_json(self, method: str, path: str, body: Any = None, *, admin: bool = False) -> Any:
         status, text, headers = await self._request(method, path, body, admin=admin)
         if status != 200:
-            raise error_from_response(f"{method} {path}", status, text, headers)
+            raise error_from_response(f"{method} {path}", status, text, headers, secrets=self._secrets)
         try:
             return json.loads(text)
         except ValueError as exc:
