@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         UsageError,
     )
     from pacore_agent.results import (
+        AttemptRestarted,
         Done,
         Event,
         RoundFinished,
@@ -86,6 +87,7 @@ _LAZY: dict[str, str] = {
     "RoundFailedError": "pacore_agent.exceptions",
     "RoundFinished": "pacore_agent.results",
     "RoundResult": "pacore_agent.results",
+    "AttemptRestarted": "pacore_agent.results",
     "RoundStarted": "pacore_agent.results",
     "SGLangBackend": "pacore_agent.backends.sglang",
     "SGLangServer": "pacore_agent.backends.sglang",
@@ -118,6 +120,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "DEFAULT_LOCAL_MODEL",
+    "AttemptRestarted",
     "Backend",
     "BackendError",
     "BenchSettings",

@@ -8,12 +8,15 @@ everything finished is kept, and then, as ``on_exceeded`` chooses:
 - ``"synthesize"``: the final round of one runs at once on the messages gathered so far (the one call
   allowed past the limit), so the caller still gets an answer.
 
-A limit is reached within one call's worth: a request starts only while every limit has room, and
-requests still running when the limit is reached are cut.
+A limit is reached within one call's worth: a request, and each retry of it, starts only while every
+limit has room, and requests still running when the limit is reached are cut. Everything is charged:
+every attempt as it starts, the tokens of every answer, the tokens a cut request had streamed (when its
+backend streams), and the final synthesis that ``"synthesize"`` lets past the limit.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -76,8 +79,18 @@ class Budget:
     def __post_init__(self) -> None:
         for name in ("max_calls", "max_tokens", "max_cost", "max_wall_s"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or value <= 0):
-                raise UsageError(f"budget {name} must be positive, got {value!r}")
+            if value is None:
+                continue
+            counted = name in ("max_calls", "max_tokens")
+            kind = int if counted else int | float
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, kind)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                what = "a whole number" if counted else "a number"
+                raise UsageError(f"budget {name} must be positive ({what}), got {value!r}")
         if self.max_cost is not None and not self.prices:
             raise UsageError(
                 "a max_cost budget needs prices: Budget(prices={'model-id': Price(input=..., output=...)})"
@@ -145,8 +158,6 @@ class BudgetTracker:
             return "cost"
         if budget.max_wall_s is not None and self.clock() - self.started >= budget.max_wall_s:
             return "wall_time"
-        if budget.max_calls is not None and self.calls > budget.max_calls:
-            return "calls"  # retries went past the limit
         return self.parent.overrun() if self.parent else None
 
     def remaining_s(self) -> float | None:
@@ -158,11 +169,16 @@ class BudgetTracker:
         left = [t for t in (own, parent) if t is not None]
         return max(0.0, min(left)) if left else None
 
-    def start_call(self) -> bool:
-        """Reserve one request; ``False`` when a limit has been reached."""
-        if self.exceeded() is not None:
+    def start_call(self, *, force: bool = False, count: int = 1) -> bool:
+        """Reserve one request (a first attempt or a retry); ``False`` when a limit has been reached.
+
+        Args:
+            force: Charge the request even past a limit (the final synthesis under ``"synthesize"``).
+            count: Requests to charge at once (a round run elsewhere, retries included).
+        """
+        if not force and self.exceeded() is not None:
             return False
-        self._charge_call(1)
+        self._charge_call(count)
         return True
 
     def _charge_call(self, count: int) -> None:
@@ -170,15 +186,17 @@ class BudgetTracker:
         if self.parent:
             self.parent._charge_call(count)
 
-    def charge(self, usage: Usage, model: str | None, extra_attempts: int = 0) -> None:
-        """Record a finished request's usage (and its retries, which were extra calls)."""
+    def charge(self, usage: Usage, model: str | None) -> None:
+        """Record the tokens (and their cost) of an answer, or of the part a cut request had streamed.
+
+        Requests themselves, retries included, are charged by `start_call` as they start.
+        """
         self.tokens += usage.total_tokens
         price = self.budget.prices.get(model or "")
         if price is not None:
             self.cost += price.cost(usage)
-        self.calls += extra_attempts
         if self.parent:
-            self.parent.charge(usage, model, extra_attempts)
+            self.parent.charge(usage, model)
 
     def summary(self) -> dict[str, float | int]:
         """What was used, for the trace."""

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "AttemptRestarted",
     "Done",
     "ErrorInfo",
     "Event",
@@ -298,6 +299,21 @@ class TokenDelta(BaseModel):
     text: str
 
 
+class AttemptRestarted(BaseModel):
+    """A trajectory's request failed and is being retried from the start.
+
+    Text already received from the failed attempt (``TokenDelta`` events) is void: the retry streams the
+    trajectory again from its first token, and only the retry's text is kept in the trace. Live
+    displays should clear what they showed of trajectory ``index`` of ``round``.
+    """
+
+    kind: Literal["attempt_restarted"] = "attempt_restarted"
+    round: int
+    index: int
+    attempt: int
+    error: ErrorInfo
+
+
 class RoundFinished(BaseModel):
     """A round ended; ``result.messages`` feed the next one."""
 
@@ -313,6 +329,7 @@ class Done(BaseModel):
 
 
 Event = Annotated[
-    RoundStarted | TrajectoryFinished | TokenDelta | RoundFinished | Done, Field(discriminator="kind")
+    RoundStarted | TrajectoryFinished | TokenDelta | AttemptRestarted | RoundFinished | Done,
+    Field(discriminator="kind"),
 ]
 """Any live event of `Coordinator.stream`."""

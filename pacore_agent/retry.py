@@ -16,12 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest
 from pacore_agent.exceptions import BackendError, ContextLengthError, RateLimitError, UsageError
 
-__all__ = ["Call", "RetryPolicy", "call_with_retries"]
+__all__ = ["Call", "RetryHook", "RetryPolicy", "call_with_retries"]
 
 SleepFn = Callable[[float], Awaitable[None]]
 
@@ -92,18 +91,33 @@ def _fit_max_tokens(request: GenerationRequest, error: ContextLengthError) -> Ge
     )
 
 
+RetryHook = Callable[[int, BaseException], Awaitable[bool]]
+"""Called before each retry with (the attempt about to start, the error of the last one); returning
+``False`` stops retrying (the last error is raised)."""
+
+
 async def call_with_retries(
     backend: Backend,
     request: GenerationRequest,
     policy: RetryPolicy,
     *,
     on_delta: DeltaCallback | None = None,
+    before_retry: RetryHook | None = None,
 ) -> Call:
     """Send one request through ``backend`` with ``policy``'s retries.
 
+    Args:
+        backend: Where the request goes.
+        request: The request.
+        policy: How failed attempts are retried.
+        on_delta: Receives streamed text; a retried attempt streams again from the start, so callers
+            that keep partial text drop it in ``before_retry``.
+        before_retry: Called before each retry, before its back-off: the place to check a budget and to
+            forget a failed attempt's partial output.
+
     Raises:
-        BackendError: The last error, with ``attempt`` set, when retries are exhausted or the error is
-            not retryable.
+        BackendError: The last error, with ``attempt`` set, when retries are exhausted, the error is
+            not retryable, or ``before_retry`` refused.
     """
     # Fast path: most calls succeed at once, and at high request rates even building the retry
     # machinery costs more than the call's own client-side work.
@@ -113,7 +127,7 @@ async def call_with_retries(
                 completions=await backend.generate(request, on_delta=on_delta), attempts=1, request=request
             )
     except BackendError as error:
-        return await _retry(backend, request, policy, on_delta, error)
+        return await _retry(backend, request, policy, on_delta, before_retry, error)
 
 
 async def _retry(
@@ -121,48 +135,33 @@ async def _retry(
     request: GenerationRequest,
     policy: RetryPolicy,
     on_delta: DeltaCallback | None,
-    first_error: BackendError,
+    before_retry: RetryHook | None,
+    error: BackendError,
 ) -> Call:
     """The attempts after a failed first one."""
     current = request
     context_retried = False
-
-    def should_retry(error: BaseException) -> bool:
-        nonlocal current, context_retried
-        if isinstance(error, ContextLengthError):
-            if context_retried or not policy.retry_context_length:
-                return False
-            smaller = _fit_max_tokens(current, error)
-            if smaller is None:
-                return False
-            current, context_retried = smaller, True
-            return True
-        return isinstance(error, BackendError) and error.retryable
-
-    def wait(state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        return policy.backoff(state.attempt_number + 1, error)
-
-    if policy.max_attempts == 1 or not should_retry(first_error):
-        first_error.attempt = 1
-        raise first_error
-    await policy.sleep(policy.backoff(1, first_error))
-
     attempts = 1
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts - 1),
-        wait=wait,
-        retry=retry_if_exception(should_retry),
-        sleep=policy.sleep,
-        reraise=True,
-    )
-    try:
-        async for attempt in retrying:
-            with attempt:
-                attempts += 1
-                async with backend.limiter:
-                    completions = await backend.generate(current, on_delta=on_delta)
-    except BackendError as error:
-        error.attempt = attempts
-        raise
-    return Call(completions=completions, attempts=attempts, request=current)
+    while True:
+        if attempts >= policy.max_attempts:
+            break
+        if isinstance(error, ContextLengthError):
+            smaller = _fit_max_tokens(current, error) if policy.retry_context_length else None
+            if context_retried or smaller is None:
+                break
+            current, context_retried = smaller, True
+        elif not error.retryable:
+            break
+        if before_retry is not None and not await before_retry(attempts + 1, error):
+            break
+        await policy.sleep(policy.backoff(attempts, error))
+        attempts += 1
+        try:
+            async with backend.limiter:
+                completions = await backend.generate(current, on_delta=on_delta)
+        except BackendError as failed:
+            error = failed
+            continue
+        return Call(completions=completions, attempts=attempts, request=current)
+    error.attempt = attempts
+    raise error

@@ -61,8 +61,10 @@ class Schedule:
             else:
                 widths, name = _parse_widths(text), None
         else:
-            if isinstance(value, bool | int):
-                raise UsageError(f"schedule must be a list of widths like [32, 4], got {value!r}")
+            if value is None or isinstance(value, bool | int | float) or not hasattr(value, "__iter__"):
+                raise UsageError(
+                    f"schedule must be a list of widths like [32, 4] or a preset (low/medium/high), got {value!r}"
+                )
             widths, name = tuple(value), None
         if not widths:
             raise UsageError(

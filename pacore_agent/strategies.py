@@ -17,13 +17,15 @@ from __future__ import annotations
 import inspect
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from pacore_agent.backends.base import Backend, GenerationRequest, SamplingParams
+from pacore_agent.background import BackgroundIterator
+from pacore_agent.batch import collect, solve_each
 from pacore_agent.budget import Budget
 from pacore_agent.compactors import final_conclusion
-from pacore_agent.coordinator import Coordinator, Problem, collect, solve_each
+from pacore_agent.coordinator import Coordinator, Problem
 from pacore_agent.evaluation.answers import avote, extract_answer
 from pacore_agent.exceptions import RoundFailedError, SolveError, UsageError
 from pacore_agent.prompts import Messages, message_text, normalize_problem
@@ -136,13 +138,13 @@ class _Sampling:
         """Solve many problems concurrently; a failed problem gets its `SolveError` in its slot."""
         return await collect(self.solve_iter(problems, max_in_flight=max_in_flight), len(problems))
 
-    async def solve_iter(
+    def solve_iter(
         self, problems: Sequence[Problem], *, max_in_flight: int | None = None
-    ) -> AsyncIterator[tuple[int, SolveResult | SolveError]]:
+    ) -> BackgroundIterator[tuple[int, SolveResult | SolveError]]:
         """Like `solve_many`, yielding ``(index, result)`` as each problem finishes."""
         conversations = [normalize_problem(p) for p in problems]
-        async for item in solve_each(self.solve, conversations, max_in_flight):
-            yield item
+        session = self._coordinator.in_use
+        return solve_each(self.solve, conversations, max_in_flight, method=self.method, session=session)
 
     async def aclose(self) -> None:
         """Close the backend if it was built from the environment."""

@@ -10,8 +10,10 @@ import pytest
 from pacore_agent import (
     BudgetExceeded,
     Coordinator,
+    Faults,
     Latency,
     OpenAIBackend,
+    RetryPolicy,
     SamplingParams,
     SimConfig,
     SimServer,
@@ -20,7 +22,7 @@ from pacore_agent import (
     UsageError,
 )
 from pacore_agent.budget import Budget, Price
-from tests.helpers import wait_until
+from tests.helpers import FakeSleep, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -180,15 +182,13 @@ async def test_events_include_cancelled_trajectories_and_add_up() -> None:
     async with served(heavy_tailed(seed=6)) as (_, backend):
         events = [e async for e in Coordinator([8], backend, min_success=0.75).stream(PROBLEM)]
     done = events[-1].result  # type: ignore[union-attr]
-    finished = [e.trajectory for e in events if e.kind == "trajectory_finished"]  # type: ignore[union-attr]
+    finished = [e.trajectory for e in events if e.kind == "trajectory_finished"]
     assert sorted((t.round, t.index) for t in finished) == sorted(
         (t.round, t.index) for t in done.trajectories
     )
     assert Usage.sum([t.usage for t in finished]) == done.usage
     assert [e.kind for e in events].index("round_finished") > max(
-        i
-        for i, e in enumerate(events)
-        if e.kind == "trajectory_finished" and e.trajectory.round == 0  # type: ignore[union-attr]
+        i for i, e in enumerate(events) if e.kind == "trajectory_finished" and e.trajectory.round == 0
     )
 
 
@@ -233,6 +233,10 @@ async def test_adaptive_stop_goes_on_when_answers_disagree() -> None:
         ({"round_timeout": 0}, "round_timeout"),
         ({"hedge": -1}, "hedge"),
         ({"adaptive_stop": 1.5}, "adaptive_stop"),
+        ({"min_success": 1.5}, r"min_success=1.5 is neither a fraction in \(0, 1\] nor a whole count"),
+        ({"hedge": 1.5}, r"hedge=1.5 is neither a fraction in \(0, 1\] nor a whole count"),
+        ({"hedge": float("nan")}, "hedge must be a count or a fraction >= 0, got nan"),
+        ({"min_success": "3"}, "min_success must be a positive count"),
     ],
 )
 async def test_bad_controls(options: dict[str, object], message: str) -> None:
@@ -249,11 +253,20 @@ async def test_bad_controls(options: dict[str, object], message: str) -> None:
         ({"max_wall_s": -2.0}, "max_wall_s must be positive"),
         ({"max_cost": 1.0}, "needs prices"),
         ({"on_exceeded": "ignore"}, "on_exceeded"),
+        ({"max_calls": "10"}, r"budget max_calls must be positive \(a whole number\), got '10'"),
+        ({"max_tokens": float("nan")}, r"budget max_tokens must be positive \(a whole number\), got nan"),
+        ({"max_cost": float("inf"), "prices": {"m": Price(1, 1)}}, "max_cost must be positive"),
     ],
 )
 def test_bad_budgets(budget: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         Budget(**budget)  # type: ignore[arg-type]
+
+
+async def test_a_schedule_of_none_names_the_argument() -> None:
+    async with served(SimConfig()) as (_, backend):
+        with pytest.raises(UsageError, match=r"schedule must be a list of widths like \[32, 4\].*got None"):
+            Coordinator(None, backend)  # type: ignore[arg-type]
 
 
 async def test_price_table_must_cover_the_model_in_use() -> None:
@@ -263,3 +276,26 @@ async def test_price_table_must_cover_the_model_in_use() -> None:
             Coordinator([4], backend, budget=budget)
         with pytest.raises(UsageError, match="one Backend or a list of 2"):
             Coordinator([4], [backend, backend, backend])
+
+
+async def test_synthesize_mode_charges_the_final_round() -> None:
+    async with served(SimConfig(seed=3)) as (server, backend):
+        budget = Budget(max_calls=10, on_exceeded="synthesize")
+        result = await Coordinator([8, 4], backend, budget=budget).solve(PROBLEM)
+    used = result.info["budget_used"]
+    assert used["calls"] == result.calls == len(server.engine.requests) == 11
+    assert used["tokens"] == result.usage.total_tokens == server.engine.usage_served.total_tokens
+
+
+async def test_a_retry_is_checked_against_the_budget_before_it_starts() -> None:
+    config = SimConfig(seed=3, faults=Faults(script=["server_error"]))
+    sleep = FakeSleep()
+    async with served(config) as (server, backend):
+        coordinator = Coordinator([2], backend, budget=Budget(max_calls=2), retry=RetryPolicy(sleep=sleep))
+        with pytest.raises(BudgetExceeded) as caught:
+            await coordinator.solve(PROBLEM)
+    partial = caught.value.partial
+    assert len(server.engine.requests) == 2 == partial.calls  # no third request for the retry
+    assert sleep.calls == []  # nor a back-off waited for it
+    failed = [t for t in partial.trajectories if t.status == "failed"]
+    assert len(failed) == 1 and failed[0].error is not None and failed[0].error.status_code == 500

@@ -183,12 +183,16 @@ async def test_streaming_progress_then_final_tokens(split_reasoning: bool) -> No
     ]
     assert "round 2/3: 2 trajectories started\n" in lines and "round 2: 2/2 finished\n" in lines
     assert lines[-1] == "round 3/3: final synthesis from 2 messages\n"
-    # Real progress first, then the final round's tokens as they arrived (several chunks).
+    # Real progress first, then the final round's reasoning as it arrived (several chunks), then the
+    # final trajectory's content in one piece once it finished (a retry could not splice into it).
     assert max(i for i, _ in progress) < min(i for i, _ in content)
-    assert len([i for i, _ in reasoning + content if i > progress[-1][0]]) > 1
-    assert "".join(text for _, text in content) == plain.choices[0].message.content
-    final_reasoning = "".join(text for i, text in reasoning if i > progress[-1][0])
-    assert final_reasoning == ((plain.choices[0].message.model_extra or {}).get("reasoning_content") or "")
+    assert len(content) == 1 and content[0][1] == plain.choices[0].message.content
+    final_reasoning = [text for i, text in reasoning if i > progress[-1][0]]
+    assert len(final_reasoning) > 1 if split_reasoning else final_reasoning == []
+    assert max(i for i, text in reasoning) < content[0][0]
+    assert "".join(final_reasoning) == (
+        (plain.choices[0].message.model_extra or {}).get("reasoning_content") or ""
+    )
     # Then a finish chunk with the trace, a usage chunk, and [DONE] (the SDK stops on it).
     finish = chunks[-2]
     assert finish.choices[0].finish_reason == "stop"
@@ -481,6 +485,14 @@ async def test_pacore_serve_command_end_to_end() -> None:
             "0",
             "--api-key-env",
             "PACORE_TEST_SERVE_TOKEN",
+            "--temperature",
+            "0.6",
+            "--top-p",
+            "none",
+            "--max-tokens",
+            "4000",
+            "--extra-body",
+            '{"top_k": 20}',
         ]
         process = await anyio.open_process(command, cwd=REPO, env=env, stderr=subprocess.STDOUT)
         try:
@@ -500,6 +512,10 @@ async def test_pacore_serve_command_end_to_end() -> None:
             assert answer.choices[0].message.content and "\\boxed{" in answer.choices[0].message.content
             assert answer.usage is not None and usage_of(answer.usage) == sim.engine.usage_served
             assert sim.engine.served == 4
+            # The generation options are every request's defaults; top_p was left out.
+            for body in sim.engine.requests:
+                assert body["temperature"] == 0.6 and body["top_k"] == 20 and "top_p" not in body
+                assert body.get("max_tokens", body.get("max_completion_tokens")) == 4000
         finally:
             process.terminate()
             with anyio.fail_after(30):

@@ -371,9 +371,9 @@ class _AppendLog(Generic[R, K]):
         """
         return await anyio.to_thread.run_sync(self.append_sync, record)
 
-    def _iter_records(self) -> Iterator[R]:
+    def _iter_records(self, *, strict: bool = False) -> Iterator[R]:
         seen: set[K] = set()
-        for _, key, record in self._scan(strict=False):
+        for _, key, record in self._scan(strict=strict):
             if key not in seen:  # only a store written without the lock can repeat a key; first wins
                 seen.add(key)
                 yield record
@@ -494,9 +494,13 @@ class RunStore(_AppendLog[RunRecord, RunKey]):
     key_fields = ("benchmark", "problem_id", "method", "sample")
     filename = "results.jsonl"
 
-    def records(self) -> Iterator[RunRecord]:
-        """Every stored record, in the order written (read from the file)."""
-        return self._iter_records()
+    def records(self, *, strict: bool = False) -> Iterator[RunRecord]:
+        """Every stored record, in the order written (read from the file).
+
+        Args:
+            strict: Raise `StoreError` for a corrupt line before the last (default: skip it).
+        """
+        return self._iter_records(strict=strict)
 
 
 class PoolStore(_AppendLog[PoolEntry, PoolKey]):

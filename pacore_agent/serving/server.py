@@ -4,9 +4,16 @@ Clients speak the chat-completions API; the model name picks the method (``pacor
 ``pacore-medium``, ``pacore-high``, or ``pacore:[32,4]``), and every trajectory of every round goes to
 ONE upstream endpoint fixed by the server's configuration (a request can never redirect it)::
 
-    POST /v1/chat/completions    PaCoRe answer; ``stream: true`` sends live progress, then the final tokens
+    POST /v1/chat/completions    PaCoRe answer; ``stream: true`` sends live progress, then the final answer
     GET  /v1/models              the three presets
     GET  /health                 liveness (never behind auth)
+
+Streams send each round's progress as ``reasoning_content`` lines, then the final round's reasoning as
+it arrives (when the upstream splits it out), then the final trajectory's ``content`` in one piece once
+that trajectory has finished. Content is held back until then because a failed attempt is retried from
+its first token: a client therefore receives exactly the final trajectory's content, never a failed
+attempt's text spliced with the retry's. Reasoning is a live log: when the final attempt restarts, a
+``[final round: attempt N restarts after ...]`` line marks where the retry's reasoning begins.
 
 Answers carry the final trajectory (its content and ``reasoning_content``), the usage summed over every
 trajectory of every round, and a ``pacore`` field with the trace summary (widths, calls, tokens). Errors
@@ -33,7 +40,7 @@ import anyio
 from aiohttp import web
 
 from pacore_agent.backends.base import Backend, SamplingParams
-from pacore_agent.backends.errors import INTERNAL_ERROR, error_response
+from pacore_agent.backends.errors import error_response
 from pacore_agent.coordinator import Coordinator
 from pacore_agent.exceptions import (
     PacoreError,
@@ -41,6 +48,7 @@ from pacore_agent.exceptions import (
 )
 from pacore_agent.prompts import Messages, normalize_problem
 from pacore_agent.results import (
+    AttemptRestarted,
     Done,
     Event,
     RoundFinished,
@@ -90,7 +98,6 @@ _SHUTDOWN_TIMEOUT = 5.0
 
 _OWNER = "pacore"
 _USERINFO = re.compile(r"://[^/@\s]+@")
-_INTERNAL = INTERNAL_ERROR
 
 
 class _ApiError(Exception):
@@ -222,12 +229,15 @@ def _summary(result: SolveResult) -> dict[str, Any]:
     }
 
 
-def _solve_error(error: PacoreError) -> _ApiError:
-    # The status, type and code come from the one error translation of pacore (backends.errors).
+def _solve_error(error: BaseException) -> _ApiError:
+    # The status, type and code come from the one error translation of pacore (backends.errors); an
+    # error that is not pacore's is a 500 whose message never carries the exception's text.
     status, body = error_response(error)
     fields = body["error"]
-    # Credentials written into an upstream URL (https://user:pass@host) never reach the client.
-    message = _USERINFO.sub("://***@", f"PaCoRe could not answer: {error}")
+    message = fields["message"]
+    if isinstance(error, PacoreError):
+        # Credentials written into an upstream URL (https://user:pass@host) never reach the client.
+        message = _USERINFO.sub("://***@", f"PaCoRe could not answer: {error}")
     return _ApiError(status, message, fields["type"], param=fields["param"], code=fields["code"])
 
 
@@ -420,9 +430,9 @@ class PacoreServer(AppServer):
             kind = "invalid_request_error" if exc.status < 500 else "server_error"
             message = f"{request.method} {request.path}: {exc.reason}"
             return _ApiError(exc.status, message, kind).response()
-        except Exception:
+        except Exception as error:
             logger.exception("unexpected error answering %s %s", request.method, request.path)
-            return _ApiError(500, _INTERNAL, "server_error").response()
+            return _solve_error(error).response()
 
     def _check_auth(self, request: web.Request) -> None:
         if self._api_key is None:
@@ -609,7 +619,7 @@ class PacoreServer(AppServer):
     async def _pump(self, chunks: _Chunks, chat: _ChatRequest, coordinator: Coordinator) -> None:
         """Run the solve, turning its events into chunks; errors end the stream, never escape."""
         progress = _Progress(chat.schedule)
-        streamed = {"content": "", "reasoning": ""}
+        streamed = {"reasoning": ""}
         try:
             await chunks.chunk({"role": "assistant", "content": ""})
             # Closed explicitly: when a write fails, the solve's task group must end in this task.
@@ -617,10 +627,16 @@ class PacoreServer(AppServer):
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, TokenDelta):
+                        # Content waits for the final trajectory to finish (see the module docstring):
+                        # a retried attempt's text must never reach the client spliced with the retry's.
+                        if event.round == progress.last and event.field == "reasoning":
+                            streamed["reasoning"] += event.text
+                            await chunks.chunk({"reasoning_content": event.text})
+                    elif isinstance(event, AttemptRestarted):
                         if event.round == progress.last:
-                            streamed[event.field] += event.text
-                            key = "content" if event.field == "content" else "reasoning_content"
-                            await chunks.chunk({key: event.text})
+                            notice = f"\n[final round: attempt {event.attempt} restarts after {event.error.type}]\n"
+                            streamed["reasoning"] += notice
+                            await chunks.chunk({"reasoning_content": notice})
                     elif isinstance(event, Done):
                         await self._finish(chunks, chat, event.result, streamed)
                     elif (line := progress.line(event)) is not None:
@@ -631,10 +647,9 @@ class PacoreServer(AppServer):
             # The status line is sent: the error can only go into the stream.
             if isinstance(error, PacoreError):
                 logger.warning("solve failed (%s): %s", chat.model, error)
-                await self._fail(chunks, _solve_error(error))
             else:
                 logger.exception("unexpected error streaming %s", chat.model)
-                await self._fail(chunks, _ApiError(500, _INTERNAL, "server_error"))
+            await self._fail(chunks, _solve_error(error))
 
     async def _fail(self, chunks: _Chunks, error: _ApiError) -> None:
         try:
@@ -647,9 +662,13 @@ class PacoreServer(AppServer):
         self, chunks: _Chunks, chat: _ChatRequest, result: SolveResult, streamed: dict[str, str]
     ) -> None:
         final = result.final
-        if final is not None and not streamed["content"] and not streamed["reasoning"]:
-            # The backend did not stream: send the final trajectory whole.
-            delta = {"reasoning_content": final.reasoning} if final.reasoning else {}
+        if final is not None:
+            # The content of the trajectory that finished, whole; its reasoning too unless it streamed.
+            delta = (
+                {"reasoning_content": final.reasoning}
+                if final.reasoning and not streamed["reasoning"]
+                else {}
+            )
             if final.content:
                 delta["content"] = final.content
             if delta:
