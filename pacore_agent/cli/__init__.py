@@ -438,6 +438,13 @@ def sim_server(
     api_key: Annotated[
         str | None, typer.Option(help="Require this bearer token.", envvar="PACORE_SIM_API_KEY")
     ] = None,
+    capacity: Annotated[
+        int | None, typer.Option(help="As an SGLang worker: at most this many sequences decode at once.")
+    ] = None,
+    prefix_cache: Annotated[
+        bool, typer.Option(help="As an SGLang worker: report cached_tokens for prompt prefixes seen.")
+    ] = False,
+    worker_name: Annotated[str, typer.Option(help="The name GET /_sim/stats reports.")] = "",
 ) -> None:
     """Serve the SIMULATED reasoning model (a test double, not a language model) over HTTP."""
     from pacore_agent.backends.sim import Latency, SimConfig
@@ -463,7 +470,18 @@ def sim_server(
         )
     except PacoreError as error:
         raise _fail(str(error)) from None
-    server = SimServer(config, host=host, port=port, api_key=api_key)
+    try:
+        server = SimServer(
+            config,
+            host=host,
+            port=port,
+            api_key=api_key,
+            capacity=capacity,
+            prefix_cache=prefix_cache,
+            worker_name=worker_name,
+        )
+    except PacoreError as error:
+        raise _fail(str(error)) from None
 
     async def run() -> None:
         async with server:
