@@ -132,19 +132,17 @@ async def test_router_start_failures_are_clear(tmp_path: Path) -> None:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
-            router = SGLangRouter([worker.base_url], port=port, startup_timeout=60, **FAST)
-            with pytest.raises(
-                SGLangServerError, match=rf"exited with status.*port {port} .*is in use"
-            ) as info:
+            router = SGLangRouter([worker.base_url], port=port, **FAST)
+            with pytest.raises(SGLangServerError, match=rf"port {port} on 127.0.0.1 is already in use"):
                 await router.start()
-            assert "Address already in use" in info.value.log_tail and router.returncode not in (None, 0)
+            assert router.pid is None  # nothing was launched
 
         # No healthy worker: a clear list of what was wrong, and the router is stopped.
         dead = f"http://127.0.0.1:{closed_port()}"
         router = SGLangRouter([worker.base_url, dead], startup_timeout=4, **FAST)
         with pytest.raises(SGLangServerError, match="did not see all of its 2 workers healthy") as info:
             await router.start()
-        assert f"{dead} not registered" in str(info.value) and f"{worker.base_url} healthy" in str(info.value)
+        assert f"{dead} not registered (unreachable" in str(info.value)
         assert router.returncode is not None  # stopped, not left running
 
     with pytest.raises(UsageError, match="worker_urls"):

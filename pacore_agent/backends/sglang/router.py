@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -25,6 +26,7 @@ from pacore_agent.backends.sglang.process import (
     DEFAULT_HOST,
     DEFAULT_SHUTDOWN_TIMEOUT,
     SGLangServer,
+    SGLangServerError,
     _free_port,
 )
 from pacore_agent.exceptions import BackendError, UsageError
@@ -173,6 +175,24 @@ class SGLangRouter(SGLangServer):
             f"base_url={self.base_url!r}, pid={self.pid})"
         )
 
+    async def start(self) -> None:
+        """Launch the router and wait until its workers are healthy.
+
+        Raises:
+            SGLangServerError: The router's port is taken, the router exited, or the workers were not
+                healthy within ``startup_timeout`` (the message says which worker is not).
+            ConfigurationError: ``sglang-router`` cannot be run.
+            UsageError: Called twice.
+        """
+        # A router that cannot bind its port exits only after half a minute: say so at once.
+        if self.pid is None and not _port_free(self.host, self.port):
+            raise SGLangServerError(
+                f"cannot start the {self.label}: port {self.port} on {self.host} is already in use "
+                "(another server?); pass another port=, or None to pick a free one",
+                server=self.base_url,
+            )
+        await super().start()
+
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of the router log, without color codes."""
         return _ANSI.sub("", super().log_tail(lines))
@@ -222,6 +242,18 @@ class SGLangRouter(SGLangServer):
             f"did not see {wanted} of its {len(self.worker_urls)} workers healthy ({'; '.join(states)}; "
             "start the workers first and check that the router can reach them)"
         )
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on the port (bound as the router binds it: TIME_WAIT does not count)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 async def _workers(client: SGLangNativeClient) -> list[dict[str, Any]]:
