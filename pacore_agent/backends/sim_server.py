@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -89,8 +90,9 @@ class SimServer(AppServer):
         api_key: When set, requests must send ``Authorization: Bearer <api_key>``.
         sleep: How latency is waited (tests may inject a fake).
         clock: Wall clock of the ``Retry-After`` HTTP-dates (``rate_limit_date``).
-        capacity: At most this many sequences decode at once (a request with ``n`` choices takes ``n``,
-            up to all); the others queue. ``None``: no limit.
+        capacity: At most this many sequences decode at once (a request with ``n`` choices takes ``n``
+            slots; beyond ``capacity`` they decode in turns, each turn taking the request's latency);
+            the others queue. ``None``: no limit.
         prefix_cache: Report ``cached_tokens`` for the prompt prefix this server has seen before (by
             blocks of `pacore_agent.backends.sim_worker.DEFAULT_BLOCK_WORDS` words), as a worker's prefix
             cache does; otherwise only a whole repeated prompt counts as cached.
@@ -160,7 +162,8 @@ class SimServer(AppServer):
         ``served``: answers delivered; ``arrived``: requests received;
         ``prompt_tokens`` / ``cached_tokens``: of the requests received; ``decoding`` / ``queued`` /
         ``max_decoding``: sequences decoding, requests waiting for a decode slot, and the most decoding
-        at once (with ``capacity``); ``synthesis``: synthesis-round choices received by problem key.
+        at once (with ``capacity``); ``synthesis``: synthesis-round choices received, by a key of their prompt (one per problem and
+        round).
         """
         engine, counters, slots = self.engine, self.counters, self.slots
         return {
@@ -270,11 +273,15 @@ class SimServer(AppServer):
         if self.prefix_cache is not None:
             cached = self.prefix_cache.lookup_and_insert(messages)
             reply = replace(reply, usage=reply.usage.model_copy(update={"cached_tokens": cached}))
+        if self.slots is not None and reply.latency is not None and len(reply.choices) > self.slots.size:
+            # More sequences than decode slots: they decode in turns, as a full batch does.
+            reply = replace(reply, latency=reply.latency * math.ceil(len(reply.choices) / self.slots.size))
         counters.arrived += 1
         counters.prompt_tokens += reply.usage.prompt_tokens
         counters.cached_tokens += reply.usage.cached_tokens
-        if (problem := synthesis_problem(messages)) is not None:
-            counters.synthesis[problem_key(problem)] += len(reply.choices)
+        if synthesis_problem(messages) is not None:
+            # One key per synthesis prompt P(x, M): a problem's round, whose K requests share it.
+            counters.synthesis[problem_key(json.dumps(messages, sort_keys=True))] += len(reply.choices)
         return reply
 
     async def _fault(self, request: web.Request, fault: SimFault) -> web.StreamResponse:

@@ -10,8 +10,8 @@
   SGLang's radix cache keeps them; a request is answered with ``cached_tokens`` = the longest prefix it
   shares with an earlier prompt on this worker.
 - `WorkerCounters`: what the tests and ``benchmarks/scaleout.py`` read on ``GET /_sim/stats``: requests
-  and choices served, prompt and cached tokens, decode and queue depth, and the synthesis-round choices
-  of each problem (to measure whether a router keeps a problem's synthesis round on one worker).
+  and choices served, prompt and cached tokens, decode and queue depth, and the choices of each
+  synthesis prompt (to measure whether a router keeps a problem's synthesis round on one worker).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ DEFAULT_MAX_BLOCKS = 1_000_000
 """Prefix blocks a worker remembers before it evicts the oldest."""
 
 
-def problem_key(problem: str) -> str:
-    """A short stable id of a problem's text (the keys of `WorkerCounters.synthesis`)."""
-    return hashlib.sha256(problem.strip().encode()).hexdigest()[:12]
+def problem_key(text: str) -> str:
+    """A short stable id of a text (the keys of `WorkerCounters.synthesis`)."""
+    return hashlib.sha256(text.strip().encode()).hexdigest()[:12]
 
 
 def synthesis_problem(messages: Sequence[Mapping[str, Any]]) -> str | None:
@@ -181,7 +181,8 @@ class WorkerCounters:
         arrived: Requests received.
         prompt_tokens: Prompt tokens of the requests received.
         cached_tokens: Of those, the tokens found in the prefix cache.
-        synthesis: Choices of synthesis-round requests received, by `problem_key` of the problem.
+        synthesis: Choices of synthesis-round requests received, by `problem_key` of their prompt: one
+            key per problem and round, as the round's K requests share the prompt P(x, M).
     """
 
     name: str = ""
