@@ -26,7 +26,7 @@ from pacore_agent.evaluation.bench import BenchSettings, parse_methods, run_benc
 from pacore_agent.evaluation.datasets import Problem
 from pacore_agent.evaluation.store import RunStore
 from pacore_agent.exceptions import UsageError
-from pacore_agent.testing.sim_workers import sim_workers
+from pacore_agent.testing.sim_workers import SimWorkerProcess, sim_workers
 from tests.helpers import closed_port
 from tests.processes import FAKE_COMMAND, FAKE_ENV
 
@@ -146,6 +146,12 @@ async def test_router_start_failures_are_clear(tmp_path: Path) -> None:
             await router.start()
         assert f"{dead} not registered (unreachable" in str(info.value)
         assert router.returncode is not None  # stopped, not left running
+
+    # A worker with bad options: its own one-line error, quoted from its log.
+    bad = SimWorkerProcess("--capacity", "0", env=FAKE_ENV)
+    with pytest.raises(SGLangServerError, match=r"simulated SGLang worker .* exited") as info:
+        await bad.start()
+    assert "capacity must be at least 1" in info.value.log_tail
 
     with pytest.raises(UsageError, match="worker_urls"):
         SGLangRouter([])
