@@ -76,12 +76,13 @@ async def test_solve_and_bench_through_the_router(tmp_path: Path) -> None:
         assert len(keys) == 16 and set(keys.values()) == {1}
 
 
-async def test_a_worker_killed_mid_bench_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", ["round_robin", "cache_aware"])
+async def test_a_worker_killed_mid_bench_loses_and_duplicates_nothing(policy: str, tmp_path: Path) -> None:
     # Enough latency that the bench is surely running when a worker dies under it.
     options = ("--capacity", "2", "--latency-median", "0.05")
     async with (
         sim_workers(2, *options, env=FAKE_ENV) as workers,
-        SGLangRouter([w.base_url for w in workers], policy="round_robin", **FAST) as router,
+        SGLangRouter([w.base_url for w in workers], policy=policy, **FAST) as router,  # type: ignore[arg-type]
     ):
         settings = BenchSettings("mini", parse_methods(["pacore:[2,2]"]), samples=3, max_in_flight=6)
         problems = _problems(6)
