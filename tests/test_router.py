@@ -17,7 +17,7 @@ import pytest
 
 from pacore_agent import OpenAIBackend
 from pacore_agent.backends.base import GenerationRequest
-from pacore_agent.backends.sglang import SGLangBackend, SGLangServer, SGLangServerError
+from pacore_agent.backends.sglang import SGLangBackend, SGLangNativeClient, SGLangServer, SGLangServerError
 from pacore_agent.backends.sglang.router import SGLangRouter
 from pacore_agent.backends.sim import SimConfig
 from pacore_agent.backends.sim_server import SimServer
@@ -115,7 +115,7 @@ async def test_sglang_backend_attached_to_the_router_chats_and_generates() -> No
         SGLangServer("m", command=FAKE_COMMAND, env=FAKE_ENV, health_generate=False) as one,
         SGLangServer("m", command=FAKE_COMMAND, env=FAKE_ENV, health_generate=False) as two,
         SGLangRouter([one.base_url, two.base_url], policy="round_robin", **FAST) as router,
-        SGLangBackend.attach(router.base_url, health_generate=False) as backend,
+        SGLangBackend.attach(router.base_url) as backend,  # health-checked on /health_generate
     ):
         info = await backend.get_model_info()
         assert info["model_path"] == "m"
@@ -126,6 +126,12 @@ async def test_sglang_backend_attached_to_the_router_chats_and_generates() -> No
         for (out,) in outs:
             assert out.prompt_tokens == 3 and 1 <= len(out.token_ids) <= 4
             assert len(out.logprobs) == len(out.token_ids)
+        counts = []
+        for worker in (one, two):
+            async with SGLangNativeClient(worker.base_url) as client:
+                counts.append((await client._call_json("GET", "/_fake/state"))["generate_requests"])
+        assert sorted(counts) == [2, 2]  # round robin: both workers generated
+        await backend.flush_cache()  # the router passes it on
 
 
 async def test_router_start_failures_are_clear(tmp_path: Path) -> None:
@@ -142,7 +148,7 @@ async def test_router_start_failures_are_clear(tmp_path: Path) -> None:
 
         # No healthy worker: a clear list of what was wrong, and the router is stopped.
         dead = f"http://127.0.0.1:{closed_port()}"
-        router = SGLangRouter([worker.base_url, dead], startup_timeout=4, **FAST)
+        router = SGLangRouter([worker.base_url, dead], startup_timeout=6, **FAST)
         with pytest.raises(SGLangServerError, match="did not see all of its 2 workers healthy") as info:
             await router.start()
         assert f"{dead} not registered (unreachable" in str(info.value)

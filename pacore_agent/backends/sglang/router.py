@@ -229,17 +229,17 @@ class SGLangRouter(SGLangServer):
     async def _unhealthy(self, client: SGLangNativeClient) -> str:
         try:
             listed = {str(w.get("url")): w for w in await _workers(client)}
+            states = "; ".join(
+                f"{url} {'healthy' if listed[url].get('is_healthy') else 'unhealthy'}"
+                if url in listed
+                else f"{url} not registered (unreachable, or not answering /health, /model_info, /server_info)"
+                for url in self.worker_urls
+            )
         except BackendError as error:
-            return f"did not list its workers on GET /workers ({error})"
-        states = [
-            f"{url} {'healthy' if listed[url].get('is_healthy') else 'unhealthy'}"
-            if url in listed
-            else f"{url} not registered (unreachable, or not answering /health, /model_info, /server_info)"
-            for url in self.worker_urls
-        ]
+            states = f"the router did not answer GET /workers: {error}"
         wanted = "all" if self.min_healthy == len(self.worker_urls) else f"{self.min_healthy}"
         return (
-            f"did not see {wanted} of its {len(self.worker_urls)} workers healthy ({'; '.join(states)}; "
+            f"did not see {wanted} of its {len(self.worker_urls)} workers healthy ({states}; "
             "start the workers first and check that the router can reach them)"
         )
 
