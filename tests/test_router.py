@@ -25,7 +25,7 @@ from pacore_agent.backends.sim_worker import DecodeSlots, PrefixCache
 from pacore_agent.evaluation.bench import BenchSettings, parse_methods, run_bench
 from pacore_agent.evaluation.datasets import Problem
 from pacore_agent.evaluation.store import RunStore
-from pacore_agent.exceptions import UsageError
+from pacore_agent.exceptions import AuthenticationError, UsageError
 from pacore_agent.testing.sim_workers import SimWorkerProcess, sim_workers
 from tests.helpers import closed_port
 from tests.processes import FAKE_COMMAND, FAKE_ENV
@@ -132,6 +132,22 @@ async def test_sglang_backend_attached_to_the_router_chats_and_generates() -> No
                 counts.append((await client._call_json("GET", "/_fake/state"))["generate_requests"])
         assert sorted(counts) == [2, 2]  # round robin: both workers generated
         await backend.flush_cache()  # the router passes it on
+
+
+async def test_an_api_key_is_required_by_the_router_and_passed_to_the_workers() -> None:
+    key = "sk-router-secret"
+    async with (
+        sim_workers(2, "--api-key", key, env=FAKE_ENV) as workers,
+        SGLangRouter([w.base_url for w in workers], api_key=key, **FAST) as router,
+    ):
+        request = GenerationRequest(messages=[{"role": "user", "content": "hi"}])
+        async with OpenAIBackend(f"{router.base_url}/v1", api_key=key) as backend:
+            (answer,) = await backend.generate(request)
+        assert answer.content
+        async with OpenAIBackend(f"{router.base_url}/v1", api_key="wrong") as backend:
+            with pytest.raises(AuthenticationError):
+                await backend.generate(request)
+        assert key not in router.log_tail(1000) and key not in repr(router)
 
 
 async def test_router_start_failures_are_clear(tmp_path: Path) -> None:

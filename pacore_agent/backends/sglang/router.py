@@ -64,7 +64,8 @@ class SGLangRouter(SGLangServer):
             taken out of rotation.
         retries: ``--retry-max-retries``: attempts the router makes on another worker for a request
             whose worker failed.
-        api_key: ``--api-key`` of the router, also sent to the workers; never logged.
+        api_key: ``--api-key``: clients must send it to the router, which sends it on to the workers
+            (give them the same key). Never logged.
         min_healthy: Workers that must be healthy for `start` to return (default: all of them).
         extra_args: More ``launch_router`` arguments, passed as they are.
         python_executable: The interpreter that has ``sglang-router`` installed (default: this one).
