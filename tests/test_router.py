@@ -5,6 +5,7 @@ killed mid-run, start failures, and the simulated worker's capacity, prefix cach
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import socket
 import sys
@@ -30,9 +31,12 @@ from pacore_agent.testing.sim_workers import SimWorkerProcess, sim_workers
 from tests.helpers import closed_port
 from tests.processes import FAKE_COMMAND, FAKE_ENV
 
-pytest.importorskip("sglang_router", reason="sglang-router is not installed (pip install 'pacore[router]')")
-
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = pytest.mark.anyio
+# The router tests start real processes (seconds each); the simulated worker's parts need neither.
+requires_router = pytest.mark.skipif(
+    importlib.util.find_spec("sglang_router") is None,
+    reason="sglang-router is not installed (pip install 'pacore[router]')",
+)
 
 # The router's fastest settings: health probes every second, one failure takes a worker out.
 FAST = {"health_check_interval": 1, "health_failure_threshold": 1}
@@ -43,6 +47,8 @@ def _problems(count: int) -> list[Problem]:
     return [Problem(id=f"p{i}", problem=f"Compute {i} + {i}.", answer=str(2 * i)) for i in range(count)]
 
 
+@pytest.mark.slow
+@requires_router
 async def test_solve_and_bench_through_the_router(tmp_path: Path) -> None:
     async with (
         sim_workers(2, "--capacity", "4", "--prefix-cache", env=FAKE_ENV) as workers,
@@ -76,6 +82,8 @@ async def test_solve_and_bench_through_the_router(tmp_path: Path) -> None:
         assert len(keys) == 16 and set(keys.values()) == {1}
 
 
+@pytest.mark.slow
+@requires_router
 @pytest.mark.parametrize("policy", ["round_robin", "cache_aware"])
 async def test_a_worker_killed_mid_bench_loses_and_duplicates_nothing(policy: str, tmp_path: Path) -> None:
     # Enough latency that the bench is surely running when a worker dies under it.
@@ -110,6 +118,8 @@ async def test_a_worker_killed_mid_bench_loses_and_duplicates_nothing(policy: st
     assert all(r.result.final is not None for r in records)
 
 
+@pytest.mark.slow
+@requires_router
 async def test_sglang_backend_attached_to_the_router_chats_and_generates() -> None:
     async with (
         SGLangServer("m", command=FAKE_COMMAND, env=FAKE_ENV, health_generate=False) as one,
@@ -134,6 +144,8 @@ async def test_sglang_backend_attached_to_the_router_chats_and_generates() -> No
         await backend.flush_cache()  # the router passes it on
 
 
+@pytest.mark.slow
+@requires_router
 async def test_an_api_key_is_required_by_the_router_and_passed_to_the_workers() -> None:
     key = "sk-router-secret"
     async with (
@@ -150,6 +162,8 @@ async def test_an_api_key_is_required_by_the_router_and_passed_to_the_workers() 
         assert key not in router.log_tail(1000) and key not in repr(router)
 
 
+@pytest.mark.slow
+@requires_router
 async def test_router_start_failures_are_clear(tmp_path: Path) -> None:
     async with sim_workers(1, env=FAKE_ENV) as (worker,):
         # A port already taken: the router exits, and the error says so.
