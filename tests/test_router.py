@@ -139,7 +139,7 @@ async def test_sglang_backend_attached_to_the_router_chats_and_generates() -> No
         counts = []
         for worker in (one, two):
             async with SGLangNativeClient(worker.base_url) as client:
-                counts.append((await client._call_json("GET", "/_fake/state"))["generate_requests"])
+                counts.append((await client.get_json("/_fake/state"))["generate_requests"])
         assert sorted(counts) == [2, 2]  # round robin: both workers generated
         await backend.flush_cache()  # the router passes it on
 

@@ -59,7 +59,7 @@ class SimWorkerProcess(SGLangServer):
     async def stats(self) -> dict[str, Any]:
         """The worker's counters (``GET /_sim/stats``, see `SimServer.stats`)."""
         async with SGLangNativeClient(self.base_url, timeout=10.0) as client:
-            data = await client._call_json("GET", "/_sim/stats")
+            data = await client.get_json("/_sim/stats")
         assert isinstance(data, dict)
         return data
 

@@ -258,6 +258,6 @@ def _port_free(host: str, port: int) -> bool:
 
 
 async def _workers(client: SGLangNativeClient) -> list[dict[str, Any]]:
-    data = await client._call_json("GET", "/workers")
+    data = await client.get_json("/workers")
     listed = data.get("workers") if isinstance(data, dict) else None
     return [w for w in listed if isinstance(w, dict)] if isinstance(listed, list) else []
