@@ -121,8 +121,7 @@ class SGLangRouter(SGLangServer):
             api_key=api_key,
             extra_args=extra_args,
             command=(python, "-m", "sglang_router.launch_router"),
-            # The router's log is colored even into a file unless told otherwise.
-            env={"NO_COLOR": "1", **(env or {})},
+            env=env,
             log_path=log_path,
             startup_timeout=startup_timeout,
             shutdown_timeout=shutdown_timeout,
@@ -195,7 +194,7 @@ class SGLangRouter(SGLangServer):
         await super().start()
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the router log, without color codes."""
+        """The last ``lines`` lines of the router log, without the color codes it writes even to a file."""
         return _ANSI.sub("", super().log_tail(lines))
 
     async def workers(self) -> list[dict[str, Any]]:
