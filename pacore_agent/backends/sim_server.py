@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +34,13 @@ from pacore_agent.backends.sim import (
     SimReply,
 )
 from pacore_agent.backends.sim_faults import error_json, stream_error_json
+from pacore_agent.backends.sim_worker import (
+    DecodeSlots,
+    PrefixCache,
+    WorkerCounters,
+    problem_key,
+    synthesis_problem,
+)
 from pacore_agent.serving.app import AppServer
 
 __all__ = ["SimServer"]
@@ -69,6 +78,17 @@ class SimServer(AppServer):
         api_key: When set, requests must send ``Authorization: Bearer <api_key>``.
         sleep: How latency is waited (tests may inject a fake).
         clock: Wall clock of the ``Retry-After`` HTTP-dates (``rate_limit_date``).
+        capacity: At most this many sequences decode at once (a request with ``n`` choices takes ``n``
+            slots; beyond ``capacity`` they decode in turns, each turn taking the request's latency);
+            the others queue. ``None``: no limit.
+        prefix_cache: Report ``cached_tokens`` for the prompt prefix this server has seen before (by
+            blocks of `pacore_agent.backends.sim_worker.DEFAULT_BLOCK_WORDS` words), as a worker's prefix
+            cache does; otherwise only a whole repeated prompt counts as cached.
+        worker_name: The name ``GET /_sim/stats`` reports.
+
+    Besides the OpenAI API it answers what SGLang's router polls on a worker (``/health``,
+    ``/health_generate``, ``/model_info``, ``/server_info`` and their ``/get_`` forms), ``POST
+    /flush_cache``, and ``GET /_sim/stats``: this server's counters (`stats`).
     """
 
     def __init__(
@@ -80,8 +100,14 @@ class SimServer(AppServer):
         api_key: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        capacity: int | None = None,
+        prefix_cache: bool = False,
+        worker_name: str = "",
     ) -> None:
         self.engine = config if isinstance(config, SimEngine) else SimEngine(config)
+        self.slots = DecodeSlots(capacity) if capacity is not None else None
+        self.prefix_cache = PrefixCache() if prefix_cache else None
+        self.counters = WorkerCounters(name=worker_name)
         self._api_key = api_key
         self._sleep = sleep
         self._clock = clock
@@ -89,6 +115,17 @@ class SimServer(AppServer):
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        # What SGLang's router asks a worker before it registers it (and its /get_ forms, older SGLang).
+        for path in (
+            "/health_generate",
+            "/model_info",
+            "/get_model_info",
+            "/server_info",
+            "/get_server_info",
+        ):
+            app.router.add_get(path, self._worker_info)
+        app.router.add_post("/flush_cache", self._flush_cache)
+        app.router.add_get("/_sim/stats", self._stats)
         # handler_cancellation: a client disconnect cancels its handler, as real servers abort the request.
         super().__init__(app, host=host, port=port, runner_options={"handler_cancellation": True})
 
@@ -106,6 +143,50 @@ class SimServer(AppServer):
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "simulated": True})
+
+    def stats(self) -> dict[str, Any]:
+        """This server's counters, as ``GET /_sim/stats`` sends them.
+
+        ``served``: answers delivered; ``arrived``: requests received;
+        ``prompt_tokens`` / ``cached_tokens``: of the requests received; ``decoding`` / ``queued`` /
+        ``max_decoding``: sequences decoding, requests waiting for a decode slot, and the most decoding
+        at once (with ``capacity``); ``synthesis``: synthesis-round choices received, by a key of their prompt (one per problem and
+        round).
+        """
+        engine, counters, slots = self.engine, self.counters, self.slots
+        return {
+            "worker": counters.name,
+            "served": engine.served,
+            "arrived": counters.arrived,
+            "prompt_tokens": counters.prompt_tokens,
+            "cached_tokens": counters.cached_tokens,
+            "in_flight": engine.in_flight,
+            "max_in_flight": engine.max_in_flight,
+            "disconnects": engine.disconnects,
+            "capacity": slots.size if slots else None,
+            "decoding": slots.busy if slots else engine.in_flight,
+            "queued": slots.queued if slots else 0,
+            "max_decoding": slots.max_busy if slots else engine.max_in_flight,
+            "synthesis": dict(counters.synthesis),
+        }
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _worker_info(self, request: web.Request) -> web.Response:
+        model = self.engine.config.model
+        if request.path.endswith("model_info"):
+            return web.json_response(
+                {"model_path": model, "tokenizer_path": None, "is_generation": True, "simulated": True}
+            )
+        if request.path.endswith("server_info"):
+            return web.json_response({"model_path": model, "dp_size": 1, "tp_size": 1, "simulated": True})
+        return web.json_response({"status": "ok", "simulated": True})
+
+    async def _flush_cache(self, request: web.Request) -> web.Response:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+        return web.Response(text="Cache flushed.\nPlease check backend logs for more details.")
 
     async def _models(self, request: web.Request) -> web.Response:
         if (denied := self._check_auth(request)) is not None:
@@ -149,13 +230,18 @@ class SimServer(AppServer):
         engine = self.engine
         with engine.track():
             try:
-                return await self._answer(request, body)
+                if self.slots is None:
+                    return await self._answer(request, body)
+                async with self.slots.hold(int(body.get("n") or 1) if engine.config.honour_n else 1):
+                    return await self._answer(request, body)
             except asyncio.CancelledError:
                 engine.disconnects += 1
                 raise
 
     async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         reply = self.engine.respond(body)
+        if isinstance(reply, SimReply):
+            reply = self._count(body, reply)
         if isinstance(reply, SimFault):
             return await self._fault(request, reply)
         stream = bool(body.get("stream"))
@@ -168,6 +254,23 @@ class SimServer(AppServer):
             self.engine.record_served(reply)
             return web.json_response(self._completion_json(reply))
         return await self._stream(request, body, reply)
+
+    def _count(self, body: dict[str, Any], reply: SimReply) -> SimReply:
+        """Count a request in the worker counters; the prefix cache decides its ``cached_tokens``."""
+        counters, messages = self.counters, body["messages"]
+        if self.prefix_cache is not None:
+            cached = self.prefix_cache.lookup_and_insert(messages)
+            reply = replace(reply, usage=reply.usage.model_copy(update={"cached_tokens": cached}))
+        if self.slots is not None and reply.latency is not None and len(reply.choices) > self.slots.size:
+            # More sequences than decode slots: they decode in turns, as a full batch does.
+            reply = replace(reply, latency=reply.latency * math.ceil(len(reply.choices) / self.slots.size))
+        counters.arrived += 1
+        counters.prompt_tokens += reply.usage.prompt_tokens
+        counters.cached_tokens += reply.usage.cached_tokens
+        if synthesis_problem(messages) is not None:
+            # One key per synthesis prompt P(x, M): a problem's round, whose K requests share it.
+            counters.synthesis[problem_key(json.dumps(messages, sort_keys=True))] += len(reply.choices)
+        return reply
 
     async def _fault(self, request: web.Request, fault: SimFault) -> web.StreamResponse:
         if fault.kind == "stall":

@@ -74,6 +74,13 @@ def sim_server(
             "any temperature but 1, with OpenAI's 400 bodies."
         ),
     ] = False,
+    capacity: Annotated[
+        int | None, typer.Option(help="As an SGLang worker: at most this many sequences decode at once.")
+    ] = None,
+    prefix_cache: Annotated[
+        bool, typer.Option(help="As an SGLang worker: report cached_tokens for prompt prefixes seen.")
+    ] = False,
+    worker_name: Annotated[str, typer.Option(help="The name GET /_sim/stats reports.")] = "",
 ) -> None:
     """Serve the SIMULATED reasoning model (a test double, not a language model) over HTTP."""
     from pacore_agent.backends.sim import SIM_MODEL, Latency, SimConfig
@@ -99,9 +106,17 @@ def sim_server(
             hosted_reasoning=hosted_reasoning,
             model=model or SIM_MODEL,
         )
+        server = SimServer(
+            config,
+            host=host,
+            port=port,
+            api_key=api_key,
+            capacity=capacity,
+            prefix_cache=prefix_cache,
+            worker_name=worker_name,
+        )
     except PacoreError as error:
         raise fail(str(error)) from None
-    server = SimServer(config, host=host, port=port, api_key=api_key)
 
     async def run() -> None:
         async with server:

@@ -1,6 +1,6 @@
 """SGLang: launch or attach to a server, speak its native API, and generate through it.
 
-Three layers, each usable alone:
+Layers, each usable alone:
 
 - `SGLangServer` (`pacore_agent.backends.sglang.process`): the process. It launches
   ``python -m sglang.launch_server`` in its own process group with its output in a log file, waits until
@@ -8,6 +8,8 @@ Three layers, each usable alone:
   Attach mode wraps a server that is already running.
 - `SGLangNativeClient` (`pacore_agent.backends.sglang.native`): SGLang's own HTTP API: ``/generate``
   with token ids and logprobs, weight updates, ``/flush_cache``, model info, health.
+- `SGLangRouter` (`pacore_agent.backends.sglang.router`): SGLang's router launched in front of running
+  workers, with the same process handling as `SGLangServer`.
 - `SGLangBackend` (`pacore_agent.backends.sglang.backend`): the `Backend`. ``generate`` goes through the
   OpenAI-compatible endpoint (``/v1/chat/completions``); the native client and the weight updates are
   there for training.
@@ -34,6 +36,7 @@ from pacore_agent.backends.sglang.process import (
     SGLangServer,
     SGLangServerError,
 )
+from pacore_agent.backends.sglang.router import ROUTER_POLICIES, SGLangRouter
 
 __all__ = [
     "DEFAULT_ATTACH_TIMEOUT",
@@ -43,9 +46,11 @@ __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DEFAULT_STARTUP_TIMEOUT",
+    "ROUTER_POLICIES",
     "NativeCompletion",
     "SGLangBackend",
     "SGLangNativeClient",
+    "SGLangRouter",
     "SGLangServer",
     "SGLangServerError",
     "WeightUpdateResult",

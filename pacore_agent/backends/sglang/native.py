@@ -221,6 +221,17 @@ class SGLangNativeClient(AsyncResource):
             )
         return data
 
+    async def get_json(self, path: str) -> Any:
+        """``GET path`` and its JSON body.
+
+        For endpoints without a method of their own here: the router's ``/workers``, the simulated
+        worker's ``/_sim/stats``.
+
+        Raises:
+            pacore_agent.exceptions.BackendError: The request failed or the body is not JSON.
+        """
+        return await self._call_json("GET", path)
+
     async def list_models(self) -> list[str]:
         """The model ids of the OpenAI-compatible endpoint (``GET /v1/models``).
 

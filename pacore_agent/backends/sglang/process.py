@@ -21,7 +21,7 @@ import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import anyio
 import anyio.abc
@@ -141,6 +141,9 @@ class SGLangServer(AsyncResource):
     Raises:
         UsageError: Inconsistent settings.
     """
+
+    label: ClassVar[str] = "SGLang server"
+    """What the process is, in log lines and errors (subclasses launch other programs)."""
 
     def __init__(
         self,
@@ -347,9 +350,9 @@ class SGLangServer(AsyncResource):
             await self._wait_healthy(self.startup_timeout)
             return
         if self._process is not None:
-            raise UsageError(f"{self!r} was already started; create a new SGLangServer to relaunch")
+            raise UsageError(f"{self!r} was already started; create a new {type(self).__name__} to relaunch")
         log_file, self._log_path = await anyio.to_thread.run_sync(_open_log, self._log_path, self.port)
-        logger.info("launching SGLang: %s (log: %s)", " ".join(_redacted(self.argv)), self._log_path)
+        logger.info("launching %s: %s (log: %s)", self.label, " ".join(_redacted(self.argv)), self._log_path)
         try:
             self._process = await anyio.open_process(
                 list(self.argv),
@@ -361,8 +364,8 @@ class SGLangServer(AsyncResource):
             )
         except OSError as exc:
             raise ConfigurationError(
-                f"cannot run {self._program[0]!r} to launch SGLang: {exc}; pass python_executable= (an "
-                "interpreter with SGLang installed) or command="
+                f"cannot run {self._program[0]!r} to launch the {self.label}: {exc}; pass "
+                "python_executable= (an interpreter with it installed) or command="
             ) from exc
         finally:
             log_file.close()
@@ -373,7 +376,7 @@ class SGLangServer(AsyncResource):
         except BaseException:
             await self.stop()
             raise
-        logger.info("SGLang server is healthy at %s (pid %s)", self._base_url, self.pid)
+        logger.info("%s is healthy at %s (pid %s)", self.label, self._base_url, self.pid)
 
     async def stop(self) -> None:
         """Stop a launched server and every process in its group; a no-op in attach mode. Idempotent.
@@ -393,7 +396,8 @@ class SGLangServer(AsyncResource):
                 await _wait_group_gone(pgid)
             if process.returncode is None or await anyio.to_thread.run_sync(_group_alive, pgid):
                 logger.warning(
-                    "SGLang server (pid %s) still running %ss after SIGTERM; sending SIGKILL",
+                    "%s (pid %s) still running %ss after SIGTERM; sending SIGKILL",
+                    self.label,
                     pgid,
                     self.shutdown_timeout,
                 )
@@ -404,7 +408,7 @@ class SGLangServer(AsyncResource):
             await process.aclose()
             if self._finalizer is not None:
                 self._finalizer.detach()
-        logger.info("SGLang server (pid %s) stopped with exit status %s", pgid, process.returncode)
+        logger.info("%s (pid %s) stopped with exit status %s", self.label, pgid, process.returncode)
 
     async def aclose(self) -> None:
         """Same as `stop` (the context manager's exit)."""
@@ -444,14 +448,9 @@ class SGLangServer(AsyncResource):
         if process is None or process.returncode is None:
             return None
         tail = await anyio.to_thread.run_sync(self.log_tail)
-        hint = ""
-        if re.search(r"No module named '?sglang", tail):
-            hint = (
-                f" (SGLang is not installed for {self._program[0]}: install it there, e.g. "
-                "pip install 'pacore[sglang]' on a CUDA machine, or pass python_executable=)"
-            )
+        hint = self._exit_hint(tail)
         return SGLangServerError(
-            f"the SGLang server at {self._base_url} (pid {process.pid}) exited with status "
+            f"the {self.label} at {self._base_url} (pid {process.pid}) exited with status "
             f"{process.returncode} {context}{hint}; last lines of {self._log_path}:\n{tail}",
             server=self._base_url,
             returncode=process.returncode,
@@ -459,8 +458,25 @@ class SGLangServer(AsyncResource):
             log_tail=tail,
         )
 
-    async def _wait_healthy(self, seconds: float) -> None:
+    def _exit_hint(self, tail: str) -> str:
+        """Why the process probably exited, from its log (" (...)"), or ""."""
+        if re.search(r"No module named '?sglang", tail):
+            return (
+                f" (SGLang is not installed for {self._program[0]}: install it there, e.g. "
+                "pip install 'pacore[sglang]' on a CUDA machine, or pass python_executable=)"
+            )
+        return ""
+
+    async def _healthy(self, client: SGLangNativeClient) -> bool:
+        """One health check (`start` polls it until it passes)."""
+        return await client.health(generate=self.health_generate)
+
+    async def _unhealthy(self, client: SGLangNativeClient) -> str:
+        """What the failed health check awaited, for the error after ``startup_timeout``."""
         path = "/health_generate" if self.health_generate else "/health"
+        return f"did not answer {path} with 200"
+
+    async def _wait_healthy(self, seconds: float) -> None:
         async with SGLangNativeClient(
             self._base_url, api_key=self.api_key, timeout=HEALTH_CHECK_TIMEOUT
         ) as client:
@@ -469,17 +485,17 @@ class SGLangServer(AsyncResource):
                     error = await self.death_error("while starting up")
                     if error is not None:
                         raise error
-                    if await client.health(generate=self.health_generate):
+                    if await self._healthy(client):
                         return
                     await anyio.sleep(_HEALTH_POLL_INTERVAL)
-        error = await self.death_error("while starting up")
-        if error is not None:
-            raise error
+            error = await self.death_error("while starting up")
+            if error is not None:
+                raise error
+            what = await self._unhealthy(client)
         tail = await anyio.to_thread.run_sync(self.log_tail)
         where = f"; last lines of {self._log_path}:\n{tail}" if self._launch else ""
         raise SGLangServerError(
-            f"the SGLang server at {self._base_url} did not answer {path} with 200 "
-            f"within {seconds:g}s{where}",
+            f"the {self.label} at {self._base_url} {what} within {seconds:g}s{where}",
             server=self._base_url,
             log_path=self._log_path,
             log_tail=tail,
