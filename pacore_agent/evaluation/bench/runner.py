@@ -97,6 +97,8 @@ class BenchSettings:
         samples: Samples per (problem, method): pass@1 is averaged over them (the paper: 64 on AIME/HMMT).
         seed: Base seed; each sample derives its own.
         sampling: Sampling settings (temperature, top_p, max_tokens, ...); ``seed`` is set per sample.
+            Default: the paper's evaluation settings, temperature = top_p = 1.0 (`SamplingParams.paper`);
+            ``SamplingParams()`` leaves every field to the endpoint.
         request_seeds: Send a derived ``seed`` with every request (repeatable on servers that honour it).
         budget: Limits of each solve; with a pool, the drawn first round is charged as if run.
         order: Reference order policy (a pool's drawn first round too).
@@ -117,7 +119,7 @@ class BenchSettings:
     methods: tuple[MethodSpec, ...]
     samples: int
     seed: int = 0
-    sampling: SamplingParams = field(default_factory=SamplingParams)
+    sampling: SamplingParams = field(default_factory=SamplingParams.paper)
     request_seeds: bool = True
     budget: Budget | None = None
     order: str = "seeded"
