@@ -66,33 +66,32 @@ import math
 import os
 import random
 import shlex
-import shutil
 import signal
 import sys
 import textwrap
 import time
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import anyio
 import torch
 
-from pacore_agent.evaluation.store import PoolEntry, PoolStore
 from pacore_agent.exceptions import PacoreError, UsageError
 from training.checkpoint import (
-    capture_rng_state,
-    checkpoint_metadata,
-    checkpoint_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
+    FINGERPRINT_FIELDS,
+    FingerprintError,
+    config_fingerprint,
+    fingerprint_differences,
+    latest_checkpoint,
+    pool_digest,
+    resume_point,
+    resume_state,
+    save_run_checkpoint,
 )
-from training.data import TrainProblem, arithmetic_problems, load_training_problems
 from training.env import (
     DEFAULT_HI,
     DEFAULT_LO,
@@ -103,7 +102,7 @@ from training.env import (
     apply_chat_template,
 )
 from training.metrics import StepLog, jsonable, plot_reward_curve
-from training.pool import DEFAULT_POOL_SIZE, PoolConfig, build_pool, load_pool_entries
+from training.pool import DEFAULT_POOL_SIZE, load_or_build_pool
 from training.ppo import PPOConfig, PPOTrainer
 from training.rollout import HFRollout, RolloutEngine, Sample
 
@@ -131,23 +130,6 @@ _PPO = PPOConfig()  # the paper's PPO defaults, in one place
 
 KILL_AT_STEP_ENV = "PACORE_TRAIN_KILL_AT_STEP"
 """Testing hook: SIGKILL the process at the start of this (0-based) step."""
-
-CHECKPOINT_PREFIX = "step-"
-"""Checkpoint directories are ``OUT/checkpoints/step-<steps done, 6 digits>``."""
-
-FINGERPRINT_FIELDS = (
-    "model",
-    "pool",
-    "problems",
-    "seed",
-    "problems_per_step",
-    "responses_per_problem",
-    "min_messages",
-    "max_messages",
-    "shared_message_set",
-)
-"""What a checkpoint must agree on to be resumed: the model, the data and how episodes are drawn."""
-
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Arguments
@@ -425,7 +407,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 3. Pure helpers: the data order, episode metrics, the fingerprint
+# 3. Pure helpers: the data order, episode metrics
 
 
 def _seed_of(*parts: object) -> int:
@@ -475,164 +457,8 @@ def episode_metrics(results: Sequence[RewardResult]) -> dict[str, float]:
     }
 
 
-def pool_digest(entries: Sequence[PoolEntry]) -> str:
-    """A SHA-256 of what training reads from a pool: problems, answers, tests, messages and grades.
-
-    It does not depend on the order of the entries, their timestamps or where the pool lives.
-    """
-    digest = hashlib.sha256()
-    for entry in sorted(entries, key=lambda e: e.problem_id):
-        record = [
-            entry.problem_id,
-            entry.problem,
-            entry.answer,
-            entry.domain,
-            entry.metadata.get("tests"),
-            entry.metadata.get("conversation"),
-            [[m.message, m.correct, m.score] for m in entry.messages],
-        ]
-        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def _model_id(model: str) -> str:
-    """A local folder as its absolute path (so a resume from another directory still matches)."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.is_dir() else model
-
-
-def config_fingerprint(config: TrainConfig, entries: Sequence[PoolEntry]) -> dict[str, Any]:
-    """The settings a checkpoint must share with the run that resumes it (`FINGERPRINT_FIELDS`)."""
-    return {
-        "model": _model_id(config.model),
-        "pool": pool_digest(entries),
-        "problems": len(entries),
-        "seed": config.seed,
-        "problems_per_step": config.problems_per_step,
-        "responses_per_problem": config.responses_per_problem,
-        "min_messages": config.min_messages,
-        "max_messages": config.max_messages,
-        "shared_message_set": config.shared_message_set,
-    }
-
-
-def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """One line per fingerprint field that differs: ``seed: 0 in the checkpoint, 1 now``."""
-    missing = object()
-    return [
-        f"{name}: {saved.get(name, missing)!r} in the checkpoint, {current.get(name)!r} now".replace(
-            repr(missing), "nothing"
-        )
-        for name in FINGERPRINT_FIELDS
-        if saved.get(name, missing) != current.get(name)
-    ]
-
-
-class FingerprintError(UsageError):
-    """A checkpoint was written under another configuration than the one resuming it.
-
-    Attributes:
-        checkpoint: The checkpoint directory.
-        differences: One line per field that differs.
-    """
-
-    def __init__(self, checkpoint: Path, differences: list[str]) -> None:
-        lines = "\n  ".join(differences)
-        super().__init__(
-            f"checkpoint {checkpoint} was written by a different configuration:\n  {lines}\n"
-            "Resume with the same settings, start a new run with another --out, or pass --force-resume "
-            "to continue from it anyway."
-        )
-        self.checkpoint = checkpoint
-        self.differences = differences
-
-
-def latest_checkpoint(out: str | os.PathLike[str]) -> Path | None:
-    """The run directory's newest complete checkpoint (``checkpoints/step-N`` with the largest N)."""
-    found = _checkpoints(Path(out))
-    return found[-1][1] if found else None
-
-
-def _checkpoints(out: Path) -> list[tuple[int, Path]]:
-    root = out / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        suffix = path.name.removeprefix(CHECKPOINT_PREFIX)
-        if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / "trainer.pt").is_file():
-            found.append((int(suffix), path))
-    return sorted(found)
-
-
 # ----------------------------------------------------------------------------------------------------
-# 4. Setup: the pool, the model, the rollout engine
-
-
-def load_or_build_pool(config: TrainConfig, out: Path) -> list[PoolEntry]:
-    """The pool entries to train on, sorted by problem id (built into ``OUT/pool`` when asked)."""
-    if config.pool:
-        entries = load_pool_entries(config.pool)
-    else:
-        problems: list[TrainProblem] = []
-        for path in config.problems:
-            problems.extend(load_training_problems(path))
-        problems.extend(arithmetic_problems(config.arithmetic, seed=config.seed))
-        entries = anyio.run(_build_pool, config, problems, out / "pool")
-    usable = [e for e in entries if len(e.messages) >= config.min_messages]
-    if len(usable) < len(entries):
-        short = sorted(e.problem_id for e in entries if len(e.messages) < config.min_messages)
-        print(
-            f"warning: {len(short)} problems have fewer than {config.min_messages} messages and are left "
-            f"out: {', '.join(short[:5])}{' ...' if len(short) > 5 else ''}",
-            file=sys.stderr,
-        )
-    if not usable:
-        raise UsageError(f"no problem in the pool has at least --min-messages {config.min_messages} messages")
-    return sorted(usable, key=lambda e: e.problem_id)
-
-
-async def _build_pool(config: TrainConfig, problems: list[TrainProblem], directory: Path) -> list[PoolEntry]:
-    from pacore_agent.backends.base import Backend, SamplingParams
-    from pacore_agent.coordinator import Coordinator
-
-    max_tokens = config.pool_max_tokens or config.max_response_tokens
-    store_config = {"backend": config.build_pool, "size": config.pool_size, "max_tokens": max_tokens}
-    pool_config = PoolConfig(size=config.pool_size, use_cached=True)
-    with PoolStore.open(directory, config=store_config) as store:
-        if config.build_pool == "cached":
-            report = await build_pool(problems, None, store, config=pool_config)
-        else:
-            backend: Backend
-            if config.build_pool == "sim":
-                from pacore_agent.backends.sim import SIM_LABEL, SimBackend, SimConfig
-
-                print(f"building the pool with the SIMULATED backend {SIM_LABEL}", file=sys.stderr)
-                backend = SimBackend(
-                    SimConfig(seed=config.seed, answers={p.problem: p.answer for p in problems})
-                )
-            elif config.build_pool == "transformers":
-                from pacore_agent.backends.transformers import TransformersBackend
-
-                backend = TransformersBackend(config.model, max_new_tokens=max_tokens)
-            else:
-                from pacore_agent.backends.openai_compat import OpenAIBackend
-
-                api_key = os.environ.get("PACORE_API_KEY") or os.environ.get("OPENAI_API_KEY")
-                backend = OpenAIBackend(config.pool_base_url or "", config.pool_model, api_key=api_key)
-            sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=max_tokens, seed=config.seed)
-            async with backend:
-                coordinator = Coordinator("low", backend, sampling=sampling, seed=config.seed)
-                report = await build_pool(problems, coordinator, store, config=pool_config)
-    if report.failed:
-        failed = sorted(report.failed)
-        print(
-            f"warning: the pool of {len(failed)} problems failed (a rerun retries): {failed[:5]}",
-            file=sys.stderr,
-        )
-    wanted = {p.id for p in problems}
-    return [e for pid, e in PoolStore.open(directory, readonly=True).pools().items() if pid in wanted]
+# 4. Setup: the device, the rollout engine
 
 
 def _device(config: TrainConfig) -> torch.device:
@@ -715,26 +541,6 @@ class RunSummary:
     last_metrics: dict[str, Any] | None
 
 
-def _resume_point(config: TrainConfig, out: Path, fingerprint: Mapping[str, Any]) -> Path | None:
-    """The checkpoint to resume from (None: start fresh), after checking it belongs to this run."""
-    checkpoint = latest_checkpoint(out)
-    if config.resume == "no" and checkpoint is not None:
-        raise UsageError(
-            f"{out} already holds a checkpoint ({checkpoint.name}): use another --out, or --resume auto"
-        )
-    if config.resume == "yes" and checkpoint is None:
-        raise UsageError(f"--resume yes: {out} holds no checkpoint to resume from")
-    if checkpoint is None:
-        return None
-    saved = checkpoint_metadata(checkpoint).get("fingerprint", {})
-    differences = fingerprint_differences(saved, fingerprint)
-    if differences and not config.force_resume:
-        raise FingerprintError(checkpoint, differences)
-    if differences:
-        print("warning: --force-resume despite:\n  " + "\n  ".join(differences), file=sys.stderr)
-    return checkpoint
-
-
 def _tokenize(tokenizer: Any, episode: Episode, limit: int) -> list[int]:
     ids: list[int] = apply_chat_template(tokenizer, episode.prompt, tokenize=True)
     if len(ids) > limit:
@@ -743,22 +549,6 @@ def _tokenize(tokenizer: Any, episode: Episode, limit: int) -> list[int]:
             f"--max-prompt-tokens {limit}; filter long pools out or raise the limit"
         )
     return ids
-
-
-def _save(
-    out: Path, trainer: PPOTrainer, steps_done: int, data_position: int, config: TrainConfig, fingerprint: Any
-) -> Path:
-    metadata = {
-        "data_position": data_position,
-        "fingerprint": fingerprint,
-        "config": jsonable(dataclasses.asdict(config)),
-    }
-    path = out / "checkpoints" / f"{CHECKPOINT_PREFIX}{steps_done:06d}"
-    save_checkpoint(path, trainer, steps_done, metadata=metadata, rng_state=capture_rng_state())
-    for _, old in _checkpoints(out)[: -config.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
-    return path
 
 
 def train(config: TrainConfig) -> RunSummary:
@@ -779,7 +569,7 @@ def train(config: TrainConfig) -> RunSummary:
     env = SynthesisEnv(entries, config.env_config())
     total_steps = config.steps if config.steps is not None else math.ceil(len(env) / B)
     fingerprint = config_fingerprint(config, entries)
-    checkpoint = _resume_point(config, out, fingerprint)
+    checkpoint = resume_point(out, fingerprint, resume=config.resume, force_resume=config.force_resume)
     run_info = {"config": dataclasses.asdict(config), "fingerprint": fingerprint, "resumed_from": checkpoint}
     (out / "run.json").write_text(
         json.dumps(jsonable(run_info), indent=2, default=str) + "\n", encoding="utf-8"
@@ -795,11 +585,8 @@ def train(config: TrainConfig) -> RunSummary:
     trainer = PPOTrainer(actor, config=ppo)
     steps_done, data_position = 0, 0
     if checkpoint is not None:
-        steps_done = load_checkpoint(checkpoint, trainer)
-        data_position = int(checkpoint_metadata(checkpoint).get("data_position", steps_done * B))
-        rng = checkpoint_rng_state(checkpoint)
-        if rng is not None:
-            restore_rng_state(rng)
+        steps_done, metadata = resume_state(checkpoint, trainer)
+        data_position = int(metadata.get("data_position", steps_done * B))
     metrics_log, episode_log = StepLog(out / "metrics.jsonl"), StepLog(out / "episodes.jsonl")
     metrics_log.truncate(steps_done)  # steps after the checkpoint run again
     episode_log.truncate(steps_done)
@@ -892,7 +679,13 @@ def train(config: TrainConfig) -> RunSummary:
 
             # 7. Checkpoint.
             if steps_done % config.save_every == 0 or steps_done == total_steps:
-                _save(out, trainer, steps_done, data_position, config, fingerprint)
+                metadata = {
+                    "data_position": data_position,
+                    "fingerprint": fingerprint,
+                    "config": jsonable(dataclasses.asdict(config)),
+                }
+                save_run_checkpoint(out, trainer, steps_done, metadata=metadata, keep=config.keep_checkpoints)
+                plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
 
     plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
     if config.export_model:
