@@ -192,8 +192,13 @@ FINGERPRINT_FIELDS = (
     "min_messages",
     "max_messages",
     "shared_message_set",
+    "stage",
+    "math_threshold",
+    "code_threshold",
+    "stage2_samples",
 )
-"""What a checkpoint must agree on to be resumed: the model, the data and how episodes are drawn."""
+"""What a checkpoint must agree on to be resumed: the model, the data, how episodes are drawn and the
+curriculum that selects them."""
 
 
 class FingerprintSettings(Protocol):
@@ -226,6 +231,22 @@ class FingerprintSettings(Protocol):
     @property
     def shared_message_set(self) -> bool:
         """``--shared-message-set``."""
+
+    @property
+    def stage(self) -> str:
+        """``--stage``."""
+
+    @property
+    def math_threshold(self) -> float:
+        """``--math-threshold``."""
+
+    @property
+    def code_threshold(self) -> float:
+        """``--code-threshold``."""
+
+    @property
+    def stage2_samples(self) -> int:
+        """``--stage2-samples``."""
 
 
 def pool_digest(entries: Sequence[PoolEntry]) -> str:
@@ -267,6 +288,10 @@ def config_fingerprint(config: FingerprintSettings, entries: Sequence[PoolEntry]
         "min_messages": config.min_messages,
         "max_messages": config.max_messages,
         "shared_message_set": config.shared_message_set,
+        "stage": config.stage,
+        "math_threshold": config.math_threshold,
+        "code_threshold": config.code_threshold,
+        "stage2_samples": config.stage2_samples,
     }
 
 

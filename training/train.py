@@ -2,13 +2,31 @@
 
 ::
 
-    python -m training.train --model Qwen/Qwen3-8B --pool data/stage1.jsonl --out runs/ppo
+    python -m training.train --model Qwen/Qwen3-4B --pool runs/pool --out runs/ppo
     python -m training.train --model ./tiny --problems train.jsonl --build-pool sim --out runs/try
     python -m training.train --help
 
 Every option is a field of `TrainConfig`; the defaults are the paper's (DESIGN.md, "Training"): strict
 on-policy PPO with GAE gamma = lambda = 1, actor lr 2e-6, critic lr 5e-6, 16 problems x 64 responses per
 step, no KL, no entropy bonus, |M| ~ U(16, 24) messages per episode, temperature 1.0.
+
+The curriculum (``--stage all``, the default), in one run:
+
+1. The pool: ``--pool`` read, or built from ``--problems``/``--arithmetic`` into ``OUT/pool``.
+2. Stage 1 (`training.curriculum.stage1_filter`): keep the problems whose mean message accuracy is in
+   (0, ``--math-threshold``) or (0, ``--code-threshold``); written to ``OUT/curriculum/stage1.jsonl``.
+3. Train ``--steps`` PPO steps on them (default: one pass).
+4. Stage 2: the synthesis accuracy of the policy as it is now (the stage-1 checkpoint), ``--stage2-samples``
+   samples per stage-1 problem, each on its own message set, through the trainer's own rollout engine;
+   keep the problems it solves sometimes but not always (`training.curriculum.stage2_result`); written
+   to ``OUT/curriculum/stage2.jsonl``.
+5. Train on: ``--stage2-steps`` more steps (default: --steps, else one pass) on the stage-2 set.
+
+Each stage logs its thresholds, its kept and dropped counts per reason, and its steps (stdout, the
+``.summary.json`` beside each set, and ``"stage"`` in every metrics line). ``--stage 1`` stops after
+step 3; ``--stage 2`` runs steps 4-5 with ``--model`` as the stage-1 policy; ``--stage none`` trains on
+the pool as given (a set the ``training.verl`` scripts filtered). The filters also run alone:
+``python -m training.curriculum stage1`` and ``python -m training.verl.stage2_filter``.
 
 One step:
 
@@ -38,13 +56,17 @@ The run directory::
       reward_curve.png    charts/reward_mean per step
       checkpoints/step-000050/   actor, critic, optimizers, RNG states, data position, fingerprint
       pool/               the message pool, when built with --build-pool
+      curriculum/         stage1.jsonl, stage2.jsonl and their .summary.json
       model/              the final actor and tokenizer (save_pretrained), when --export-model
 
 Resume: a run directory that holds a checkpoint is resumed from its latest one (``--resume auto``, the
 default): weights, optimizers, random states and the data position come back, the log lines of steps
 after the checkpoint are dropped (those steps run again, drawing the same episodes), so the finished
-logs equal those of an uninterrupted run. A checkpoint written under another model, pool, seed or batch
-layout is refused with the fields that differ (``--force-resume`` continues anyway).
+logs equal those of an uninterrupted run. The checkpoint at the end of a stage records it as done, so a
+run killed after stage 1 goes on with stage 2: its set is read back from ``OUT/curriculum`` when it was
+written, else evaluated again from that checkpoint. A checkpoint written under another model, pool,
+seed, batch layout or curriculum is refused with the fields that differ (``--force-resume`` continues
+anyway).
 
 Testing hook: with ``PACORE_TRAIN_KILL_AT_STEP=k`` in the environment the process SIGKILLs itself at
 the start of step k (0-based), to test crash recovery.
@@ -72,7 +94,7 @@ import textwrap
 import time
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +102,7 @@ from typing import Any, Literal
 
 import torch
 
+from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.exceptions import PacoreError, UsageError
 from training.checkpoint import (
     FINGERPRINT_FIELDS,
@@ -92,6 +115,17 @@ from training.checkpoint import (
     resume_state,
     save_run_checkpoint,
 )
+from training.curriculum import (
+    CODE_THRESHOLD,
+    MATH_THRESHOLD,
+    FilterResult,
+    Stage1Config,
+    Stage2Config,
+    stage1_filter,
+    stage2_episodes,
+    stage2_result,
+    write_filtered,
+)
 from training.env import (
     DEFAULT_HI,
     DEFAULT_LO,
@@ -102,7 +136,7 @@ from training.env import (
     apply_chat_template,
 )
 from training.metrics import StepLog, jsonable, plot_reward_curve
-from training.pool import DEFAULT_POOL_SIZE, load_or_build_pool
+from training.pool import DEFAULT_POOL_SIZE, load_or_build_pool, load_pool_entries
 from training.ppo import PPOConfig, PPOTrainer
 from training.rollout import HFRollout, RolloutEngine, Sample
 
@@ -128,6 +162,9 @@ __all__ = [
 
 _PPO = PPOConfig()  # the paper's PPO defaults, in one place
 
+Stage = Literal["1", "2", "none"]
+"""A stage of the curriculum (``none``: the pool as given)."""
+
 KILL_AT_STEP_ENV = "PACORE_TRAIN_KILL_AT_STEP"
 """Testing hook: SIGKILL the process at the start of this (0-based) step."""
 
@@ -145,9 +182,15 @@ class TrainConfig:
     The critic starts from the same weights, with a fresh scalar value head."""
     out: str = ""
     """The run directory (metrics, episodes, reward curve, checkpoints, pool, final model)."""
+    stage: Literal["all", "1", "2", "none"] = "all"
+    """The curriculum: all (stage-1 filter, train, stage-2 filter with the stage-1 policy, train on),
+    1 (stage-1 filter and training), 2 (stage-2 filter with --model as the stage-1 policy, then
+    training), none (train on the pool as given, e.g. a set the training.verl scripts filtered)."""
     steps: int | None = None
-    """PPO steps of the whole run, counting those done before a resume (default: one pass over the
-    problems)."""
+    """PPO steps of each stage (default: one pass over the stage's problems); the whole run with --stage
+    none. Steps done before a resume count."""
+    stage2_steps: int | None = None
+    """PPO steps of stage 2 (default: --steps, else one pass over the stage-2 problems)."""
     save_every: int = 50
     """Write a checkpoint every this many steps (and always after the last step)."""
     keep_checkpoints: int = 2
@@ -193,6 +236,13 @@ class TrainConfig:
     shared_message_set: bool = False
     """Give all responses of a problem within a step one message set (as the verl adapter does) instead
     of a fresh one per response."""
+    math_threshold: float = MATH_THRESHOLD
+    """Stage 1 keeps math problems whose mean message accuracy is in (0, this)."""
+    code_threshold: float = CODE_THRESHOLD
+    """Stage 1 keeps code problems whose mean message pass rate is in (0, this)."""
+    stage2_samples: int = 8
+    """Stage 2: synthesis samples per problem, each on its own message set, with the stage-1 policy;
+    problems solved by some but not all are kept."""
 
     # -- rollouts and rewards
     rollout: Literal["hf", "sglang"] = "hf"
@@ -281,6 +331,11 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.steps is not None and self.steps < 0:
             raise UsageError(f"--steps must be >= 0, got {self.steps}")
+        if self.stage2_steps is not None and self.stage2_steps < 0:
+            raise UsageError(f"--stage2-steps must be >= 0, got {self.stage2_steps}")
+        if self.stage2_samples < 1:
+            raise UsageError(f"--stage2-samples must be at least 1, got {self.stage2_samples}")
+        self.stage1_config()  # raises on a bad threshold
         if self.arithmetic < 0:
             raise UsageError(f"--arithmetic must be >= 0, got {self.arithmetic}")
         if self.pool_max_tokens is not None and self.pool_max_tokens <= 0:
@@ -314,6 +369,21 @@ class TrainConfig:
             temperature=self.temperature,
             seed=self.seed,
         )
+
+    def stage1_config(self) -> Stage1Config:
+        """The stage-1 filter's thresholds."""
+        try:
+            return Stage1Config(math_threshold=self.math_threshold, code_threshold=self.code_threshold)
+        except UsageError as error:
+            raise UsageError(f"--math-threshold/--code-threshold: {error}") from error
+
+    def stage2_config(self) -> Stage2Config:
+        """The stage-2 evaluation's settings (message sets drawn as in training)."""
+        return Stage2Config(samples=self.stage2_samples, env=self.env_config())
+
+    def stages(self) -> list[Stage]:
+        """The stages this run trains, in order."""
+        return {"all": ["1", "2"], "1": ["1"], "2": ["2"], "none": ["none"]}[self.stage]  # type: ignore[return-value]
 
     def env_config(self) -> EnvConfig:
         """The environment's settings."""
@@ -551,8 +621,111 @@ def _tokenize(tokenizer: Any, episode: Episode, limit: int) -> list[int]:
     return ids
 
 
+def _stage_steps(config: TrainConfig, stage: Stage, problems: int) -> int:
+    """PPO steps of a stage: --stage2-steps, --steps, else one pass over its problems."""
+    if stage == "2" and config.stage2_steps is not None:
+        return config.stage2_steps
+    if config.steps is not None:
+        return config.steps
+    return math.ceil(problems / config.problems_per_step)
+
+
+def _counts(summary: Mapping[str, Any]) -> str:
+    """``3 of 6 problems kept (dropped: too_easy 2, all_messages_wrong 1)``."""
+    dropped = ", ".join(
+        f"{reason} {count}" for reason, count in summary["reasons"].items() if reason != "kept"
+    )
+    return f"{summary['kept']} of {summary['total']} problems kept" + (
+        f" (dropped: {dropped})" if dropped else ""
+    )
+
+
+def stage1_set(config: TrainConfig, entries: Sequence[PoolEntry], out: Path) -> list[PoolEntry]:
+    """Stage 1 of the curriculum on the pool, written to ``OUT/curriculum/stage1.jsonl`` and logged.
+
+    Raises:
+        UsageError: Stage 1 keeps no problem.
+    """
+    result = stage1_filter(entries, config.stage1_config())
+    summary = write_filtered(result, out / "curriculum" / "stage1.jsonl")
+    print(
+        f"stage 1: {_counts(summary)}; thresholds: 0 < mean message accuracy < {config.math_threshold:.4g} "
+        f"(math), < {config.code_threshold:.4g} (code) -> {out / 'curriculum' / 'stage1.jsonl'}",
+        flush=True,
+    )
+    if not result.kept:
+        raise UsageError(
+            f"stage 1 kept none of the {len(entries)} problems ({summary['reasons']}): change "
+            "--math-threshold/--code-threshold, build a larger or harder pool, or train on the pool as given "
+            "with --stage none"
+        )
+    return sorted(result.kept, key=lambda e: e.problem_id)
+
+
+def evaluate_stage2(
+    config: TrainConfig,
+    entries: Sequence[PoolEntry],
+    engine: RolloutEngine,
+    tokenizer: Any,
+    scorers: concurrent.futures.Executor,
+    *,
+    steps_done: int,
+) -> FilterResult:
+    """Stage 2's synthesis accuracy of the policy the engine holds now, on each stage-1 problem.
+
+    The message sets are the ones `training.curriculum.stage2_filter` draws (`stage2_episodes`), sampled by
+    the trainer's own rollout engine through the chat template and scored with the training reward; the
+    keep rule is `training.curriculum.stage2_result`'s.
+    """
+    settings = config.stage2_config()
+    env = SynthesisEnv(entries, settings.env)
+    episodes = [e for position in range(len(env)) for e in stage2_episodes(env, position, settings)]
+    prompts = [_tokenize(tokenizer, e, config.max_prompt_tokens) for e in episodes]
+    torch.manual_seed(_seed_of("pacore-train-stage2", config.seed, steps_done))
+    samples = engine.generate(prompts, 1, config.max_response_tokens)
+    texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+    results = list(scorers.map(env.reward, episodes, texts))
+    outcomes: dict[int, tuple[list[float], list[str]]] = {p: ([], []) for p in range(len(env))}
+    for index, result in enumerate(results):
+        outcomes[index // settings.samples][0].append(result.score)
+    return stage2_result(entries, outcomes, settings, model=f"{config.model} after {steps_done} steps")
+
+
+def stage2_set(
+    config: TrainConfig,
+    stage1: Sequence[PoolEntry],
+    out: Path,
+    evaluate: Callable[[], FilterResult],
+) -> list[PoolEntry]:
+    """Stage 2's set, written to ``OUT/curriculum/stage2.jsonl`` and logged.
+
+    It is read back when an earlier start of the run wrote it (the policy that made it was the one at the
+    stage boundary, which a later start no longer holds); else ``evaluate()`` makes it.
+    """
+    path = out / "curriculum" / "stage2.jsonl"
+    summary_path = path.with_suffix(".summary.json")
+    if summary_path.is_file():  # written last: the set beside it is complete
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        kept = load_pool_entries(path)
+        source = f"read from {path}"
+    else:
+        print(
+            f"stage 2: synthesis accuracy of the stage-1 policy on {len(stage1)} problems x "
+            f"{config.stage2_samples} samples",
+            flush=True,
+        )
+        result: FilterResult = evaluate()
+        summary = write_filtered(result, path)
+        kept = result.kept
+        source = f"-> {path}"
+    print(f"stage 2: {_counts(summary)}; threshold: 0 < synthesis accuracy < 1 {source}", flush=True)
+    return sorted(kept, key=lambda e: e.problem_id)
+
+
 def train(config: TrainConfig) -> RunSummary:
-    """Run (or resume) a training run; see the module docstring for what one step does.
+    """Run (or resume) a training run: the curriculum's stages, each a loop of PPO steps.
+
+    See the module docstring for what one step does and how stages follow each other.
 
     Raises:
         UsageError: Bad settings or data, or a checkpoint from another configuration (`FingerprintError`).
@@ -566,14 +739,13 @@ def train(config: TrainConfig) -> RunSummary:
     device = _device(config)
     bf16 = _check_bf16(config, device)
     entries = load_or_build_pool(config, out)
-    env = SynthesisEnv(entries, config.env_config())
-    total_steps = config.steps if config.steps is not None else math.ceil(len(env) / B)
     fingerprint = config_fingerprint(config, entries)
     checkpoint = resume_point(out, fingerprint, resume=config.resume, force_resume=config.force_resume)
     run_info = {"config": dataclasses.asdict(config), "fingerprint": fingerprint, "resumed_from": checkpoint}
     (out / "run.json").write_text(
         json.dumps(jsonable(run_info), indent=2, default=str) + "\n", encoding="utf-8"
     )
+    stage1 = stage1_set(config, entries, out) if config.stage in ("all", "1", "2") else list(entries)
 
     # The actor, its critic and optimizers, and the rollout engine.
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -583,16 +755,16 @@ def train(config: TrainConfig) -> RunSummary:
     actor: Any = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
     actor.to(device)
     trainer = PPOTrainer(actor, config=ppo)
-    steps_done, data_position = 0, 0
+    steps_done, resumed = 0, dict[str, Any]()
     if checkpoint is not None:
-        steps_done, metadata = resume_state(checkpoint, trainer)
-        data_position = int(metadata.get("data_position", steps_done * B))
+        steps_done, resumed = resume_state(checkpoint, trainer)
+    stages_done: list[str] = list(resumed.get("stages_done", []))
     metrics_log, episode_log = StepLog(out / "metrics.jsonl"), StepLog(out / "episodes.jsonl")
     metrics_log.truncate(steps_done)  # steps after the checkpoint run again
     episode_log.truncate(steps_done)
     print(
-        f"pacore train: {len(env)} problems, {B} x {n} responses per step, steps {steps_done} -> {total_steps}, "
-        f"device {device}{' (bf16)' if bf16 else ''}, rollout {config.rollout}"
+        f"pacore train: {len(entries)} problems, stages {', '.join(config.stages())}, {B} x {n} responses per "
+        f"step, device {device}{' (bf16)' if bf16 else ''}, rollout {config.rollout}"
         + (f", resuming from {checkpoint}" if checkpoint else ""),
         flush=True,
     )
@@ -607,85 +779,117 @@ def train(config: TrainConfig) -> RunSummary:
             engine.sync_weights(trainer.actor)  # the engine started from --model's weights
         scorers = stack.enter_context(concurrent.futures.ThreadPoolExecutor(config.reward_workers))
 
-        for step in range(steps_done, total_steps):
-            if step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            started = time.perf_counter()
+        for stage in config.stages():
+            if stage in stages_done:
+                continue
 
-            # 1. Data: the next B problems of the seeded order.
-            positions = step_positions(data_position, B, len(env), config.seed)
-
-            # 2. Episodes: B x n, each its own message set (or one per problem with --shared-message-set).
-            if config.shared_message_set:
-                drawn = [env.episode(p, step=step, index=i * n) for i, p in enumerate(positions)]
-                episodes = [e for e in drawn for _ in range(n)]
+            # The stage's problems: the curriculum's filter (stage 2 evaluates the policy as it is now).
+            if stage == "2":
+                evaluate = functools.partial(
+                    evaluate_stage2, config, stage1, engine, tokenizer, scorers, steps_done=steps_done
+                )
+                stage_entries = stage2_set(config, stage1, out, evaluate)
+                if not stage_entries:
+                    print("stage 2: no problem left to train on; the run ends after stage 1", flush=True)
+                    break
             else:
-                drawn = [
-                    env.episode(p, step=step, index=i * n + j)
-                    for i, p in enumerate(positions)
-                    for j in range(n)
-                ]
-                episodes = drawn
+                stage_entries = stage1
+            env = SynthesisEnv(stage_entries, config.env_config())
+            if resumed.get("stage", stage) == stage and stage not in stages_done and checkpoint is not None:
+                stage_start = int(resumed.get("stage_start", 0))
+                data_position = int(resumed.get("data_position", (steps_done - stage_start) * B))
+            else:
+                stage_start, data_position = steps_done, 0
+            stage_end = stage_start + _stage_steps(config, stage, len(env))
+            print(f"stage {stage}: {len(env)} problems, steps {steps_done} -> {stage_end}", flush=True)
 
-            # 3. Rollout: P(x, M) through the chat template, sampled by the engine (seeded per step).
-            prompts = [_tokenize(tokenizer, e, config.max_prompt_tokens) for e in drawn]
-            torch.manual_seed(_seed_of("pacore-train-sample", config.seed, step))
-            samples: list[Sample] = engine.generate(
-                prompts, n if config.shared_message_set else 1, config.max_response_tokens
-            )
-            rollout_done = time.perf_counter()
+            for step in range(steps_done, stage_end):
+                if step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                started = time.perf_counter()
 
-            # 4. Rewards: decode, then score C(response) (and the episode's flags).
-            texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-            results = list(scorers.map(env.reward, episodes, texts))
-            rewards = [r.score for r in results]
-            reward_done = time.perf_counter()
+                # 1. Data: the next B problems of the stage's seeded order.
+                positions = step_positions(data_position, B, len(env), config.seed)
 
-            # 5. PPO update, then the new weights to the rollout engine.
-            metrics = trainer.step(samples, rewards)
-            train_done = time.perf_counter()
-            engine.sync_weights(trainer.actor)
-            data_position += B
-            steps_done = step + 1
-            finished = time.perf_counter()
+                # 2. Episodes: B x n, each its own message set (or one per problem, --shared-message-set).
+                if config.shared_message_set:
+                    drawn = [env.episode(p, step=step, index=i * n) for i, p in enumerate(positions)]
+                    episodes = [e for e in drawn for _ in range(n)]
+                else:
+                    drawn = [
+                        env.episode(p, step=step, index=i * n + j)
+                        for i, p in enumerate(positions)
+                        for j in range(n)
+                    ]
+                    episodes = drawn
 
-            # 6. Logs.
-            response_tokens = sum(len(s.response_ids) for s in samples)
-            record: dict[str, Any] = {
-                "step": step,
-                "data_position": data_position,
-                "epoch": data_position / len(env),  # epochs done, counting parts
-                **metrics,
-                **episode_metrics(results),
-                "charts/prompt_length": sum(len(p) for p in prompts) / len(prompts),
-                "charts/tokens_per_s": response_tokens / (finished - started),
-                "time/rollout_s": rollout_done - started,
-                "time/reward_s": reward_done - rollout_done,
-                "time/train_s": train_done - reward_done,
-                "time/sync_s": finished - train_done,
-                "time/step_s": finished - started,
-            }
-            metrics_log.append(record)
-            episode_log.append(
-                {"step": step, "episodes": [[e.problem_id, list(e.message_indices)] for e in episodes]}
-            )
-            last = record
-            print(
-                f"step {step:5d}  reward {record['charts/reward_mean']:.3f}  "
-                f"len {record['charts/response_length']:.0f}  kl {record['charts/approx_kl']:.2e}  "
-                f"clip {record['charts/clipfrac']:.3f}  {record['time/step_s']:.1f}s",
-                flush=True,
-            )
+                # 3. Rollout: P(x, M) through the chat template, sampled by the engine (seeded per step).
+                prompts = [_tokenize(tokenizer, e, config.max_prompt_tokens) for e in drawn]
+                torch.manual_seed(_seed_of("pacore-train-sample", config.seed, step))
+                samples: list[Sample] = engine.generate(
+                    prompts, n if config.shared_message_set else 1, config.max_response_tokens
+                )
+                rollout_done = time.perf_counter()
 
-            # 7. Checkpoint.
-            if steps_done % config.save_every == 0 or steps_done == total_steps:
-                metadata = {
+                # 4. Rewards: decode, then score C(response) (and the episode's flags).
+                texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+                results = list(scorers.map(env.reward, episodes, texts))
+                rewards = [r.score for r in results]
+                reward_done = time.perf_counter()
+
+                # 5. PPO update, then the new weights to the rollout engine.
+                metrics = trainer.step(samples, rewards)
+                train_done = time.perf_counter()
+                engine.sync_weights(trainer.actor)
+                data_position += B
+                steps_done = step + 1
+                finished = time.perf_counter()
+
+                # 6. Logs.
+                response_tokens = sum(len(s.response_ids) for s in samples)
+                record: dict[str, Any] = {
+                    "step": step,
+                    "stage": stage,
                     "data_position": data_position,
-                    "fingerprint": fingerprint,
-                    "config": jsonable(dataclasses.asdict(config)),
+                    "epoch": data_position / len(env),  # epochs of the stage's set done, counting parts
+                    **metrics,
+                    **episode_metrics(results),
+                    "charts/prompt_length": sum(len(p) for p in prompts) / len(prompts),
+                    "charts/tokens_per_s": response_tokens / (finished - started),
+                    "time/rollout_s": rollout_done - started,
+                    "time/reward_s": reward_done - rollout_done,
+                    "time/train_s": train_done - reward_done,
+                    "time/sync_s": finished - train_done,
+                    "time/step_s": finished - started,
                 }
-                save_run_checkpoint(out, trainer, steps_done, metadata=metadata, keep=config.keep_checkpoints)
-                plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
+                metrics_log.append(record)
+                episode_log.append(
+                    {"step": step, "episodes": [[e.problem_id, list(e.message_indices)] for e in episodes]}
+                )
+                last = record
+                print(
+                    f"step {step:5d}  stage {stage}  reward {record['charts/reward_mean']:.3f}  "
+                    f"len {record['charts/response_length']:.0f}  kl {record['charts/approx_kl']:.2e}  "
+                    f"clip {record['charts/clipfrac']:.3f}  {record['time/step_s']:.1f}s",
+                    flush=True,
+                )
+
+                # 7. Checkpoint: every --save-every steps, and at the end of the stage (its boundary).
+                if steps_done % config.save_every == 0 or steps_done == stage_end:
+                    done = [*stages_done, stage] if steps_done == stage_end else stages_done
+                    metadata = {
+                        "stage": stage,
+                        "stage_start": stage_start,
+                        "stages_done": done,
+                        "data_position": data_position,
+                        "fingerprint": fingerprint,
+                        "config": jsonable(dataclasses.asdict(config)),
+                    }
+                    save_run_checkpoint(
+                        out, trainer, steps_done, metadata=metadata, keep=config.keep_checkpoints
+                    )
+                    plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
+            stages_done.append(stage)
 
     plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
     if config.export_model:
