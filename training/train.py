@@ -775,8 +775,11 @@ def train(config: TrainConfig) -> RunSummary:
         engine = make_rollout(config, actor, tokenizer, out=out, bf16=bf16)
         if hasattr(engine, "close"):
             stack.callback(engine.close)
-        if checkpoint is not None:
-            engine.sync_weights(trainer.actor)  # the engine started from --model's weights
+        # Weights known from step 0: an attached server holds whatever it was started with or last
+        # given, and a resumed actor is not --model's, so the actor is pushed before the first rollout
+        # (a refusal stops the run here; every later sample must carry the pushed weight version).
+        if checkpoint is not None or config.sglang_url:
+            engine.sync_weights(trainer.actor)
         scorers = stack.enter_context(concurrent.futures.ThreadPoolExecutor(config.reward_workers))
 
         for stage in config.stages():
