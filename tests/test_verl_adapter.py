@@ -324,6 +324,44 @@ def test_script_sets_the_paper_hyperparameters(script: Path) -> None:
     assert {key: values.get(key) for key in paper} == paper
 
 
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_local_trainer_and_verl_launch_share_one_recipe(script: Path) -> None:
+    from training.env import DEFAULT_HI, DEFAULT_LO
+    from training.ppo import PPOConfig
+    from training.train import TrainConfig
+
+    values = _values(script)
+    ppo = PPOConfig()  # the local trainer's defaults (python -m training.train)
+    shared = {
+        "algorithm.gamma": ppo.gamma,
+        "algorithm.lam": ppo.lam,
+        "data.train_batch_size": ppo.problems_per_step,
+        "actor_rollout_ref.rollout.n": ppo.responses_per_problem,
+        "actor_rollout_ref.rollout.temperature": ppo.temperature,
+        "actor_rollout_ref.actor.optim.lr": ppo.actor_lr,
+        "critic.optim.lr": ppo.critic_lr,
+        "actor_rollout_ref.actor.optim.weight_decay": ppo.weight_decay,
+        "critic.optim.weight_decay": ppo.weight_decay,
+        "actor_rollout_ref.actor.clip_ratio": ppo.clip_eps,
+        "critic.cliprange_value": ppo.value_clip_eps,
+        "actor_rollout_ref.actor.grad_clip": ppo.max_grad_norm,
+        "critic.grad_clip": ppo.max_grad_norm,
+        "actor_rollout_ref.actor.ppo_epochs": ppo.ppo_epochs,
+        "critic.ppo_epochs": ppo.ppo_epochs,
+        "actor_rollout_ref.actor.ppo_mini_batch_size": ppo.problems_per_step // ppo.actor_steps,
+        "critic.ppo_mini_batch_size": ppo.problems_per_step // ppo.critic_steps,
+        "actor_rollout_ref.actor.entropy_coeff": ppo.entropy_coef,
+        "data.pacore.lo": DEFAULT_LO,
+        "data.pacore.hi": DEFAULT_HI,
+    }
+    assert {key: float(values[key]) for key in shared} == {key: float(v or 0) for key, v in shared.items()}
+    # both average the losses over tokens; verl's GAE whitens advantages over the batch as ours does
+    assert values["actor_rollout_ref.actor.loss_agg_mode"] == values["critic.loss_agg_mode"] == "token-mean"
+    assert ppo.whiten_advantages
+    # verl draws one message set per item and repeats it for the item's n responses: so does the default
+    assert TrainConfig.__dataclass_fields__["shared_message_set"].default is True
+
+
 @pytest.mark.parametrize("stage", STAGES, ids=lambda p: p.name)
 def test_stage_scripts_set_their_defaults_and_source_the_shared_launch(stage: Path) -> None:
     text = stage.read_text()

@@ -196,6 +196,7 @@ FINGERPRINT_FIELDS = (
     "math_threshold",
     "code_threshold",
     "stage2_samples",
+    "precision",
 )
 """What a checkpoint must agree on to be resumed: the model, the data, how episodes are drawn and the
 curriculum that selects them."""
@@ -248,6 +249,10 @@ class FingerprintSettings(Protocol):
     def stage2_samples(self) -> int:
         """``--stage2-samples``."""
 
+    @property
+    def precision(self) -> str:
+        """``--precision``."""
+
 
 def pool_digest(entries: Sequence[PoolEntry]) -> str:
     """A SHA-256 of what training reads from a pool: problems, answers, tests, messages and grades.
@@ -292,6 +297,7 @@ def config_fingerprint(config: FingerprintSettings, entries: Sequence[PoolEntry]
         "math_threshold": config.math_threshold,
         "code_threshold": config.code_threshold,
         "stage2_samples": config.stage2_samples,
+        "precision": config.precision,
     }
 
 

@@ -33,9 +33,10 @@ One step:
 1. Data: the next ``problems_per_step`` problems of a seeded order. Position p of the data stream is
    problem ``epoch_order(N, seed, p // N)[p % N]``: every epoch is a fresh permutation of all N problems,
    and step s reads positions [s * B, (s + 1) * B).
-2. Episodes: ``problems_per_step x responses_per_problem`` of them, each its own message set
-   (`training.env.SynthesisEnv.episode`, seeded by (seed, step, index)); ``--shared-message-set`` gives
-   the ``responses_per_problem`` responses of a problem one message set instead, as the verl adapter does.
+2. Episodes: ``problems_per_step x responses_per_problem`` of them; the ``responses_per_problem``
+   responses of a problem share one message set, as in the verl launch
+   (`training.env.SynthesisEnv.episode`, seeded by (seed, step, index)); ``--no-shared-message-set``
+   draws one per response instead.
 3. Rollout: P(x, M) rendered with the model's chat template and tokenized, then sampled by the rollout
    engine (`HFRollout` in-process, or `SGLangRollout` from ``training.sglang_rollout``), the sampler
    seeded by (seed, step).
@@ -135,6 +136,14 @@ from training.env import (
     SynthesisEnv,
     apply_chat_template,
 )
+from training.memory import (
+    MemoryEstimate,
+    Precision,
+    check_fits,
+    count_parameters,
+    device_memory,
+    estimate_memory,
+)
 from training.metrics import StepLog, jsonable, plot_reward_curve
 from training.pool import DEFAULT_POOL_SIZE, load_or_build_pool, load_pool_entries
 from training.ppo import PPOConfig, PPOTrainer
@@ -206,6 +215,13 @@ class TrainConfig:
     """Torch device of the actor and critic: auto (cuda when available, else cpu), cpu, cuda, cuda:1."""
     bf16: Literal["auto", "on", "off"] = "auto"
     """bf16 autocast for forward passes: auto (where the device supports it), on (require it), off."""
+    precision: Precision = "fp32"
+    """How the actor and critic are held: fp32 (16 bytes per parameter with gradients and AdamW states),
+    or bf16 (bf16 weights and gradients, fp32 AdamW moments, Kahan-compensated updates: 14 bytes); see
+    training.memory."""
+    memory_check: bool = True
+    """Before loading, estimate the memory of the actor, critic, gradients and optimizer states, log it,
+    and refuse a run that cannot fit the device (pointing at verl)."""
     export_model: bool = True
     """Save the final actor and tokenizer with save_pretrained to OUT/model at the end."""
 
@@ -233,9 +249,9 @@ class TrainConfig:
     """Fewest messages per episode: |M| ~ U(min_messages, max_messages)."""
     max_messages: int = DEFAULT_HI
     """Most messages per episode."""
-    shared_message_set: bool = False
-    """Give all responses of a problem within a step one message set (as the verl adapter does) instead
-    of a fresh one per response."""
+    shared_message_set: bool = True
+    """Give the responses of a problem within a step one message set, as the verl launch does (verl
+    repeats each drawn item for its n responses); --no-shared-message-set draws one per response."""
     math_threshold: float = MATH_THRESHOLD
     """Stage 1 keeps math problems whose mean message accuracy is in (0, this)."""
     code_threshold: float = CODE_THRESHOLD
@@ -302,6 +318,8 @@ class TrainConfig:
     """Cap on the padded tokens of one forward/backward pass; gradients accumulate over micro-batches."""
     max_grad_norm: float = _PPO.max_grad_norm
     """Gradient norm clip before each optimizer step."""
+    weight_decay: float = _PPO.weight_decay
+    """AdamW weight decay of the actor and the critic."""
     gradient_checkpointing: bool = _PPO.gradient_checkpointing
     """Recompute activations in the backward pass (saves memory on long responses)."""
 
@@ -364,6 +382,7 @@ class TrainConfig:
             critic_steps=self.critic_steps,
             max_tokens_per_micro_batch=self.max_tokens_per_micro_batch,
             max_grad_norm=self.max_grad_norm,
+            weight_decay=self.weight_decay,
             gradient_checkpointing=self.gradient_checkpointing,
             bf16=self.bf16 != "off",
             temperature=self.temperature,
@@ -722,6 +741,25 @@ def stage2_set(
     return sorted(kept, key=lambda e: e.problem_id)
 
 
+def check_memory(config: TrainConfig, device: torch.device) -> MemoryEstimate:
+    """Log what the actor and critic will take, estimated from the model's config alone.
+
+    With --memory-check, a run that cannot fit ``device`` is refused before any weight is loaded.
+
+    Raises:
+        UsageError: It would not fit (the message names --precision bf16 where that fits, and verl).
+    """
+    from transformers import AutoConfig
+
+    estimate = estimate_memory(
+        *count_parameters(AutoConfig.from_pretrained(config.model)), config.precision, model=config.model
+    )
+    print(estimate.describe(), flush=True)
+    if config.memory_check:
+        check_fits(estimate, device_memory(device), where=str(device))
+    return estimate
+
+
 def train(config: TrainConfig) -> RunSummary:
     """Run (or resume) a training run: the curriculum's stages, each a loop of PPO steps.
 
@@ -741,7 +779,13 @@ def train(config: TrainConfig) -> RunSummary:
     entries = load_or_build_pool(config, out)
     fingerprint = config_fingerprint(config, entries)
     checkpoint = resume_point(out, fingerprint, resume=config.resume, force_resume=config.force_resume)
-    run_info = {"config": dataclasses.asdict(config), "fingerprint": fingerprint, "resumed_from": checkpoint}
+    memory = check_memory(config, device)
+    run_info = {
+        "config": dataclasses.asdict(config),
+        "fingerprint": fingerprint,
+        "resumed_from": checkpoint,
+        "memory": {"total": memory.total, **memory.parts},
+    }
     (out / "run.json").write_text(
         json.dumps(jsonable(run_info), indent=2, default=str) + "\n", encoding="utf-8"
     )
@@ -752,7 +796,8 @@ def train(config: TrainConfig) -> RunSummary:
 
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.model)
-    actor: Any = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    actor: Any = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
     actor.to(device)
     trainer = PPOTrainer(actor, config=ppo)
     steps_done, resumed = 0, dict[str, Any]()
