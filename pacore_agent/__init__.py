@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pacore_agent.backends.sim_server import SimServer
     from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
     from pacore_agent.budget import Budget, Price
-    from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens
+    from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens, summarize
     from pacore_agent.coordinator import Coordinator
     from pacore_agent.evaluation.bench import BenchSettings, MethodSpec, run_bench
     from pacore_agent.exceptions import (
@@ -111,6 +111,7 @@ _LAZY: dict[str, str] = {
     "final_conclusion": "pacore_agent.compactors",
     "full": "pacore_agent.compactors",
     "last_tokens": "pacore_agent.compactors",
+    "summarize": "pacore_agent.compactors",
     "run_bench": "pacore_agent.evaluation.bench",
     "tune_gc": "pacore_agent.runtime",
 }
@@ -170,6 +171,7 @@ __all__ = [
     "full",
     "last_tokens",
     "run_bench",
+    "summarize",
     "tune_gc",
 ]
 

@@ -9,26 +9,47 @@ server split it out, so ``final_conclusion`` returns exactly the ``content`` in 
 - `boxed_only`: only the last ``\\boxed{...}`` of the conclusion.
 - `last_tokens(n)`: the last ``n`` tokens, with a pluggable tokenizer.
 - `full`: no compaction (the paper's "without message passing" ablation: whole trajectories are passed).
+- `summarize(backend)`: an LLM summary of the conclusion, through any backend with its own sampling
+  settings. A DEPARTURE from what PaCoRe-8B was trained with (it saw raw conclusions): use it with models
+  that were not trained on PaCoRe's messages, or to study compaction, and compare against the default.
+  Its tokens are added to the summarized trajectory's usage, so the solve's totals, TTC and budget count
+  them.
 - `chain(a, b, ...)`: composition, applied left to right.
+
+A compactor that spends tokens reports them with `charge_compaction`; `compact` runs a compactor and
+returns the message with what it spent (the coordinator adds that to the trajectory's usage).
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, cast
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Protocol, cast
+
+from pacore_agent.results import Usage
+
+if TYPE_CHECKING:
+    from pacore_agent.backends.base import Backend, SamplingParams
 
 __all__ = [
+    "SUMMARY_PROMPT",
     "Compactor",
     "Tokenizer",
     "apply_compactor",
     "boxed_only",
     "chain",
+    "charge_compaction",
+    "compact",
     "final_conclusion",
     "full",
     "last_boxed",
     "last_tokens",
+    "summarize",
 ]
+
+logger = logging.getLogger(__name__)
 
 Compactor = Callable[[str], str] | Callable[[str], Awaitable[str]]
 """Maps a trajectory's text to its message."""
@@ -139,3 +160,84 @@ async def apply_compactor(compactor: Compactor, text: str) -> str:
     if not isinstance(result, str):
         raise TypeError(f"compactor {compactor!r} returned {type(result).__name__}, expected str")
     return result
+
+
+_spent: ContextVar[list[Usage] | None] = ContextVar("pacore_compaction_usage", default=None)
+
+
+def charge_compaction(usage: Usage) -> None:
+    """Report tokens a compactor spent (e.g. on an LLM call); `compact` adds them up."""
+    sink = _spent.get()
+    if sink is not None:
+        sink.append(usage)
+
+
+async def compact(compactor: Compactor, text: str) -> tuple[str, Usage]:
+    """Run a compactor: the message, and the tokens it spent (reported with `charge_compaction`)."""
+    token = _spent.set([])
+    try:
+        message = await apply_compactor(compactor, text)
+        spent = Usage.sum(_spent.get() or [])
+    finally:
+        _spent.reset(token)
+    return message, spent
+
+
+SUMMARY_PROMPT = (
+    "Below is the conclusion of a solution to a problem. Summarize it in a few sentences: keep the key "
+    "steps, every result it relies on and its final answer exactly as written (including any "
+    "\\boxed{{...}}). Do not solve the problem again and do not add anything.\n\n"
+    "Conclusion:\n{conclusion}"
+)
+"""The default prompt of `summarize`; ``{conclusion}`` is replaced by the trajectory's conclusion."""
+
+
+def summarize(
+    backend: Backend,
+    *,
+    prompt: str = SUMMARY_PROMPT,
+    sampling: SamplingParams | None = None,
+) -> Callable[[str], Awaitable[str]]:
+    """A compactor asking a model (through ``backend``) for a summary of the trajectory's conclusion.
+
+    NOT what PaCoRe-8B was trained with: the model learned to synthesize raw conclusions
+    (`final_conclusion`), so this is a departure to compare against the default, not an improvement to
+    assume. The message is C(summary reply), the text after its last ``</think>``. The request goes
+    through the backend's limiter with the default retry policy; its tokens are reported with
+    `charge_compaction`, so the coordinator adds them to the trajectory's usage (they then count in the
+    solve's totals, TTC and budget; the request itself is not one of the solve's ``calls``). A request
+    that still fails leaves the plain conclusion as the message, with a warning logged.
+
+    Args:
+        backend: Where the summary comes from (any backend; it may differ from the solver's).
+        prompt: The request text, with ``{conclusion}`` where the conclusion goes.
+        sampling: The summary's own sampling settings (default temperature 0, at most 1024 tokens).
+
+    Raises:
+        UsageError: ``prompt`` has no ``{conclusion}`` field.
+    """
+    from pacore_agent.backends.base import GenerationRequest, SamplingParams
+    from pacore_agent.exceptions import BackendError, UsageError
+    from pacore_agent.retry import RetryPolicy, call_with_retries
+
+    if "{conclusion}" not in prompt:
+        raise UsageError("the summarize prompt needs a {conclusion} field where the conclusion goes")
+    settings = sampling or SamplingParams(temperature=0.0, top_p=1.0, max_tokens=1024)
+    policy = RetryPolicy()
+
+    async def compact_summary(text: str) -> str:
+        conclusion = final_conclusion(text)
+        request = GenerationRequest(
+            messages=[{"role": "user", "content": prompt.format(conclusion=conclusion)}], sampling=settings
+        )
+        try:
+            call = await call_with_retries(backend, request, policy)
+        except BackendError as error:
+            logger.warning("summarize: the summary request failed (%s); the conclusion is the message", error)
+            return conclusion
+        reply = call.completions[0]
+        charge_compaction(reply.usage)
+        return final_conclusion(reply.content or "") or conclusion
+
+    compact_summary.__name__ = f"summarize({backend.name})"
+    return compact_summary

@@ -2,7 +2,9 @@
 
 Round r launches K_r trajectories on P(x, M_{r-1}) in one task group; every request holds one slot of
 the backend's limiter (shared by every problem in flight) and retries outside it. Finished
-trajectories are compacted to messages; failed ones are recorded and left out. A final round of one
+trajectories are compacted to messages; failed ones are recorded and left out. A round whose finished
+trajectories leave no message (all empty) hands the next round the problem alone, as the paper does for
+an empty M (Appendix B), and says so in ``info["bypassed_rounds"]``. A final round of one
 trajectory gives the answer, C(final trajectory). This is the one way pacore runs a round: the CLI, the
 server, the benchmarks and training all come through here.
 """
@@ -24,7 +26,7 @@ import anyio
 
 from pacore_agent.backends.base import Backend, Completion, DeltaCallback, GenerationRequest, SamplingParams
 from pacore_agent.budget import Budget, BudgetTracker
-from pacore_agent.compactors import Compactor, apply_compactor, final_conclusion
+from pacore_agent.compactors import Compactor, compact, final_conclusion
 from pacore_agent.exceptions import (
     BackendError,
     BudgetExceeded,
@@ -220,12 +222,15 @@ class Coordinator:
     def __repr__(self) -> str:
         return f"Coordinator(schedule={self.schedule}, backend={self.backend!r}, seed={self.seed})"
 
-    async def solve(self, problem: Problem) -> SolveResult:
+    async def solve(self, problem: Problem, *, first_round: RoundResult | None = None) -> SolveResult:
         """Solve one problem.
 
         Args:
             problem: The problem text, or chat messages (the last user message holds the problem;
                 earlier turns are kept as history in every round).
+            first_round: A first round run elsewhere, e.g. drawn from a pool of pre-generated
+                trajectories (the paper's evaluation protocol); it stands for round 0 (see
+                `adopt_round`) and the solve goes on from there.
 
         Returns:
             The answer with the whole trace.
@@ -234,9 +239,11 @@ class Coordinator:
             UsageError: The problem is empty or has no user turn.
             RoundFailedError: Every trajectory of a round failed; ``.partial`` holds what finished.
         """
-        return await self._solve(normalize_problem(problem), emit=None)
+        return await self._solve(normalize_problem(problem), emit=None, first_round=first_round)
 
-    async def stream(self, problem: Problem) -> AsyncGenerator[Event, None]:
+    async def stream(
+        self, problem: Problem, *, first_round: RoundResult | None = None
+    ) -> AsyncGenerator[Event, None]:
         """Solve one problem, yielding live events; the last one is `Done` with the result.
 
         Events: `RoundStarted`, `TrajectoryFinished`, `TokenDelta` (streaming backends; final round by
@@ -248,7 +255,7 @@ class Coordinator:
         async def produce() -> None:
             async with send:
                 try:
-                    await self._solve(messages, emit=send.send)
+                    await self._solve(messages, emit=send.send, first_round=first_round)
                 except PacoreError as error:
                     await send.send(error)
 
@@ -293,6 +300,23 @@ class Coordinator:
         return await self._run_round(
             problem_key(messages), round_index, width, prompt, None, final=False, tracker=tracker
         )
+
+    async def adopt_round(self, problem: Problem, given: RoundResult, *, round_index: int = 0) -> RoundResult:
+        """Take a round run elsewhere (a pool's drawn trajectories) as if this coordinator had run it.
+
+        Each finished trajectory is compacted again with this coordinator's C, the budget is charged for
+        every call, ``TrajectoryFinished`` events go out, and the references are ordered by this
+        coordinator's order policy: what `solve` does with a ``first_round``. Trajectories that kept only
+        their message (a pool without full trajectories) are compacted from that message.
+
+        Args:
+            problem: The problem text or chat messages.
+            given: The round (its trajectories, their usage, latency and finish reasons).
+            round_index: Which round it stands for.
+        """
+        messages = normalize_problem(problem)
+        tracker = BudgetTracker(self.budget, self.clock) if self.budget is not None else None
+        return await self._adopt_round(problem_key(messages), round_index, given, None, tracker)
 
     async def solve_many(
         self,
@@ -351,7 +375,11 @@ class Coordinator:
     # -- the one path ------------------------------------------------------------------------------
 
     async def _solve(
-        self, messages: Messages, emit: Emit | None, batch: BudgetTracker | None = None
+        self,
+        messages: Messages,
+        emit: Emit | None,
+        batch: BudgetTracker | None = None,
+        first_round: RoundResult | None = None,
     ) -> SolveResult:
         key = problem_key(messages)
         result = SolveResult(
@@ -364,7 +392,12 @@ class Coordinator:
             seed=self.seed,
             started_at=time.time(),
         )
-        start = self.clock()
+        if first_round is not None and first_round.width != self.rounds[0]:
+            raise UsageError(
+                f"first_round has width {first_round.width}; the schedule's first round is {self.rounds[0]}"
+            )
+        # A given first round took its own time: the solve's wall time counts it.
+        start = self.clock() - (first_round.wall_s if first_round is not None else 0.0)
         tracker: BudgetTracker | None = batch
         if self.budget is not None:
             tracker = BudgetTracker(self.budget, self.clock, parent=batch)
@@ -379,15 +412,18 @@ class Coordinator:
                 await emit(RoundStarted(round=round_index, width=widths[round_index], model=backend.name))
             # In "synthesize" mode the final round is the one call allowed past an exhausted budget.
             spare = final and self.budget is not None and self.budget.on_exceeded == "synthesize"
-            outcome = await self._run_round(
-                key,
-                round_index,
-                widths[round_index],
-                prompt,
-                emit,
-                final=final,
-                tracker=None if spare else tracker,
-            )
+            if round_index == 0 and first_round is not None:
+                outcome = await self._adopt_round(key, 0, first_round, emit, tracker)
+            else:
+                outcome = await self._run_round(
+                    key,
+                    round_index,
+                    widths[round_index],
+                    prompt,
+                    emit,
+                    final=final,
+                    tracker=None if spare else tracker,
+                )
             result.rounds.append(outcome)
             result.wall_s = self.clock() - start
             if emit is not None:
@@ -410,8 +446,10 @@ class Coordinator:
                 references = outcome.messages
                 round_index = len(widths) - 1  # straight to the final synthesis
                 continue
-            if not outcome.messages:
+            if not any(t.ok for t in outcome.trajectories):
                 raise RoundFailedError(_failure_message(outcome, final=False), partial=result)
+            if not outcome.messages:  # finished, but no message (e.g. all empty): Appendix B's bypass
+                result.info.setdefault("bypassed_rounds", []).append(round_index)
             if round_index == 0 and self.adaptive_stop is not None and await self._agreed(result, outcome):
                 break
             references = outcome.messages
@@ -446,6 +484,36 @@ class Coordinator:
         result.answer = final_conclusion(chosen.text)
         result.info["adaptive_stop"].update(stopped=True, answer=votes.answer)
         return True
+
+    async def _adopt_round(
+        self, key: str, round_index: int, given: RoundResult, emit: Emit | None, tracker: BudgetTracker | None
+    ) -> RoundResult:
+        """See `adopt_round`: each given call is charged, then its trajectories are compacted with C."""
+        trajectories: list[Trajectory] = []
+        stop_reason = "complete"
+        for source in given.trajectories:
+            if tracker is not None and not tracker.start_call():
+                stop_reason = "budget"
+                break
+            trajectory = source.model_copy(update={"round": round_index, "message": None})
+            if trajectory.ok and trajectory.content:
+                await self._compact(trajectory)
+            trajectories.append(trajectory)
+            if tracker is not None:
+                tracker.charge(trajectory.usage, trajectory.model, extra_attempts=trajectory.attempts - 1)
+        if tracker is not None and tracker.overrun() is not None:
+            stop_reason = "budget"
+        await self._report(trajectories, emit)
+        order = reference_order(self.order, trajectories, round_rng(self.seed, key, round_index))
+        return RoundResult(
+            index=round_index,
+            width=given.width,
+            trajectories=trajectories,
+            order=[trajectories[i].index for i in order],
+            messages=[trajectories[i].message or "" for i in order],
+            wall_s=given.wall_s,
+            stop_reason=stop_reason,
+        )
 
     def _target(self, width: int) -> int:
         if self.min_success is None:
@@ -651,8 +719,14 @@ class Coordinator:
             fields["reasoning"] = completion.reasoning
         trajectory = Trajectory(**fields)
         if trajectory.content:
-            trajectory.message = await apply_compactor(self.compactor, trajectory.text)
+            await self._compact(trajectory)
         return trajectory
+
+    async def _compact(self, trajectory: Trajectory) -> None:
+        """Set the trajectory's message to C(its text); tokens C spent (`summarize`) join its usage."""
+        trajectory.message, spent = await compact(self.compactor, trajectory.text)
+        if spent.total_tokens:
+            trajectory.usage = trajectory.usage + spent
 
     async def _report(self, trajectories: Sequence[Trajectory | None], emit: Emit | None) -> None:
         if emit is None:

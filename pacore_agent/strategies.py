@@ -24,10 +24,10 @@ from pacore_agent.backends.base import Backend, GenerationRequest, SamplingParam
 from pacore_agent.budget import Budget
 from pacore_agent.compactors import final_conclusion
 from pacore_agent.coordinator import Coordinator, Problem, collect, solve_each
-from pacore_agent.evaluation.answers import agrade, avote, extract_answer
+from pacore_agent.evaluation.answers import avote, extract_answer
 from pacore_agent.exceptions import RoundFailedError, SolveError, UsageError
 from pacore_agent.prompts import Messages, message_text, normalize_problem
-from pacore_agent.results import SolveResult, Trajectory
+from pacore_agent.results import RoundResult, SolveResult, Trajectory
 
 __all__ = [
     "BestOfN",
@@ -91,12 +91,26 @@ class _Sampling:
         """The backend trajectories come from."""
         return self._coordinator.backend
 
-    async def solve(self, problem: Problem) -> SolveResult:
-        """Solve one problem (see the class docstring for how the answer is chosen)."""
+    async def solve(self, problem: Problem, *, first_round: RoundResult | None = None) -> SolveResult:
+        """Solve one problem (see the class docstring for how the answer is chosen).
+
+        Args:
+            problem: The problem text or chat messages.
+            first_round: Trajectories run elsewhere (a pool's draw) to choose from instead of running
+                the round; taken through `Coordinator.adopt_round` (budget, compactor, order apply).
+        """
         messages = normalize_problem(problem)
         coordinator = self._coordinator
         started, start = time.time(), coordinator.clock()
-        round_ = await coordinator.run_round(messages, self.width)
+        if first_round is None:
+            round_ = await coordinator.run_round(messages, self.width)
+        else:
+            if first_round.width != self.width:
+                raise UsageError(
+                    f"first_round has width {first_round.width}; {self.method} needs {self.width}"
+                )
+            round_ = await coordinator.adopt_round(messages, first_round)
+            start -= first_round.wall_s  # its own time counts
         result = SolveResult(
             method=self.method,
             problem=messages,
@@ -255,7 +269,9 @@ def reference_scorer(reference: str) -> Scorer:
     """1.0 when the conclusion's answer matches ``reference`` (math-verify), else 0.0."""
 
     async def score(messages: Messages, conclusion: str) -> float:
-        return 1.0 if await agrade(conclusion, reference) else 0.0
+        from pacore_agent.evaluation.grading import agrade_message
+
+        return (await agrade_message(conclusion, answer=reference)).score
 
     return score
 
@@ -264,9 +280,9 @@ def code_scorer(tests: Sequence[dict[str, Any]]) -> Scorer:
     """The pass rate of the conclusion's program on stdin/stdout ``tests`` (sandboxed)."""
 
     async def score(messages: Messages, conclusion: str) -> float:
-        from pacore_agent.evaluation.sandbox import arun_code_tests, extract_program
+        from pacore_agent.evaluation.grading import agrade_message
 
-        return (await arun_code_tests(extract_program(conclusion), list(tests))).pass_rate
+        return (await agrade_message(conclusion, tests=tests)).score
 
     return score
 

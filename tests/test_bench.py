@@ -182,13 +182,13 @@ async def test_a_failed_item_is_recorded_and_retried_by_a_rerun(aime: list[Probl
     failed = read_failures(tmp_path)
     assert [(f.problem_id, f.sample) for f in failed] == [(problems[0].id, 0)]
     assert failed[0].error.status_code == 400 and failed[0].partial is not None
-    assert summarize([tmp_path])[0].errors == 1
+    assert summarize([tmp_path])[0].failed == 1
 
     async with SimServer(sim_config(aime)) as server, OpenAIBackend(server.base_url) as backend:
         retried = await run_bench(settings, problems, backend, tmp_path)
     assert (retried.skipped, retried.recorded, retried.failed) == (3, 1, [])
     assert len(records_of(tmp_path)) == 4
-    assert summarize([tmp_path])[0].errors == 0  # the failure was retried successfully
+    assert summarize([tmp_path])[0].failed == 0  # the failure was retried successfully
 
 
 @pytest.mark.anyio

@@ -142,7 +142,8 @@ def test_figures_from_a_hand_made_store(run_dir: Path) -> None:
     assert (sc.ci_low, sc.ci_high) == (0.0, pytest.approx(2 / 3))
     assert sc.ttc_k == pytest.approx(3.0)  # (mean(1, 2, 3) + 4) / 2 thousand tokens
     assert sc.calls == 4.0 and sc.wall_s == pytest.approx(3.0)  # (mean(1, 2, 3) + 4) / 2 seconds
-    assert (sc.synth_all_wrong, sc.emergent, sc.emergent_rate, sc.errors) == (0, 0, None, 0)
+    assert (sc.synth_all_wrong, sc.emergent, sc.emergent_rate, sc.failed) == (0, 0, None, 0)
+    assert sc.completed_accuracy == pytest.approx(1 / 3)  # nothing failed: the same
 
     pacore = rows[("aime2025", "pacore:low")]
     assert pacore.accuracy == 0.5 and (pacore.ci_low, pacore.ci_high) == (0.5, 0.5)  # no spread over problems
@@ -151,15 +152,87 @@ def test_figures_from_a_hand_made_store(run_dir: Path) -> None:
     assert pacore.emergent_rate == pytest.approx(1 / 3)
 
     single = rows[("aime2025", "single")]
-    assert single.accuracy == 0.75 and single.problems == 1
-    assert (single.ci_low, single.ci_high) == (
-        pytest.approx(0.30064, abs=1e-5),
-        pytest.approx(0.95441, abs=1e-5),
-    )
-    assert single.ttc_k == 0.5 and single.errors == 1  # sample 4 failed and was not retried
+    # Sample 4 failed and was not retried: it is a wrong sample, 3 right of 5; 3 of 4 completed.
+    assert (single.n, single.failed, single.accuracy, single.problems) == (5, 1, 0.6, 1)
+    assert single.completed_accuracy == 0.75
+    assert (single.ci_low, single.ci_high) == wilson_interval(3, 5)  # one problem: Wilson over 5 samples
+    assert single.ttc_k == 0.5  # over the samples with a trace (the failure kept none)
 
     assert rows[("hmmt2025", "single")].accuracy == 1.0
     assert {r.model for r in reports} == {"some-model"} and not any(r.simulated for r in reports)
+
+
+def ungraded_record(problem_id: str, sample: int, *, method: str, status: str) -> RunRecord:
+    """A stored sample whose grader timed out or erred: no grade at all (``correct`` is None)."""
+    record = make_record(problem_id, sample, False, method=method)
+    grading = {"predicted": "2", "score": 0.0, "correct": None, "status": status, "error": f"grader {status}"}
+    return record.model_copy(update={"correct": None, "score": None, "info": {"grading": grading}})
+
+
+def failure(problem_id: str, sample: int, method: str) -> FailedItem:
+    return FailedItem(
+        benchmark="aime2025",
+        problem_id=problem_id,
+        method=method,
+        sample=sample,
+        error=ErrorInfo(
+            type="RoundFailedError", message="every trajectory of round 0 failed", status_code=503
+        ),
+    )
+
+
+def test_failed_and_ungraded_samples_count_as_wrong(tmp_path: Path) -> None:
+    """The hand-made run of issue 12: known failures, ungradable samples, right and wrong answers."""
+    method = "pacore:low"
+    records = [
+        make_record("p1", 0, True, method=method),
+        make_record("p1", 1, False, method=method),
+        ungraded_record("p1", 3, method=method, status="error"),
+        make_record("p2", 0, True, method=method),
+        make_record("p2", 1, True, method=method),
+        ungraded_record("p2", 2, method=method, status="timeout"),
+    ]
+    failures = [failure("p1", 2, method), failure("p3", 0, method), failure("p3", 1, method)]
+    directory = tmp_path / "honest"
+    with RunStore.open(directory, config={"model": "m", "protocol": "fresh"}) as store:
+        for record in records:
+            store.append_sync(record)
+    (directory / FAILURES_FILENAME).write_text("".join(f.model_dump_json() + "\n" for f in failures))
+
+    (report,) = summarize([directory])
+    # Every sample asked for: p1 has 4 (right, wrong, failed, ungraded), p2 has 3 (right, right,
+    # ungraded), p3 has 2 (both failed).
+    assert (report.n, report.problems, report.failed, report.ungraded) == (9, 3, 3, 2)
+    # Per problem: p1 1/4, p2 2/3, p3 0; their mean (1/4 + 2/3 + 0) / 3 = 11/36.
+    assert report.accuracy == pytest.approx(11 / 36)
+    # Completed and graded only: p1 1/2, p2 2/2, p3 has none and drops out: (1/2 + 1) / 2 = 3/4.
+    assert report.completed_accuracy == pytest.approx(3 / 4)
+    # The interval resamples the same per-problem means (1/4, 2/3, 0): the lowest resampled mean, 0 (p3
+    # three times), and the highest, 2/3 (p2 three times), each come up with odds 1/27 = 3.7% > 2.5%,
+    # so they are the 2.5% and 97.5% order statistics.
+    assert (report.ci_low, report.ci_high) == (0.0, pytest.approx(2 / 3))
+    assert report.ci_low <= report.accuracy <= report.ci_high
+    # The interval is not the completed-only one, whose problem means are 1/2 and 1.
+    assert bootstrap_interval([[1.0, 0.0], [1.0, 1.0]]) == (0.5, 1.0)
+    assert report.score == pytest.approx(11 / 36)  # math: the score is the grade
+
+    markdown = to_markdown([report])
+    assert "| aime2025 | pacore:low | 9 | 30.6 [0.0, 66.7] | 3 | 2 | 75.0 |" in markdown
+    assert "failed and ungraded samples counted as wrong" in markdown
+    path = write_csv([report], tmp_path / "honest.csv")
+    with path.open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert {
+        k: row[k] for k in ("n", "accuracy", "ci_low", "ci_high", "failed", "ungraded", "completed_accuracy")
+    } == {
+        "n": "9",
+        "accuracy": "0.305556",
+        "ci_low": "0.0",
+        "ci_high": "0.666667",
+        "failed": "3",
+        "ungraded": "2",
+        "completed_accuracy": "0.75",
+    }
 
 
 def test_csv_and_markdown(run_dir: Path, tmp_path: Path) -> None:
@@ -186,8 +259,21 @@ def test_csv_and_markdown(run_dir: Path, tmp_path: Path) -> None:
     assert (pacore["synth_all_wrong"], pacore["emergent"], pacore["emergent_rate"]) == ("3", "1", "0.333333")
 
     markdown = to_markdown(reports)
-    assert "| aime2025 | sc@4 | 4 | 33.3 [0.0, 66.7] | 3.00 | 4.0 | 3.00 | - | 0 |" in markdown
-    assert "| aime2025 | pacore:low | 4 | 50.0 [50.0, 50.0] | 5.00 | 5.0 | 1.00 | 1/3 (33%) | 0 |" in markdown
+    assert (
+        "| aime2025 | sc@4 | 4 | 33.3 [0.0, 66.7] | 0 | 0 | 33.3 | 3.00 | 4.0 | 3.00 | - | 0 | 0 |"
+        in markdown
+    )
+    assert (
+        "| aime2025 | pacore:low | 4 | 50.0 [50.0, 50.0] | 0 | 0 | 50.0 | 5.00 | 5.0 | 1.00 | 1/3 (33%) | 0 | 0 |"
+        in markdown
+    )
+    single = next(r for r in rows if r["method"] == "single" and r["benchmark"] == "aime2025")
+    assert (single["n"], single["failed"], single["accuracy"], single["completed_accuracy"]) == (
+        "5",
+        "1",
+        "0.6",
+        "0.75",
+    )
     assert "problem-clustered" in markdown
 
 

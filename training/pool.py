@@ -4,8 +4,9 @@ For each problem, `build_pool` runs ONE first round of N trajectories (default 2
 `Coordinator.run_round`, the very code path `solve` uses (same prompt, backend limiter, retries and
 compactor C), so a pool built with any backend (SGLang, an OpenAI-compatible endpoint, the in-process
 transformers model, the simulated server) holds exactly the messages inference would pass on. Each
-message is graded (math: `pacore_agent.evaluation.answers.agrade`, binary; code: the pass rate of the problem's
-tests in the sandbox) and the entry (problem, messages, correctness, usage) is appended durably to a
+message is graded by the library's one message grader (`pacore_agent.evaluation.grading.agrade_message`:
+binary for math, the pass rate of the problem's tests in the sandbox for code; a message whose trajectory
+hit the length limit earns 0 by default, and one the grader could not grade has ``correct=None``) and the entry (problem, messages, correctness, usage) is appended durably to a
 `PoolStore` as soon as its problem is done.
 
 Problems already in the store are skipped, so a killed run, rerun with the same arguments, loses at most
@@ -38,9 +39,9 @@ import anyio.to_thread
 
 from pacore_agent.compactors import Compactor, apply_compactor, final_conclusion
 from pacore_agent.coordinator import Coordinator
-from pacore_agent.evaluation.answers import agrade, extract_answer
 from pacore_agent.evaluation.datasets import CodeTest
-from pacore_agent.evaluation.sandbox import SandboxConfig, arun_code_tests, extract_program
+from pacore_agent.evaluation.grading import DEFAULT_TRUNCATION, Truncation, grade_pool_message
+from pacore_agent.evaluation.sandbox import SandboxConfig
 from pacore_agent.evaluation.store import PoolEntry, PoolKey, PoolMessage, PoolStore
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
 from pacore_agent.results import RoundResult, Usage
@@ -53,7 +54,6 @@ __all__ = [
     "PoolSettings",
     "build_pool",
     "entry_problem",
-    "grade_message",
     "load_or_build_pool",
     "load_pool_entries",
     "pool_accuracy",
@@ -83,6 +83,8 @@ class PoolConfig:
         keep_trajectories: Store each full trajectory (reasoning included) beside its message.
         sandbox: Sandbox limits for grading code messages (default `SandboxConfig()`).
         math_timeout: Seconds math-verify may spend on one comparison.
+        truncation: What a message whose trajectory hit the length limit earns (see
+            `pacore_agent.evaluation.grading`): ``"zero"`` (default), ``"mask"`` or ``"grade"``.
     """
 
     size: int = DEFAULT_POOL_SIZE
@@ -91,6 +93,7 @@ class PoolConfig:
     keep_trajectories: bool = False
     sandbox: SandboxConfig | None = None
     math_timeout: float = 5.0
+    truncation: Truncation = DEFAULT_TRUNCATION
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -120,41 +123,7 @@ class PoolReport:
 
 
 # --------------------------------------------------------------------------------------------------
-# Grading one message
-
-
-async def grade_message(
-    message: str,
-    problem: TrainProblem,
-    *,
-    sandbox: SandboxConfig | None = None,
-    math_timeout: float = 5.0,
-) -> tuple[str | None, bool, float]:
-    """Grade one pooled message against its problem: ``(predicted, correct, score)``.
-
-    Math: ``predicted`` is the extracted answer and ``score`` 1.0/0.0 (`pacore_agent.evaluation.answers.agrade`).
-    Code: ``predicted`` is None and ``score`` the pass rate of the message's program on the problem's tests;
-    ``correct`` means every test passed.
-
-    Args:
-        message: C(trajectory).
-        problem: The problem (answer or tests).
-        sandbox: Sandbox limits for code.
-        math_timeout: Seconds math-verify may spend.
-
-    Raises:
-        UsageError: A math problem without an answer, or a code problem without tests.
-    """
-    if problem.domain == "code":
-        if not problem.tests:
-            raise UsageError(f"code problem {problem.id!r} has no tests to grade its messages with")
-        tests = [t.model_dump() for t in problem.tests]
-        result = await arun_code_tests(extract_program(message), tests, sandbox)
-        return None, result.all_passed, result.pass_rate
-    if not problem.answer.strip():
-        raise UsageError(f"math problem {problem.id!r} has no answer to grade its messages with")
-    correct = await agrade(message, problem.answer, timeout=math_timeout)
-    return extract_answer(message), correct, 1.0 if correct else 0.0
+# Grading
 
 
 def pool_accuracy(entry: PoolEntry) -> float | None:
@@ -212,15 +181,7 @@ def _entry(
         metadata["conversation"] = problem.conversation
     if problem.metadata:
         metadata["problem_metadata"] = problem.metadata
-    return PoolEntry(
-        problem_id=problem.id,
-        problem=problem.problem,
-        answer=problem.answer,
-        domain=problem.domain,
-        model=model,
-        messages=messages,
-        metadata=metadata,
-    )
+    return PoolEntry.of(problem, messages, model=model, metadata=metadata)
 
 
 def load_pool_entries(path: str | os.PathLike[str]) -> list[PoolEntry]:
@@ -278,23 +239,19 @@ async def _graded(
     config: PoolConfig,
 ) -> list[PoolMessage]:
     """(message, finish_reason, usage, trajectory) per finished trajectory -> graded pool messages."""
-    messages = []
-    for message, finish_reason, usage, trajectory in texts:
-        predicted, correct, score = await grade_message(
-            message, problem, sandbox=config.sandbox, math_timeout=config.math_timeout
+    return [
+        await grade_pool_message(
+            message,
+            problem,
+            finish_reason=finish_reason,
+            usage=usage,
+            trajectory=trajectory if config.keep_trajectories else None,
+            truncation=config.truncation,
+            sandbox=config.sandbox,
+            math_timeout=config.math_timeout,
         )
-        messages.append(
-            PoolMessage(
-                message=message,
-                predicted=predicted,
-                correct=correct,
-                score=score,
-                usage=usage,
-                finish_reason=finish_reason,
-                trajectory=trajectory if config.keep_trajectories else None,
-            )
-        )
-    return messages
+        for message, finish_reason, usage, trajectory in texts
+    ]
 
 
 async def _from_round(

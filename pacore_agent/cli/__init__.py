@@ -686,6 +686,13 @@ def bench(
         bool,
         typer.Option(help="Store every trajectory's full text (default: the final one's, and messages)."),
     ] = False,
+    truncation: Annotated[
+        str,
+        typer.Option(
+            help="An answer cut off by the length limit: zero (earns 0; a box written mid-reasoning does not "
+            "count) or grade (graded as written). Either way the report counts them as truncated."
+        ),
+    ] = "zero",
     report: Annotated[bool, typer.Option(help="Print the report table at the end.")] = True,
 ) -> None:
     """Run a benchmark: every (problem, method, sample) once, graded, stored as it finishes; reruns resume.
@@ -732,6 +739,7 @@ def bench(
             pool_chunk=pool_chunk,
             grade_messages=grade_messages,
             keep_trajectories=keep_trajectories,
+            truncation=truncation,  # type: ignore[arg-type]  # checked by BenchSettings
         )
         backend = make_backend(base_url, model, api_key_env, max_concurrency=concurrency)
     except (PacoreError, FileNotFoundError) as error:
@@ -814,8 +822,9 @@ def report(
 ) -> None:
     """Summarize benchmark runs: accuracy with 95% intervals, tokens per problem, calls, emergent correctness.
 
-    Accuracy is pass@1 averaged over samples (the mean over problems of each problem's mean); the interval
-    is a problem-clustered percentile bootstrap. TTC counts the completion tokens of every trajectory of a
+    Accuracy is pass@1 averaged over samples (the mean over problems of each problem's mean), counting
+    failed and ungraded samples as wrong; the failed and ungraded counts and the accuracy over completed
+    samples only stand beside it. The interval is a problem-clustered percentile bootstrap. TTC counts the completion tokens of every trajectory of a
     sample, all rounds (pool-drawn ones included).
     """
     from pacore_agent.evaluation.report import plot_scaling, render_table, summarize, to_markdown, write_csv

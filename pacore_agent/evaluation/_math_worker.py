@@ -3,9 +3,12 @@
 Run as a script (``python -P -u _math_worker.py``), never imported by the library, and self-contained so
 that it needs nothing from pacore on ``sys.path``. The protocol is JSON lines:
 
-- on start, after importing math-verify and warming it up, it writes ``{"ready": true}``;
+- on start, after importing math-verify and warming it up, it writes ``{"ready": true}``; when that
+  fails (math-verify missing or broken) it writes ``{"ready": false, "error": "..."}`` and exits 1;
 - for each request ``{"id", "candidate", "reference", "timeout"}`` it writes
-  ``{"id", "status": "ok" | "timeout" | "error", "equal": bool}``.
+  ``{"id", "status": "ok", "equal": bool}``, or ``{"id", "status": "timeout" | "error", "error": "..."}``.
+  A failure is reported as such, never as ``"equal": false``: the parent must not read a broken grader
+  as a wrong answer.
 
 Why a process: math-verify's own timeouts use ``signal.alarm`` and work only in the main thread, and some
 inputs (towers of powers, huge factorials) keep sympy busy for minutes, sometimes inside C code that holds
@@ -32,7 +35,11 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
     raise _Deadline
 
 
-def _check(candidate: str, reference: str, timeout: float) -> tuple[str, bool]:
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _check(candidate: str, reference: str, timeout: float) -> dict[str, Any]:
     from math_verify import parse, verify
 
     signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.01))
@@ -40,13 +47,13 @@ def _check(candidate: str, reference: str, timeout: float) -> tuple[str, bool]:
         try:
             gold = parse(reference, parsing_timeout=None)
             pred = parse(candidate, parsing_timeout=None)
-            return "ok", bool(gold and pred and verify(gold, pred, timeout_seconds=None))
+            return {"status": "ok", "equal": bool(gold and pred and verify(gold, pred, timeout_seconds=None))}
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except _Deadline:
-        return "timeout", False
-    except Exception:
-        return "error", False
+        return {"status": "timeout", "error": f"math-verify took longer than {timeout:g} s"}
+    except Exception as exc:
+        return {"status": "error", "error": f"math-verify raised {_describe(exc)}"}
 
 
 def main() -> int:
@@ -55,18 +62,27 @@ def main() -> int:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the protocol's own handle: a stray print()
     sys.stdout = sys.stderr  # from a library cannot corrupt it
     signal.signal(signal.SIGALRM, _on_alarm)
-    _check("1", "1", 60.0)  # import sympy and build the parsers before saying ready
+    try:
+        warm = _check("1", "1", 60.0)  # import sympy and build the parsers before saying ready
+        if warm != {"status": "ok", "equal": True}:
+            raise RuntimeError(f"math-verify fails its self-check (1 == 1): {warm}")
+    except BaseException as exc:  # ImportError included: say why, so the parent can stop with it
+        out.write(json.dumps({"ready": False, "error": _describe(exc)}) + "\n")
+        out.flush()
+        return 1
     out.write('{"ready": true}\n')
     out.flush()
     for line in sys.stdin:
+        request_id = None
         try:
             request: dict[str, Any] = json.loads(line)
-            status, equal = _check(str(request["candidate"]), str(request["reference"]), request["timeout"])
-            reply = {"id": request.get("id"), "status": status, "equal": equal}
+            request_id = request.get("id")
+            reply = _check(str(request["candidate"]), str(request["reference"]), request["timeout"])
         except _Deadline:  # an alarm that fired between two statements
-            reply = {"id": None, "status": "timeout", "equal": False}
-        except Exception:
-            reply = {"id": None, "status": "error", "equal": False}
+            reply = {"status": "timeout", "error": "math-verify ran out of time"}
+        except Exception as exc:
+            reply = {"status": "error", "error": f"bad request: {_describe(exc)}"}
+        reply["id"] = request_id
         out.write(json.dumps(reply) + "\n")
         out.flush()
     return 0

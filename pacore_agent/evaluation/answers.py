@@ -7,37 +7,31 @@ non-string answer is simply "no answer", which grades as wrong.
 Math equivalence goes through ``math-verify``. Its timeouts rely on ``signal.alarm`` (main thread only)
 and some inputs keep sympy busy for minutes, so the parse + verify step runs in a small persistent worker
 process (`_math_worker.py`) with a per-call deadline: on timeout the worker is killed, restarted on the
-next call, and the answer counts as not equal. Cheap checks run first (normalised text, exact numbers,
+next call, and the comparison reports a timeout (`math_verdict`), never a wrong answer. Cheap checks run first (normalised text, exact numbers,
 free-text answers), so most calls never reach the worker. `math_equal` is safe from any thread;
 `amath_equal` runs it off the event loop.
 
-Code grading (the paper's pass-rate reward) lives in `pacore_agent.evaluation.sandbox` and is re-exported here.
+Extraction lives in `pacore_agent.evaluation.extraction`, the worker processes in ``_math_pool``; both
+are re-exported here. Code grading (the paper's pass-rate reward) lives in `pacore_agent.evaluation.sandbox` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import functools
-import json
 import logging
-import os
 import re
-import select
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 
+from pacore_agent.evaluation._math_pool import _POOL, GraderUnavailableError
+from pacore_agent.evaluation.extraction import extract_answer
+from pacore_agent.evaluation.extraction import strip_math_delimiters as _strip_dollars
 from pacore_agent.evaluation.sandbox import (
     CodeTestResult,
     SandboxConfig,
@@ -53,6 +47,9 @@ __all__ = [
     "DEFAULT_MATH_TIMEOUT",
     "AnswerClass",
     "CodeTestResult",
+    "GradeStatus",
+    "GraderUnavailableError",
+    "MathVerdict",
     "SandboxConfig",
     "SynthesisOutcome",
     "TestVerdict",
@@ -62,6 +59,7 @@ __all__ = [
     "amath_equal",
     "arun_code_tests",
     "avote",
+    "check_answer",
     "emergent_correctness",
     "extract_answer",
     "extract_program",
@@ -69,6 +67,7 @@ __all__ = [
     "grade_code",
     "group_answers",
     "math_equal",
+    "math_verdict",
     "normalize_answer",
     "run_code_tests",
     "shutdown_math_workers",
@@ -77,145 +76,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+GradeStatus = Literal["graded", "timeout", "error"]
+"""How grading one answer ended: graded, or not (math-verify timed out, or erred)."""
+
 DEFAULT_MATH_TIMEOUT = 5.0
 """Seconds one `math_equal` call may spend in math-verify before it counts as not equal."""
 
 _BARE_ANSWER_MAX_CHARS = 100
 """`grade` takes a marker-less text as the answer itself only when it is one line at most this long."""
-
-# ---------------------------------------------------------------------------------------------------------
-# Extraction
-# ---------------------------------------------------------------------------------------------------------
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_BARE_BOX_TOKEN_RE = re.compile(r"[^\s$]+")
-_ANSWER_MARKER_RE = re.compile(
-    r"\bfinal\s+answer\b[ \t]*(?:\*\*|__)?[ \t]*(?:is\b|[:：=]|(?=\r?\n)|\Z)"
-    r"|\bthe\s+answer\s+is\b"
-    r"|\banswer[ \t]*(?:\*\*|__)?[ \t]*[:：]",
-    re.IGNORECASE,
-)
-_LAST_NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
-_MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
-
-
-def _braced(text: str, start: int) -> str | None:
-    r"""The content of the brace group opening at ``text[start] == "{"``, or None when it never closes.
-
-    Escaped braces (``\{``, ``\}``) do not count, so ``\boxed{\{1, 2\}}`` yields ``\{1, 2\}``.
-    """
-    depth = 0
-    i = start
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            i += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i]
-        i += 1
-    return None
-
-
-def _strip_dollars(text: str) -> str:
-    r"""Strip whitespace and one pair of surrounding math delimiters: ``$``, ``$$``, ``\(\)``, ``\[\]``."""
-    text = text.strip()
-    for left, right in _MATH_DELIMITERS:
-        if len(text) >= len(left) + len(right) and text.startswith(left) and text.endswith(right):
-            inner = text[len(left) : len(text) - len(right)]
-            if left != "$" or "$" not in inner:  # "$a$ and $b$" is not one delimited span
-                return inner.strip()
-    if text.count("$") == 1 and (text.startswith("$") or text.endswith("$")):  # a lone, unmatched one
-        return text.strip("$").strip()
-    return text
-
-
-def _last_boxed(text: str) -> str | None:
-    r"""Content of the last well-formed ``\boxed{...}`` / ``\fbox{...}`` / ``\boxed X``; None if none."""
-    for match in reversed(list(_BOX_RE.finditer(text))):
-        i = match.end()
-        j = i
-        while j < len(text) and text[j] in " \t":
-            j += 1
-        if j < len(text) and text[j] == "{":
-            content = _braced(text, j)
-        elif j > i and (token := _BARE_BOX_TOKEN_RE.match(text, j)):  # "\boxed 5": a token, space needed
-            content = token.group().rstrip(".,;")
-        else:
-            content = None
-        if content is not None and (content := _strip_dollars(content)):
-            return content
-    return None
-
-
-def _clean_span(span: str) -> str | None:
-    """The answer at the start of ``span``: a delimited formula, else the text up to the sentence end."""
-    span = span.strip().lstrip("*_:：").strip()
-    for left, right in _MATH_DELIMITERS:
-        if span.startswith(left):
-            end = span.find(right, len(left))
-            if end > len(left):
-                span = span[len(left) : end]
-                break
-    else:
-        sentence_end = re.search(r"\.(?:\s|$)", span)
-        if sentence_end:
-            span = span[: sentence_end.start()]
-    span = span.strip().strip("*_").strip().rstrip(".").strip()
-    span = _strip_dollars(span)
-    return span or None
-
-
-def _marked_answer(text: str) -> str | None:
-    """The answer after the last "Final answer:" / "The final answer is" / "**Answer:**" marker."""
-    markers = list(_ANSWER_MARKER_RE.finditer(text))
-    if not markers:
-        return None
-    rest = text[markers[-1].end() :]
-    first_line, _, after = rest.partition("\n")
-    if not first_line.strip(" \t*_#:："):  # a heading such as "## Final Answer" with the answer below
-        first_line = next((line for line in after.split("\n") if line.strip()), "")
-    return _clean_span(first_line)
-
-
-def extract_answer(text: str | None, *, fallback_last_number: bool = False) -> str | None:
-    r"""The final answer stated in a conclusion.
-
-    In order of preference:
-
-    1. the content of the last well-formed ``\boxed{...}`` (nested braces allowed), ``\fbox{...}`` or
-       brace-less ``\boxed 5``; a box that never closes (a truncated text) is skipped;
-    2. the text after the last "Final answer: ...", "The final answer is ...", "The answer is ...",
-       "**Answer:** ..." marker (a formula in ``$...$`` is taken whole, else text up to the sentence end;
-       a "Final Answer" heading takes the next non-empty line);
-    3. only when ``fallback_last_number`` is set: the last number in the text (``1,234`` is read as one
-       number and returned without commas; decimals and a leading minus are kept).
-
-    Surrounding ``$`` and whitespace are stripped.
-
-    Args:
-        text: A model's conclusion. Anything that is not a non-empty string yields None.
-        fallback_last_number: Fall back to the last number when no marked answer is found.
-
-    Returns:
-        The answer text, or None when there is none. Never raises.
-    """
-    if not isinstance(text, str) or not text.strip():
-        return None
-    try:
-        answer = _last_boxed(text) or _marked_answer(text)
-        if answer is None and fallback_last_number:
-            numbers = _LAST_NUMBER_RE.findall(text)
-            answer = numbers[-1].replace(",", "") if numbers else None
-        return answer
-    except Exception:  # pragma: no cover - the parsers above are total; this is the "never crash" promise
-        logger.exception("extract_answer failed on a %d-character text", len(text))
-        return None
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Normalisation and cheap equivalence
@@ -328,151 +196,7 @@ def _latex_for_verify(answer: str) -> str:
 # The math-verify worker process
 # ---------------------------------------------------------------------------------------------------------
 
-_WORKER_SCRIPT = Path(__file__).with_name("_math_worker.py")
-_WORKER_STARTUP_TIMEOUT = 120.0
-"""Seconds a fresh worker may take to import sympy and math-verify (not charged to any call's timeout)."""
-_KILL_GRACE = 0.5
-"""Extra seconds the parent waits past a call's timeout for the worker's own alarm before killing it."""
-_MAX_WORKERS = max(1, int(os.environ.get("PACORE_MATH_WORKERS", "2")))
 _CACHE_SIZE = 4096
-
-
-class _WorkerUnavailable(RuntimeError):
-    """The worker process could not be started (math-verify missing, interpreter failure)."""
-
-
-class _MathWorker:
-    """One worker process and its line-buffered pipe; used by one thread at a time (the pool ensures it)."""
-
-    def __init__(self) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-P", "-u", str(_WORKER_SCRIPT)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own group: killing it never touches ours
-        )
-        self._buffer = b""
-        self._next_id = 0
-        ready = self._read_line(time.monotonic() + _WORKER_STARTUP_TIMEOUT)
-        if ready is None or not json.loads(ready).get("ready"):
-            self.kill()
-            raise _WorkerUnavailable("the math-verify worker did not start (is math-verify installed?)")
-
-    def _read_line(self, deadline: float) -> bytes | None:
-        assert self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            readable, _, _ = select.select([fd], [], [], remaining)
-            if not readable:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:  # the worker died
-                return None
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line
-
-    def check(self, candidate: str, reference: str, timeout: float) -> str:
-        """Ask the worker; returns "equal", "different", "timeout" or "error" (the latter two kill it)."""
-        assert self._proc.stdin is not None
-        self._next_id += 1
-        request = {"id": self._next_id, "candidate": candidate, "reference": reference, "timeout": timeout}
-        try:
-            self._proc.stdin.write((json.dumps(request) + "\n").encode())
-            self._proc.stdin.flush()
-        except OSError:
-            self.kill()
-            return "error"
-        line = self._read_line(time.monotonic() + timeout + _KILL_GRACE)
-        if line is None:
-            self.kill()
-            return "timeout"
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            reply = {}
-        if reply.get("id") != self._next_id or reply.get("status") not in ("ok", "timeout", "error"):
-            self.kill()
-            return "error"
-        if reply["status"] == "ok":
-            return "equal" if reply["equal"] else "different"
-        return str(reply["status"])  # "timeout" or "error": the worker survived, keep it
-
-    @property
-    def alive(self) -> bool:
-        """Whether the process is still running."""
-        return self._proc.poll() is None
-
-    def kill(self) -> None:
-        """Kill the worker's process group and reap it."""
-        if self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-        self._proc.wait()
-        for stream in (self._proc.stdin, self._proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-
-
-class _WorkerPool:
-    """Up to `_MAX_WORKERS` lazily started workers shared by all threads of this process."""
-
-    def __init__(self, max_workers: int) -> None:
-        self._max = max_workers
-        self._idle: list[_MathWorker] = []
-        self._count = 0
-        self._cond = threading.Condition()
-        self._pid = os.getpid()
-        self.started = 0
-        """How many worker processes this pool has started (a restart after a kill counts again)."""
-
-    def _check_fork(self) -> None:
-        if os.getpid() != self._pid:  # forked child: the parent's workers are not ours to use
-            self._idle, self._count, self._pid = [], 0, os.getpid()
-
-    def check(self, candidate: str, reference: str, timeout: float) -> str:
-        with self._cond:
-            self._check_fork()
-            while not self._idle and self._count >= self._max:
-                self._cond.wait()
-            worker = self._idle.pop() if self._idle else None
-            if worker is None:
-                self._count += 1
-        try:
-            if worker is None:
-                worker = _MathWorker()
-                self.started += 1
-            outcome = worker.check(candidate, reference, timeout)
-        except BaseException:
-            if worker is not None:
-                worker.kill()
-            with self._cond:
-                self._count -= 1
-                self._cond.notify()
-            raise
-        with self._cond:
-            if worker.alive:
-                self._idle.append(worker)
-            else:
-                self._count -= 1
-            self._cond.notify()
-        return outcome
-
-    def close(self) -> None:
-        with self._cond:
-            idle, self._idle = self._idle, []
-            self._count -= len(idle)
-        for worker in idle:
-            worker.kill()
-
-
-_POOL = _WorkerPool(_MAX_WORKERS)
-atexit.register(_POOL.close)
 
 _cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
 _cache_lock = threading.Lock()
@@ -486,8 +210,24 @@ def shutdown_math_workers() -> None:
     _POOL.close()
 
 
-def math_equal(a: str, b: str, *, timeout: float = DEFAULT_MATH_TIMEOUT) -> bool:
-    r"""Whether two final answers are mathematically equivalent.
+@dataclass(frozen=True, slots=True)
+class MathVerdict:
+    """How a math comparison ended.
+
+    Attributes:
+        status: ``"graded"`` (``equal`` holds the answer), ``"timeout"`` (math-verify ran out of time)
+            or ``"error"`` (math-verify raised, or its worker died); ``equal`` is None unless graded.
+        equal: Whether the two answers are equivalent, when graded.
+        error: Why the comparison did not finish (timeout and error only).
+    """
+
+    status: GradeStatus
+    equal: bool | None = None
+    error: str | None = None
+
+
+def math_verdict(a: str, b: str, *, timeout: float = DEFAULT_MATH_TIMEOUT) -> MathVerdict:
+    r"""Whether two final answers are mathematically equivalent, saying so when it cannot tell.
 
     Cheap checks first: equal normalised text (see `normalize_answer`, so ``1,234 == 1234``), exact
     rationals (``0.5``, ``1/2``, ``\frac{1}{2}``), and free-text answers ("odd n", "no solutions"),
@@ -496,9 +236,9 @@ def math_equal(a: str, b: str, *, timeout: float = DEFAULT_MATH_TIMEOUT) -> bool
     comma-separated answer lists (compared as sets, so order does not matter), equations, and decimals
     within math-verify's rounding.
 
-    It never hangs and never raises: math-verify runs in a worker process; after ``timeout`` seconds the
-    worker is killed (restarted by the next call) and the result is False. Safe from any thread; from
-    async code use `amath_equal`.
+    math-verify runs in a worker process; after ``timeout`` seconds the worker is killed (restarted by
+    the next call) and the verdict is ``"timeout"``. An exception inside math-verify, or a worker that
+    dies, is an ``"error"`` with its reason. Neither is ever reported as "not equal". Safe from any thread.
 
     Args:
         a: The candidate answer (e.g. extracted from a model's conclusion).
@@ -506,32 +246,55 @@ def math_equal(a: str, b: str, *, timeout: float = DEFAULT_MATH_TIMEOUT) -> bool
         timeout: Seconds math-verify may spend on this pair.
 
     Returns:
-        True when equivalent; False when not, on timeout, and for empty or non-string input.
+        The verdict. Empty or non-string input is graded not equal.
+
+    Raises:
+        GraderUnavailableError: No math-verify worker can be started (math-verify missing or broken).
     """
     if not isinstance(a, str) or not isinstance(b, str):
-        return False
+        return MathVerdict("graded", False)
     try:
         cheap = _cheap_verdict(a, b)
     except Exception:  # pragma: no cover - defensive: the cheap checks are total
         cheap = None
     if cheap is not None:
-        return cheap
+        return MathVerdict("graded", cheap)
     key = (normalize_answer(a), normalize_answer(b))
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
-            return _cache[key]
+            return MathVerdict("graded", _cache[key])
+    outcome, why = _POOL.check(_latex_for_verify(a), _latex_for_verify(b), max(float(timeout), 0.05))
+    if outcome == "timeout" or outcome == "error":  # not cached: they may not recur
+        return MathVerdict(outcome, None, why)
+    with _cache_lock:
+        _cache[key] = outcome == "equal"
+        if len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return MathVerdict("graded", outcome == "equal")
+
+
+def math_equal(a: str, b: str, *, timeout: float = DEFAULT_MATH_TIMEOUT) -> bool:
+    """Whether two final answers are mathematically equivalent (`math_verdict`, as a plain bool).
+
+    For voting and other uses where "cannot tell" may safely read as "not equal": a timeout, an error or
+    a grader that cannot start (logged as a warning) give False. It never hangs and never raises. Grading,
+    where that would be dishonest, goes through `math_verdict` or
+    `pacore_agent.evaluation.grading.grade_message`.
+
+    Args:
+        a: The candidate answer.
+        b: The reference answer.
+        timeout: Seconds math-verify may spend on this pair.
+
+    Returns:
+        True only when the answers were compared and found equivalent.
+    """
     try:
-        outcome = _POOL.check(_latex_for_verify(a), _latex_for_verify(b), max(float(timeout), 0.05))
-    except (_WorkerUnavailable, OSError, ValueError) as exc:
-        logger.warning("math_equal: no math-verify worker (%s); %r vs %r counts as different", exc, a, b)
+        return math_verdict(a, b, timeout=timeout).equal is True
+    except GraderUnavailableError as exc:
+        logger.warning("math_equal: %s; %r vs %r counts as different", exc, a, b)
         return False
-    if outcome in ("equal", "different"):  # timeouts and errors are not cached: they may not recur
-        with _cache_lock:
-            _cache[key] = outcome == "equal"
-            if len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
-    return outcome == "equal"
 
 
 # ASYNC109: ``timeout`` is math-verify's budget, as in the sync twin, not a deadline on the await.
@@ -565,6 +328,36 @@ def _answer_of(response_or_answer: str | None, fallback_last_number: bool) -> st
     return answer
 
 
+def check_answer(
+    response_or_answer: str | None,
+    reference: str,
+    *,
+    timeout: float = DEFAULT_MATH_TIMEOUT,
+    fallback_last_number: bool = False,
+) -> tuple[str | None, MathVerdict]:
+    """The extracted answer of a conclusion (or bare answer) and its verdict against the reference.
+
+    The answer is `extract_answer` of the text; a text with no marked answer that is a single line of
+    at most 100 characters is taken as the answer itself (so ``"1,234"`` matches ``"1234"``). No answer
+    (None, empty, non-string or answer-less input) is graded not equal.
+
+    Args:
+        response_or_answer: A model's conclusion, or an answer.
+        reference: The reference answer.
+        timeout: Seconds math-verify may spend on the comparison.
+        fallback_last_number: Let `extract_answer` fall back to the last number in the text.
+
+    Raises:
+        GraderUnavailableError: No math-verify worker can be started.
+    """
+    if not isinstance(reference, str) or not reference.strip():
+        return None, MathVerdict("graded", False)
+    answer = _answer_of(response_or_answer, fallback_last_number)
+    if answer is None:
+        return None, MathVerdict("graded", False)
+    return answer, math_verdict(answer, reference, timeout=timeout)
+
+
 def grade(
     response_or_answer: str | None,
     reference: str,
@@ -572,10 +365,10 @@ def grade(
     timeout: float = DEFAULT_MATH_TIMEOUT,
     fallback_last_number: bool = False,
 ) -> bool:
-    """The paper's binary math reward: does a conclusion (or a bare answer) match the reference?
+    """The paper's binary math reward as a plain bool: does a conclusion match the reference?
 
-    The answer is `extract_answer` of the text; a text with no marked answer that is a single line of
-    at most 100 characters is taken as the answer itself (so ``grade("1,234", "1234")`` holds).
+    `check_answer` where "cannot tell" reads as False (as `math_equal`). Benchmarks and rewards, where a
+    grader failure must not pass for a wrong answer, use `pacore_agent.evaluation.grading.grade_message`.
 
     Args:
         response_or_answer: A model's conclusion, or an answer.
@@ -584,13 +377,16 @@ def grade(
         fallback_last_number: Let `extract_answer` fall back to the last number in the text.
 
     Returns:
-        True when the answer is equivalent to the reference; False otherwise, including for None,
-        empty, non-string or answer-less input. Never raises.
+        True when the answer was compared and is equivalent to the reference. Never raises.
     """
-    if not isinstance(reference, str) or not reference.strip():
+    try:
+        _, verdict = check_answer(
+            response_or_answer, reference, timeout=timeout, fallback_last_number=fallback_last_number
+        )
+    except GraderUnavailableError as exc:
+        logger.warning("grade: %s; counted as wrong", exc)
         return False
-    answer = _answer_of(response_or_answer, fallback_last_number)
-    return answer is not None and math_equal(answer, reference, timeout=timeout)
+    return verdict.equal is True
 
 
 async def agrade(

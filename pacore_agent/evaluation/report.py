@@ -1,28 +1,40 @@
 """Reports of benchmark runs: a Table-1-style table (terminal and Markdown), CSV, and a scaling plot.
 
-One row per (run directory, benchmark, method), from the records of `pacore_agent.evaluation.store.RunStore`:
+One row per (run directory, benchmark, method), from the records of `pacore_agent.evaluation.store.RunStore`
+and the run's ``failures.jsonl``:
 
-- ``n``: graded samples; ``problems``: distinct problems among them.
+- ``n``: every (problem, sample) asked for: the stored records plus the items that failed and are not in
+  the store. ``problems``: distinct problems among them.
 - ``accuracy``: pass@1 averaged over samples, as in the paper: each problem's mean correctness over its
-  samples, then the mean over problems (the plain mean over samples when every problem has as many).
-- ``ci_low``, ``ci_high``: a 95% percentile interval from a PROBLEM-CLUSTERED BOOTSTRAP: the problems are
-  resampled with replacement, each bringing all of its samples, and the accuracy recomputed
-  (``resamples`` times, seeded, so reports repeat exactly). It measures the uncertainty over problems like
-  these, which dominates once there are many samples per problem; an interval over samples would be far
-  too narrow. The bounds are the order statistics ``floor(a (B - 1))`` and ``ceil((1 - a)(B - 1))`` of
-  the B sorted resampled accuracies, a = 0.025. With a single problem there is nothing to resample: the
-  interval is then Wilson's over the samples.
-- ``score``: the same average of the graded score (the pass rate of code tests; equal to ``accuracy`` for
-  math).
+  samples, then the mean over problems (the plain mean over samples when every problem has as many). A
+  FAILED sample (an endpoint error, ...) and an UNGRADED one (the grader timed out or erred) count as
+  wrong, as the paper's pass@1 and the official pipeline count an empty answer: a method that fails more
+  often cannot look better for it.
+- ``ci_low``, ``ci_high``: a 95% percentile interval of that accuracy (failures and ungraded samples at 0)
+  from a PROBLEM-CLUSTERED BOOTSTRAP: the problems are resampled with replacement, each bringing all of
+  its samples, and the accuracy recomputed (``resamples`` times, seeded, so reports repeat exactly). It
+  measures the uncertainty over problems like these, which dominates once there are many samples per
+  problem; an interval over samples would be far too narrow. The bounds are the order statistics
+  ``floor(a (B - 1))`` and ``ceil((1 - a)(B - 1))`` of the B sorted resampled accuracies, a = 0.025.
+  With a single problem there is nothing to resample: the interval is then Wilson's over the samples.
+- ``failed``: samples that failed and are not in the store (a rerun of ``pacore bench`` retries them).
+- ``ungraded``: stored samples whose grader timed out or erred (``info["grading"]["status"]``).
+- ``completed_accuracy``: the same average over COMPLETED samples only (stored and graded), failed and
+  ungraded ones left out; empty when there are none. Shown beside ``accuracy``, never instead of it.
+- ``score``: the same average as ``accuracy`` of the graded score (the pass rate of code tests; equal to
+  ``accuracy`` for math), failed and ungraded samples at 0.
 - ``ttc_k``: test-time compute per problem in thousands of tokens: completion tokens of every trajectory
   of every round of a sample (with pool evaluation the drawn first-round trajectories count), averaged
-  as ``accuracy`` is.
+  as ``accuracy`` is, over the samples with a trace (stored ones, and failed ones that kept a partial one).
 - ``calls``, ``wall_s``: requests and seconds per sample, averaged the same way (wall time includes
   waiting for the run's shared concurrency limit).
 - ``synth_all_wrong``: samples whose final round was given only wrong messages; ``emergent``: those that
   were answered right anyway (emergent correctness); ``emergent_rate``: their ratio. Empty for one-round
   methods and runs graded without ``grade_messages``.
-- ``errors``: items that failed and are not in the store (a rerun of ``pacore bench`` retries them).
+- ``truncated``: stored samples whose final answer hit the length limit (``finish_reason == "length"``);
+  by default they earn 0 (see `pacore_agent.evaluation.grading.grade_message`).
+- ``bypassed``: samples in which a round left no message, so the next round got the problem alone (the
+  paper's Appendix B rule for an empty message set).
 """
 
 from __future__ import annotations
@@ -40,8 +52,9 @@ from typing import Any
 
 from rich.table import Table
 
-from pacore_agent.evaluation.store import CONFIG_FILENAME, RunRecord, RunStore
+from pacore_agent.evaluation.store import CONFIG_FILENAME, FailedItem, RunRecord, RunStore, read_failures
 from pacore_agent.exceptions import UsageError
+from pacore_agent.results import SolveResult
 
 __all__ = [
     "CSV_COLUMNS",
@@ -70,11 +83,15 @@ CSV_COLUMNS = (
     "calls",
     "wall_s",
     "problems",
+    "failed",
+    "ungraded",
+    "completed_accuracy",
     "score",
     "synth_all_wrong",
     "emergent",
     "emergent_rate",
-    "errors",
+    "truncated",
+    "bypassed",
     "protocol",
     "model",
     "run",
@@ -106,7 +123,11 @@ class MethodReport:
     wall_s: float
     synth_all_wrong: int = 0
     emergent: int = 0
-    errors: int = 0
+    failed: int = 0
+    ungraded: int = 0
+    completed_accuracy: float | None = None
+    truncated: int = 0
+    bypassed: int = 0
     protocol: str = "fresh"
     model: str | None = None
 
@@ -148,11 +169,17 @@ class MethodReport:
             "calls": round(self.calls, 4),
             "wall_s": round(self.wall_s, 4),
             "problems": self.problems,
+            "failed": self.failed,
+            "ungraded": self.ungraded,
+            "completed_accuracy": ""
+            if self.completed_accuracy is None
+            else round(self.completed_accuracy, 6),
             "score": round(self.score, 6),
             "synth_all_wrong": self.synth_all_wrong,
             "emergent": self.emergent,
             "emergent_rate": "" if rate is None else round(rate, 6),
-            "errors": self.errors,
+            "truncated": self.truncated,
+            "bypassed": self.bypassed,
             "protocol": self.protocol,
             "model": self.model or "",
             "run": self.run,
@@ -167,13 +194,13 @@ class RunData:
         name: The directory's name (the ``run`` column).
         config: Its ``config.json`` (empty when missing).
         records: Every record of its store.
-        failed: Keys of failed items not in the store, with their count per (benchmark, method).
+        failed: The failed items not in the store (the last failure of each).
     """
 
     name: str
     config: dict[str, Any]
     records: list[RunRecord]
-    failed: dict[tuple[str, str], int] = field(default_factory=dict)
+    failed: list[FailedItem] = field(default_factory=list)
 
 
 def _spec(method: str) -> Any:
@@ -191,8 +218,6 @@ def load_run(directory: str | os.PathLike[str]) -> RunData:
     Raises:
         UsageError: The directory holds no results.
     """
-    from pacore_agent.evaluation.bench.runner import read_failures
-
     path = Path(directory)
     store = RunStore.open(path, readonly=True)
     if not store.path.is_file():
@@ -201,11 +226,8 @@ def load_run(directory: str | os.PathLike[str]) -> RunData:
     config_path = path / CONFIG_FILENAME
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     done = {r.key for r in records}
-    failed_keys = {f.key for f in read_failures(path)} - done
-    failed: dict[tuple[str, str], int] = {}
-    for key in failed_keys:
-        failed[(key.benchmark, key.method)] = failed.get((key.benchmark, key.method), 0) + 1
-    return RunData(path.resolve().name, config, records, failed)
+    failed = {f.key: f for f in read_failures(path) if f.key not in done}  # a later failure replaces one
+    return RunData(path.resolve().name, config, records, list(failed.values()))
 
 
 def wilson_interval(successes: float, n: int, *, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -259,73 +281,105 @@ def _macro(per_problem: dict[str, list[float]]) -> float:
     return sum(means) / len(means) if means else 0.0
 
 
+@dataclass
+class _Group:
+    """Per-problem values of one (benchmark, method), gathered sample by sample."""
+
+    correct: dict[str, list[float]] = field(default_factory=dict)  # every sample asked for; 0 unless right
+    completed: dict[str, list[float]] = field(default_factory=dict)  # stored and graded samples only
+    score: dict[str, list[float]] = field(default_factory=dict)
+    ttc: dict[str, list[float]] = field(default_factory=dict)  # samples with a trace
+    calls: dict[str, list[float]] = field(default_factory=dict)
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    failed: int = 0
+    ungraded: int = 0
+    all_wrong: int = 0
+    emergent: int = 0
+    truncated: int = 0
+    bypassed: int = 0
+
+    def add_trace(self, problem_id: str, result: SolveResult) -> None:
+        self.ttc.setdefault(problem_id, []).append(result.ttc_tokens / 1000)
+        self.calls.setdefault(problem_id, []).append(float(result.calls))
+        self.wall.setdefault(problem_id, []).append(result.wall_s)
+        self.bypassed += bool(result.info.get("bypassed_rounds"))
+
+    def add_record(self, record: RunRecord) -> None:
+        pid, grading = record.problem_id, _grading(record)
+        graded = record.correct is not None and grading.get("status", "graded") == "graded"
+        self.correct.setdefault(pid, []).append(1.0 if graded and record.correct else 0.0)
+        score = record.score if record.score is not None else float(bool(record.correct))
+        self.score.setdefault(pid, []).append(score if graded else 0.0)
+        if graded:
+            self.completed.setdefault(pid, []).append(1.0 if record.correct else 0.0)
+        else:
+            self.ungraded += 1
+        self.add_trace(pid, record.result)
+        self.truncated += bool(grading.get("truncated"))
+        rounds = grading.get("rounds") or []
+        given = rounds[-1].get("correct") if rounds else None
+        if given and all(flag is False for flag in given):  # every message graded, and wrong
+            self.all_wrong += 1
+            self.emergent += graded and bool(record.correct)
+
+    def add_failure(self, failure: FailedItem) -> None:
+        self.failed += 1
+        self.correct.setdefault(failure.problem_id, []).append(0.0)
+        self.score.setdefault(failure.problem_id, []).append(0.0)
+        if failure.partial is not None:
+            self.add_trace(failure.problem_id, failure.partial)
+
+
 def summarize_records(
     records: Iterable[RunRecord],
     *,
     run: str = "",
     config: dict[str, Any] | None = None,
-    failed: dict[tuple[str, str], int] | None = None,
+    failed: Iterable[FailedItem] = (),
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> list[MethodReport]:
-    """Summaries per (benchmark, method) of graded records, in family and compute order.
+    """Summaries per (benchmark, method) of a run's records and failures, in family and compute order.
 
     Args:
-        records: Run records (ungraded ones, ``correct is None``, are left out).
+        records: Run records; ungraded ones (``correct is None`` or a grading status other than
+            ``graded``) count as wrong in ``accuracy`` and are left out of ``completed_accuracy``.
         run: The run's name (the ``run`` column).
         config: The run's ``config.json`` (model and protocol columns).
-        failed: Failed items not in the store, per (benchmark, method).
+        failed: Failed items not in the store: each counts as a wrong sample.
         resamples: Bootstrap resamples.
         seed: Bootstrap seed.
     """
     config = config or {}
-    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    groups: dict[tuple[str, str], _Group] = {}
     for record in records:
-        if record.correct is not None:
-            groups.setdefault((record.benchmark, record.method), []).append(record)
-    failed = dict(failed or {})
-    for key in failed:
-        groups.setdefault(key, [])
+        groups.setdefault((record.benchmark, record.method), _Group()).add_record(record)
+    for failure in failed:
+        groups.setdefault((failure.benchmark, failure.method), _Group()).add_failure(failure)
     reports = []
-    for (benchmark, method), members in groups.items():
-        correct: dict[str, list[float]] = {}
-        score: dict[str, list[float]] = {}
-        ttc: dict[str, list[float]] = {}
-        calls: dict[str, list[float]] = {}
-        wall: dict[str, list[float]] = {}
-        all_wrong = emergent = 0
-        for record in members:
-            pid = record.problem_id
-            correct.setdefault(pid, []).append(1.0 if record.correct else 0.0)
-            score.setdefault(pid, []).append(
-                record.score if record.score is not None else float(bool(record.correct))
-            )
-            ttc.setdefault(pid, []).append(record.result.ttc_tokens / 1000)
-            calls.setdefault(pid, []).append(float(record.result.calls))
-            wall.setdefault(pid, []).append(record.result.wall_s)
-            rounds = _grading(record).get("rounds") or []
-            given = rounds[-1].get("correct") if rounds else None
-            if given and not any(given):
-                all_wrong += 1
-                emergent += bool(record.correct)
-        low, high = bootstrap_interval(list(correct.values()), resamples=resamples, seed=seed)
+    for (benchmark, method), group in groups.items():
+        low, high = bootstrap_interval(list(group.correct.values()), resamples=resamples, seed=seed)
         reports.append(
             MethodReport(
                 run=run,
                 benchmark=benchmark,
                 method=method,
-                n=len(members),
-                problems=len(correct),
-                accuracy=_macro(correct),
+                n=sum(len(v) for v in group.correct.values()),
+                problems=len(group.correct),
+                accuracy=_macro(group.correct),
                 ci_low=low,
                 ci_high=high,
-                score=_macro(score),
-                ttc_k=_macro(ttc),
-                calls=_macro(calls),
-                wall_s=_macro(wall),
-                synth_all_wrong=all_wrong,
-                emergent=emergent,
-                errors=failed.get((benchmark, method), 0),
+                score=_macro(group.score),
+                ttc_k=_macro(group.ttc),
+                calls=_macro(group.calls),
+                wall_s=_macro(group.wall),
+                synth_all_wrong=group.all_wrong,
+                emergent=group.emergent,
+                failed=group.failed,
+                ungraded=group.ungraded,
+                completed_accuracy=_macro(group.completed) if group.completed else None,
+                truncated=group.truncated,
+                bypassed=group.bypassed,
                 protocol=str(config.get("protocol", "fresh")),
                 model=config.get("model"),
             )
@@ -368,17 +422,22 @@ def _emergent_text(report: MethodReport) -> str:
 
 def _cells(report: MethodReport, *, with_run: bool) -> list[str]:
     cells = [report.run] if with_run else []
+    completed = report.completed_accuracy
     return [
         *cells,
         report.benchmark,
         report.method,
         str(report.n),
         f"{_pct(report.accuracy)} [{_pct(report.ci_low)}, {_pct(report.ci_high)}]",
+        str(report.failed),
+        str(report.ungraded),
+        "-" if completed is None else _pct(completed),
         f"{report.ttc_k:,.1f}" if report.ttc_k >= 10 else f"{report.ttc_k:.2f}",
         f"{report.calls:.1f}",
         f"{report.wall_s:.2f}",
         _emergent_text(report),
-        str(report.errors),
+        str(report.truncated),
+        str(report.bypassed),
     ]
 
 
@@ -387,11 +446,15 @@ _HEADERS = [
     "method",
     "n",
     "accuracy % [95% CI]",
+    "failed",
+    "ungraded",
+    "completed-only acc %",
     "TTC (k tokens)",
     "calls",
     "wall s",
     "emergent",
-    "errors",
+    "truncated",
+    "bypassed",
 ]
 
 
@@ -405,9 +468,12 @@ def _title(reports: Sequence[MethodReport]) -> str:
 
 
 _NOTE = (
-    "accuracy: pass@1 averaged over samples (mean over problems of each problem's mean); 95% CI: "
-    "problem-clustered percentile bootstrap. TTC: completion tokens per sample, all rounds. emergent: "
-    "right answers among samples whose final round got only wrong messages."
+    "n: every sample asked for. accuracy: pass@1 averaged over samples (mean over problems of each "
+    "problem's mean), failed and ungraded samples counted as wrong; 95% CI: problem-clustered percentile "
+    "bootstrap of that accuracy. completed-only acc: the same over completed, graded samples only (failed "
+    "and ungraded left out). TTC: completion tokens per sample, all rounds. emergent: right answers among "
+    "samples whose final round got only wrong messages. truncated: final answers cut by the length limit "
+    "(graded 0 unless run with --truncation grade). bypassed: samples where a round left no message and the next got the problem alone."
 )
 
 

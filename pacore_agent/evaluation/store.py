@@ -14,6 +14,7 @@ A run directory holds::
     run_dir/
       results.jsonl   RunStore: one RunRecord per (benchmark, problem id, method, sample)
       config.json     what was run (model, schedule, sampling, ...), checked on resume
+      failures.jsonl  FailedItem per item that failed (not in the store, so a rerun retries it)
 
 A pool directory holds ``pool.jsonl`` (PoolStore: one PoolEntry per (problem id, part)) and
 ``config.json``.
@@ -44,6 +45,8 @@ if sys.platform != "win32":
     import fcntl
 
 __all__ = [
+    "FAILURES_FILENAME",
+    "FailedItem",
     "PoolEntry",
     "PoolKey",
     "PoolMessage",
@@ -52,9 +55,12 @@ __all__ = [
     "RunRecord",
     "RunStore",
     "StoreError",
+    "append_failure",
+    "read_failures",
 ]
 
 CONFIG_FILENAME = "config.json"
+FAILURES_FILENAME = "failures.jsonl"
 
 
 class StoreError(PacoreRuntimeError):
@@ -179,6 +185,28 @@ class PoolEntry(BaseModel):
     messages: list[PoolMessage] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: float = Field(default_factory=time.time)
+
+    @classmethod
+    def of(
+        cls,
+        problem: Any,
+        messages: list[PoolMessage],
+        *,
+        model: str | None,
+        metadata: dict[str, Any],
+        part: int = 0,
+    ) -> PoolEntry:
+        """The entry of a problem (a benchmark or a training problem: ``id``, ``problem``, ``answer``, ``domain``)."""
+        return cls(
+            problem_id=problem.id,
+            part=part,
+            problem=problem.problem,
+            answer=problem.answer,
+            domain=problem.domain,
+            model=model,
+            messages=messages,
+            metadata=metadata,
+        )
 
     @property
     def key(self) -> PoolKey:
@@ -502,3 +530,59 @@ class PoolStore(_AppendLog[PoolEntry, PoolKey]):
             messages = [m for e in entries for m in e.messages]
             pools[problem_id] = entries[0].model_copy(update={"part": 0, "messages": messages})
         return pools
+
+
+# --------------------------------------------------------------------------------------------------
+# Failures
+
+
+class FailedItem(BaseModel):
+    """An item that failed (kept in ``failures.jsonl``; a rerun tries it again).
+
+    Attributes:
+        benchmark: The benchmark.
+        problem_id: The problem.
+        method: The method label.
+        sample: The sample index.
+        error: What went wrong.
+        partial: What finished before the failure, when there is a partial result.
+        finished_at: Unix time of the failure.
+    """
+
+    benchmark: str
+    problem_id: str
+    method: str
+    sample: int
+    error: ErrorInfo
+    partial: SolveResult | None = None
+    finished_at: float = Field(default_factory=time.time)
+
+    @property
+    def key(self) -> RunKey:
+        """The key the item's record would have in the store."""
+        return RunKey(self.benchmark, self.problem_id, self.method, self.sample)
+
+
+def read_failures(directory: str | os.PathLike[str]) -> list[FailedItem]:
+    """The failures recorded in a run directory (unreadable lines are skipped)."""
+    path = Path(directory) / FAILURES_FILENAME
+    if not path.is_file():
+        return []
+    failures = []
+    for line in path.read_bytes().splitlines():
+        try:
+            failures.append(FailedItem.model_validate_json(line))
+        except ValidationError:
+            continue
+    return failures
+
+
+def append_failure(directory: str | os.PathLike[str], failed: FailedItem) -> None:
+    """Append a failure to ``directory/failures.jsonl`` durably (blocking: call it in a worker thread)."""
+    line = (failed.model_dump_json() + "\n").encode("utf-8")
+    fd = os.open(Path(directory) / FAILURES_FILENAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

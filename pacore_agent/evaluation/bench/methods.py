@@ -6,17 +6,22 @@ the report) and builds the strategy that runs it.
 
 from __future__ import annotations
 
+import inspect
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pacore_agent.backends.base import Backend
 from pacore_agent.coordinator import Coordinator
 from pacore_agent.evaluation.datasets import Problem
+from pacore_agent.evaluation.grading import MessageGrade
 from pacore_agent.exceptions import UsageError
+from pacore_agent.prompts import Messages
 from pacore_agent.schedule import PRESETS, Schedule
 from pacore_agent.strategies import (
     BestOfN,
+    Scorer,
     SelfConsistency,
     Single,
     Strategy,
@@ -90,13 +95,19 @@ class MethodSpec:
         return self.label
 
     def strategy(
-        self, backend: Backend, problem: Problem, **options: Any
+        self,
+        backend: Backend,
+        problem: Problem,
+        *,
+        known: Mapping[tuple[str, str | None], MessageGrade] | None = None,
+        **options: Any,
     ) -> Coordinator | Single | SelfConsistency | BestOfN:
         """The strategy that runs this method on ``backend``.
 
         Args:
             backend: Where trajectories come from.
             problem: The benchmark problem (``bon`` scores with its reference answer or tests).
+            known: Grades already given (a pool's), which ``bon``'s scorer reuses for the same text.
             **options: `Coordinator` options (``sampling``, ``seed``, ``budget``, ``order``, ...).
         """
         strategy: Coordinator | Single | SelfConsistency | BestOfN
@@ -113,7 +124,7 @@ class MethodSpec:
                 if problem.domain == "code"
                 else reference_scorer(problem.answer)
             )
-            strategy = BestOfN(self.k, scorer, backend, **options)
+            strategy = BestOfN(self.k, _reusing(scorer, known) if known else scorer, backend, **options)
         assert isinstance(strategy, Strategy)
         return strategy
 
@@ -127,3 +138,16 @@ def parse_methods(texts: list[str] | tuple[str, ...]) -> tuple[MethodSpec, ...]:
     if len(set(labels)) != len(labels):
         raise UsageError(f"a method is given twice: {', '.join(labels)}")
     return specs
+
+
+def _reusing(scorer: Scorer, known: Mapping[tuple[str, str | None], MessageGrade]) -> Scorer:
+    """``scorer``, answering from ``known`` grades (by text) where it can: the same choice, graded once."""
+    by_text = {text: grade.score for (text, _), grade in known.items()}
+
+    async def score(messages: Messages, conclusion: str) -> float:
+        if conclusion in by_text:
+            return by_text[conclusion]
+        value = scorer(messages, conclusion)
+        return float(await value) if inspect.isawaitable(value) else float(value)
+
+    return score

@@ -35,25 +35,41 @@ from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
-from pydantic import BaseModel, Field, ValidationError
 
 from pacore_agent.backends.base import Backend, SamplingParams
 from pacore_agent.budget import Budget
+from pacore_agent.compactors import Compactor, final_conclusion
 from pacore_agent.evaluation.bench.methods import MethodSpec
 from pacore_agent.evaluation.bench.pool import (
     Pool,
-    grade_with_pool,
-    grading_of_choice,
+    draw,
+    drawn_round,
     load_pools,
     part_widths,
     pool_part,
-    solve_from_pool,
+    pooled_grades,
 )
 from pacore_agent.evaluation.bench.progress import BenchProgress
 from pacore_agent.evaluation.bench.seeds import derive_seed
 from pacore_agent.evaluation.datasets import Problem, get_benchmark, load_benchmark, load_jsonl
-from pacore_agent.evaluation.grading import Grading, grade_result
-from pacore_agent.evaluation.store import PoolStore, RunKey, RunRecord, RunStore
+from pacore_agent.evaluation.grading import (
+    DEFAULT_TRUNCATION,
+    GraderUnavailableError,
+    Grading,
+    Truncation,
+    grade_result,
+    problem_reference,
+)
+from pacore_agent.evaluation.store import (
+    FAILURES_FILENAME,
+    FailedItem,
+    PoolStore,
+    RunKey,
+    RunRecord,
+    RunStore,
+    append_failure,
+    read_failures,
+)
 from pacore_agent.exceptions import BudgetExceeded, PacoreRuntimeError, SolveError, UsageError
 from pacore_agent.results import ErrorInfo, SolveResult
 
@@ -68,35 +84,7 @@ __all__ = [
     "run_bench",
 ]
 
-FAILURES_FILENAME = "failures.jsonl"
 CONFIG_VERSION = 1
-
-
-class FailedItem(BaseModel):
-    """An item that failed (kept in ``failures.jsonl``; a rerun tries it again).
-
-    Attributes:
-        benchmark: The benchmark.
-        problem_id: The problem.
-        method: The method label.
-        sample: The sample index.
-        error: What went wrong.
-        partial: What finished before the failure, when there is a partial result.
-        finished_at: Unix time of the failure.
-    """
-
-    benchmark: str
-    problem_id: str
-    method: str
-    sample: int
-    error: ErrorInfo
-    partial: SolveResult | None = None
-    finished_at: float = Field(default_factory=time.time)
-
-    @property
-    def key(self) -> RunKey:
-        """The key the item's record would have in the store."""
-        return RunKey(self.benchmark, self.problem_id, self.method, self.sample)
 
 
 @dataclass(frozen=True)
@@ -110,13 +98,17 @@ class BenchSettings:
         seed: Base seed; each sample derives its own.
         sampling: Sampling settings (temperature, top_p, max_tokens, ...); ``seed`` is set per sample.
         request_seeds: Send a derived ``seed`` with every request (repeatable on servers that honour it).
-        budget: Limits of each solve (fresh runs only).
-        order: Reference order policy.
+        budget: Limits of each solve; with a pool, the drawn first round is charged as if run.
+        order: Reference order policy (a pool's drawn first round too).
+        compactor: C, from a trajectory to its message (default `final_conclusion`, what PaCoRe-8B was
+            trained with); a pool's drawn trajectories are compacted with it too.
         max_in_flight: Items (solves) in flight at once; requests are bounded by the backend's limiter.
         pool_size: Evaluate with a pool of this many first-round trajectories per problem (the paper:
             512); ``None`` runs every sample fresh.
         pool_chunk: Trajectories per pool part (a part is the unit appended and resumed).
         grade_messages: Grade every round's messages too (emergent correctness needs it).
+        truncation: What an answer or message that hit the length limit earns: ``"zero"`` (default; the
+            report counts them as ``truncated``) or ``"grade"`` (graded as written, still counted).
         keep_trajectories: Keep the full text of every trajectory in the records; by default only the
             final trajectory keeps its text and the others their message, usage and status.
     """
@@ -129,11 +121,13 @@ class BenchSettings:
     request_seeds: bool = True
     budget: Budget | None = None
     order: str = "seeded"
+    compactor: Compactor = final_conclusion
     max_in_flight: int = 64
     pool_size: int | None = None
     pool_chunk: int = 64
     grade_messages: bool = True
     keep_trajectories: bool = False
+    truncation: Truncation = DEFAULT_TRUNCATION
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -144,6 +138,11 @@ class BenchSettings:
             raise UsageError(f"samples must be at least 1, got {self.samples}")
         if self.order not in ("seeded", "official", "launch"):
             raise UsageError(f"unknown reference order {self.order!r}: use seeded, official or launch")
+        if self.truncation not in ("zero", "grade"):
+            raise UsageError(
+                f"truncation must be 'zero' or 'grade' for a benchmark, got {self.truncation!r} ('mask' "
+                "leaves a sample out, but every sample asked for counts in accuracy)"
+            )
         if self.max_in_flight < 1:
             raise UsageError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.pool_size is not None:
@@ -155,8 +154,6 @@ class BenchSettings:
                 )
             if self.pool_chunk < 1:
                 raise UsageError(f"pool_chunk must be at least 1, got {self.pool_chunk}")
-            if self.budget is not None:
-                raise UsageError("budgets apply to fresh runs only: drop the budget or the pool")
 
     @property
     def protocol(self) -> str:
@@ -164,13 +161,14 @@ class BenchSettings:
         return "fresh" if self.pool_size is None else "pool"
 
     def sample_options(self, sample: int) -> dict[str, Any]:
-        """`Coordinator` options of one sample: its seed, sampling, budget and reference order."""
+        """`Coordinator` options of one sample: its seed, sampling, budget, reference order and C."""
         seed = derive_seed(self.seed, "sample", sample)
         return {
             "sampling": self.sampling.with_(seed=seed if self.request_seeds else None),
             "seed": seed,
             "budget": self.budget,
             "order": self.order,
+            "compactor": self.compactor,
         }
 
     def _sampling_config(self) -> dict[str, Any]:
@@ -202,8 +200,10 @@ class BenchSettings:
         return {
             **self._generation_config(model=model, fingerprint=fingerprint),
             "order": self.order,
+            "compactor": getattr(self.compactor, "__name__", type(self.compactor).__name__),
             "budget": budget,
             "grade_messages": self.grade_messages,
+            "truncation": self.truncation,
             "protocol": self.protocol,
             "pool": None if self.pool_size is None else {"size": self.pool_size, "chunk": self.pool_chunk},
         }
@@ -214,6 +214,7 @@ class BenchSettings:
             **self._generation_config(model=model, fingerprint=fingerprint),
             "size": self.pool_size,
             "chunk": self.pool_chunk,
+            "truncation": self.truncation,  # the pooled grades are reused under it
         }
 
     def _generation_config(self, *, model: str | None, fingerprint: str) -> dict[str, Any]:
@@ -316,20 +317,6 @@ def load_problems(
     return name, problems, fingerprint
 
 
-def read_failures(directory: str | os.PathLike[str]) -> list[FailedItem]:
-    """The failures recorded in a run directory (unreadable lines are skipped)."""
-    path = Path(directory) / FAILURES_FILENAME
-    if not path.is_file():
-        return []
-    failures = []
-    for line in path.read_bytes().splitlines():
-        try:
-            failures.append(FailedItem.model_validate_json(line))
-        except ValidationError:
-            continue
-    return failures
-
-
 class _Item(NamedTuple):
     problem: Problem
     spec: MethodSpec
@@ -391,7 +378,7 @@ class _Runner:
         self.progress = progress
         self.summary = BenchSummary()
         self.pools: dict[str, Pool] | None = None
-        self._fatal: UsageError | None = None
+        self._fatal: UsageError | GraderUnavailableError | None = None
         self._scope = anyio.CancelScope()
 
     async def run(self, fingerprint: str, pool_dir: str | os.PathLike[str] | None) -> BenchSummary:
@@ -440,7 +427,12 @@ class _Runner:
                     seed=seed,
                     model=model,
                     keep_trajectories=settings.keep_trajectories,
+                    truncation=settings.truncation,
                 )
+            except GraderUnavailableError as exc:  # every part would fail alike: stop and say so
+                self._fatal = self._fatal or exc
+                self._scope.cancel()
+                return
             except Exception as exc:  # one part's failure must not stop the others; a rerun retries it
                 entry, why = None, f"{type(exc).__name__}: {exc}"
             else:
@@ -522,7 +514,7 @@ class _Runner:
         except SolveError as exc:
             await self._fail(item, exc, exc.partial)
             return
-        except UsageError as exc:  # the settings are wrong for every item: stop and say so
+        except (UsageError, GraderUnavailableError) as exc:  # wrong for every item: stop and say so
             self._fatal = self._fatal or exc
             self._scope.cancel()
             return
@@ -552,8 +544,9 @@ class _Runner:
         self.summary.recorded += 1
 
     async def _solve(self, item: _Item) -> tuple[SolveResult, Grading, ErrorInfo | None]:
+        """One sample through the one solve loop: fresh, or with its first round drawn from the pool."""
         problem, spec = item.problem, item.spec
-        options = self.settings.sample_options(item.sample)
+        first_round, known, drawn = None, None, None
         if self.pools is not None:
             pool = self.pools.get(problem.id)
             size = self.settings.pool_size
@@ -563,36 +556,27 @@ class _Runner:
                     f"the pool of {problem.id} holds {have} of {size} trajectories (parts failed); rerun to "
                     "complete it"
                 )
-            options = {k: v for k, v in options.items() if k != "budget"}
-            result, first_scores = await solve_from_pool(
-                spec,
-                problem,
-                pool,
-                self.backend,
-                sample=item.sample,
-                seed=self.settings.seed,
-                options=options,
-            )
-            if spec.kind == "pacore":
-                grading = await grade_with_pool(
-                    problem, result, first_scores, messages=self.settings.grade_messages
-                )
-            else:
-                grading = grading_of_choice(problem, pool, result)
-            return result, grading, None
-        strategy = spec.strategy(self.backend, problem, **options)
+            indices = draw(pool, spec.first_width, seed=self.settings.seed, sample=item.sample)
+            first_round, known = drawn_round(pool, indices), pooled_grades(pool, indices)
+            drawn = {"protocol": "pool", "pool": {"size": len(pool), "drawn": indices}}
+        options = self.settings.sample_options(item.sample)
+        strategy = spec.strategy(self.backend, problem, known=known, **options)
         error: ErrorInfo | None = None
         try:
-            result = await strategy.solve(problem.problem)
+            result = await strategy.solve(problem.problem, first_round=first_round)
         except BudgetExceeded as exc:  # an outcome of the method under its budget: graded as it stands
             result, error = exc.partial, _error_info(exc)
-        code = problem.domain == "code"
+        except SolveError as exc:
+            exc.partial.info.update(drawn or {})
+            raise
+        result.info.update(drawn or {})
         grading = await grade_result(
             result,
-            answer=None if code else problem.answer,
-            tests=[t.model_dump() for t in problem.tests] if code else None,
+            **problem_reference(problem),
             messages=self.settings.grade_messages,
             attach=False,
+            truncation=self.settings.truncation,
+            known=known,
         )
         return result, grading, error
 
@@ -607,8 +591,7 @@ class _Runner:
         )
         self.summary.failed.append(failed)
         self.progress.error()
-        line = (failed.model_dump_json() + "\n").encode("utf-8")
-        await anyio.to_thread.run_sync(_append_line, self.out / FAILURES_FILENAME, line)
+        await anyio.to_thread.run_sync(append_failure, self.out, failed)
 
     def _slim(self, result: SolveResult) -> SolveResult:
         if self.settings.keep_trajectories:
@@ -633,12 +616,3 @@ def _error_info(exc: BaseException) -> ErrorInfo:
             if first.message not in message:
                 message = f"{message}; first error: {first.message}"
     return ErrorInfo(type=type(exc).__name__, message=message, status_code=status)
-
-
-def _append_line(path: Path, line: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
