@@ -596,7 +596,7 @@ def _run_curriculum(
         "--no-export-model",
     ]
     environ = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})}
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=200, env=environ)
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=400, env=environ)
 
 
 def test_curriculum_runs_both_stages_and_resumes_across_the_boundary(

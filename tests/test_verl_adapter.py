@@ -217,6 +217,8 @@ def test_compute_score_math_and_flags() -> None:
         "emergent": 1.0,
         "cross_check": 1.0,
         "cross_check_mentions": 1.0,
+        "truncated": 0.0,
+        "masked": 0.0,
         "num_messages": 3.0,
     }
     wrong = compute_score(
@@ -235,6 +237,21 @@ def test_compute_score_math_and_flags() -> None:
     )
     assert result["score"] == 1.0 and result["num_messages"] == 2.0
     assert set(result) == set(right)  # the same keys on every response: verl stacks them per batch
+
+
+def test_compute_score_gives_a_truncated_response_0_by_default() -> None:
+    cut_off = "<think>\nLet me add them: 40 + 2... so \\boxed{42}. Hmm wait, let me double-check the"
+    info = {"problem_id": "m", "domain": "math", "message_correct": [False, True]}
+    # verl passes the text alone: a reasoning never closed can only have hit the length limit
+    result = compute_score("pacore/math", cut_off, "42", info)
+    assert result["score"] == 0.0 and result["acc"] == 0.0 and result["truncated"] == 1.0
+    graded = compute_score("pacore/math", cut_off, "42", info, truncation="grade")
+    assert graded["score"] == 1.0 and graded["truncated"] == 1.0
+    # a reward manager that knows the finish reason passes it in extra_info
+    closed = "<think>40 + 2</think>\\boxed{42}"
+    assert compute_score("pacore/math", closed, "42", info)["score"] == 1.0
+    stopped = compute_score("pacore/math", closed, "42", {**info, "finish_reason": "length"})
+    assert stopped["score"] == 0.0 and stopped["truncated"] == 1.0
 
 
 def test_compute_score_code_is_the_pass_rate() -> None:

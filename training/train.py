@@ -103,6 +103,7 @@ from typing import Any, Literal
 
 import torch
 
+from pacore_agent.evaluation.grading import DEFAULT_TRUNCATION, Truncation
 from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.exceptions import PacoreError, UsageError
 from training.checkpoint import (
@@ -284,6 +285,10 @@ class TrainConfig:
     folder; use /dev/shm to keep the round trip in memory)."""
     reward_workers: int = 8
     """Threads scoring responses at once (math-verify, code sandbox)."""
+    truncation: Truncation = DEFAULT_TRUNCATION
+    """What a response that hit --max-response-tokens earns: zero (reward 0, counted in
+    charts/truncated_frac), mask (left out of the loss, counted in charts/masked_frac) or grade (graded like
+    any other; a \\boxed{} written mid-reasoning would then count)."""
 
     # -- PPO (training.ppo.PPOConfig)
     problems_per_step: int = _PPO.problems_per_step
@@ -406,7 +411,9 @@ class TrainConfig:
 
     def env_config(self) -> EnvConfig:
         """The environment's settings."""
-        return EnvConfig(lo=self.min_messages, hi=self.max_messages, seed=self.seed)
+        return EnvConfig(
+            lo=self.min_messages, hi=self.max_messages, seed=self.seed, truncation=self.truncation
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -532,6 +539,8 @@ def episode_metrics(results: Sequence[RewardResult]) -> dict[str, float]:
 
     ``charts/emergent_rate`` is the share of right answers among episodes whose messages were all
     wrong (NaN when there were none); ``charts/emergent_frac`` the share of all episodes.
+    ``charts/truncated_frac`` counts the responses that hit the length limit, ``charts/masked_frac`` those
+    left out of the loss (``--truncation mask``).
     """
     count = len(results)
     all_wrong = sum(r.all_messages_wrong for r in results)
@@ -543,6 +552,8 @@ def episode_metrics(results: Sequence[RewardResult]) -> dict[str, float]:
         "charts/emergent_frac": emergent / count,
         "charts/cross_check_rate": sum(r.cross_check for r in results) / count,
         "charts/cross_check_mentions": sum(r.cross_check_mentions for r in results) / count,
+        "charts/truncated_frac": sum(r.truncated for r in results) / count,
+        "charts/masked_frac": sum(r.masked for r in results) / count,
     }
 
 
@@ -703,10 +714,11 @@ def evaluate_stage2(
     torch.manual_seed(_seed_of("pacore-train-stage2", config.seed, steps_done))
     samples = engine.generate(prompts, 1, config.max_response_tokens)
     texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-    results = list(scorers.map(env.reward, episodes, texts))
+    results = list(scorers.map(env.reward, episodes, texts, [s.finish_reason for s in samples]))
     outcomes: dict[int, tuple[list[float], list[str]]] = {p: ([], []) for p in range(len(env))}
     for index, result in enumerate(results):
-        outcomes[index // settings.samples][0].append(result.score)
+        if not result.masked:  # --truncation mask: a cut-off sample says nothing about the policy's accuracy
+            outcomes[index // settings.samples][0].append(result.score)
     return stage2_result(entries, outcomes, settings, model=f"{config.model} after {steps_done} steps")
 
 
@@ -879,14 +891,25 @@ def train(config: TrainConfig) -> RunSummary:
                 )
                 rollout_done = time.perf_counter()
 
-                # 4. Rewards: decode, then score C(response) (and the episode's flags).
+                # 4. Rewards: decode, then score C(response) (and the episode's flags); a response that hit
+                #    the length limit earns what --truncation says.
                 texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-                results = list(scorers.map(env.reward, episodes, texts))
-                rewards = [r.score for r in results]
+                finish_reasons = [s.finish_reason for s in samples]
+                results = list(scorers.map(env.reward, episodes, texts, finish_reasons))
                 reward_done = time.perf_counter()
 
-                # 5. PPO update, then the new weights to the rollout engine.
-                metrics = trainer.step(samples, rewards)
+                # 5. PPO update on the responses in the loss (--truncation mask leaves truncated ones out),
+                #    then the new weights to the rollout engine.
+                in_loss = [i for i, r in enumerate(results) if not r.masked]
+                if in_loss:
+                    metrics = trainer.step([samples[i] for i in in_loss], [results[i].score for i in in_loss])
+                else:  # every response was cut off and masked: nothing to learn from this batch
+                    metrics = dict.fromkeys(
+                        ("charts/reward_mean", "charts/approx_kl", "charts/clipfrac"), math.nan
+                    )
+                    metrics["charts/response_length"] = sum(len(s.response_ids) for s in samples) / len(
+                        samples
+                    )
                 train_done = time.perf_counter()
                 engine.sync_weights(trainer.actor)
                 data_position += B
