@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=Settings().steps, help="PPO updates")
     parser.add_argument("--seed", type=int, default=0, help="seeds the model, the episodes and the sampling")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the tiny model on shared cores)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 is fastest for the tiny model on shared cores)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -5,14 +5,14 @@ not; a policy trained there learns majority voting (given four identical wrong r
 them), the shortcut PaCoRe's stage-1 curriculum exists to prevent. Here episodes are built the way
 stage 1 selects them:
 
-- the problem is two digits a and b, the answer (a + b) mod 10, so a right answer can always be derived
-  from the problem itself;
-- four messages, each a digit and a mark; in most episodes (``misleading``) three of them agree on the
-  same wrong answer and one is right, and that one carries the CHECK mark (it verified its work) half of
-  the time; some episodes (``all_wrong``) have no right message at all; a few (``easy``) have a right
-  majority.
+- the problem is two digits a and b (b <= ``b_max``, 1 by default), the answer (a + b) mod 10, so a
+  right answer can always be derived from the problem itself;
+- four messages, each a digit and a mark; in most episodes (``misleading``, 70%) three of them agree on
+  the same wrong answer and one is right, and that one carries the CHECK mark (it verified its work) 30%
+  of the time; some episodes (``all_wrong``, 20%) have no right message at all; a few (``easy``, 10%)
+  have a right majority.
 
-Majority voting then scores about 0.2, copying a random message about 0.3, and the oracle 1.0. A policy
+Majority voting then scores about 0.1, copying a random message about 0.25, and the oracle 1.0. A policy
 can only beat the majority by using what the others lack: the check, and the problem itself. The held-out
 all-wrong episodes measure emergent correctness (right although every message is wrong): a voter or a
 copier scores 0 there.
@@ -27,6 +27,7 @@ critic step per batch, no KL and no entropy terms.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections import Counter
@@ -138,15 +139,20 @@ def baselines(episodes: Sequence[Episode]) -> dict[str, float]:
 class Settings:
     """Everything a run depends on."""
 
-    steps: int = 150
+    steps: int = 500
     """PPO updates (one actor and one critic step each)."""
-    b_max: int = 9
-    """The problem's second digit is drawn from 0..b_max."""
+    b_max: int = 1
+    """The problem's second digit is drawn from 0..b_max: the answer is a or a + 1 (mod 10), a step the
+    policy must take itself where every message is wrong."""
+    mix: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    """Shares of misleading, all-wrong and easy episodes in training and in the evaluation set."""
+    check_rate: float = 0.3
+    """How often the right message of a misleading episode carries the CHECK mark."""
     seed: int = 0
     """Seeds the model, the episodes and the sampling."""
     hidden_size: int = 64
     """Width of the tiny policy (and critic)."""
-    num_layers: int = 2
+    num_layers: int = 1
     """Transformer layers of the tiny policy (and critic)."""
     eval_episodes: int = 512
     """Episodes of each fixed evaluation set (one sample each, temperature 1)."""
@@ -154,9 +160,9 @@ class Settings:
     """Decay both learning rates linearly to 0 over the run, as cleanrl does."""
     ppo: PPOConfig = field(
         default_factory=lambda: PPOConfig(
-            actor_lr=2e-3,
+            actor_lr=1.5e-3,
             critic_lr=3e-3,
-            problems_per_step=64,
+            problems_per_step=32,
             responses_per_problem=8,
             actor_steps=1,
             critic_steps=1,
@@ -165,7 +171,8 @@ class Settings:
         )
     )
     """The paper's PPO shape (one update per batch, strictly on-policy, no KL, no entropy bonus) with a
-    toy-sized learning rate and batch."""
+    toy-sized learning rate and batch. An actor lr of 3e-3 learns faster at first and then stalls around
+    0.6-0.75 (it settles on copying the checked message); 1.5e-3 goes on to about 0.9."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +222,10 @@ def train(settings: Settings, on_step: Callable[[int, dict[str, float]], None] |
     trainer = PPOTrainer(policy, config=ppo)
     engine = HFRollout(policy, pad_token_id=PAD, eos_token_id=EOS, temperature=ppo.temperature)
     held_out = random.Random(settings.seed + 1_000_003)  # the same evaluation sets before and after
-    evaluation = make_episodes(settings.eval_episodes, held_out, b_max=settings.b_max)
+    draw = functools.partial(
+        make_episodes, mix=settings.mix, check_rate=settings.check_rate, b_max=settings.b_max
+    )
+    evaluation = draw(settings.eval_episodes, held_out)
     all_wrong = all_wrong_episodes(settings.eval_episodes, held_out, b_max=settings.b_max)
 
     start_reward, start_all_wrong = _evaluate(engine, evaluation), _evaluate(engine, all_wrong)
@@ -227,7 +237,7 @@ def train(settings: Settings, on_step: Callable[[int, dict[str, float]], None] |
                 group["lr"] = frac * ppo.actor_lr
             for group in trainer.critic_optimizer.param_groups:
                 group["lr"] = frac * ppo.critic_lr
-        episodes = make_episodes(ppo.problems_per_step, rng, b_max=settings.b_max)
+        episodes = draw(ppo.problems_per_step, rng)
         samples = engine.generate(
             [e.prompt_ids for e in episodes], n=ppo.responses_per_problem, max_new_tokens=1
         )
