@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,9 +41,11 @@ __all__ = [
     "Stage1Config",
     "Stage2Config",
     "stage1_filter",
+    "stage1_set",
     "stage2_episodes",
     "stage2_filter",
     "stage2_result",
+    "stage2_set",
     "write_filtered",
 ]
 
@@ -395,6 +397,70 @@ def stage2_result(
         "model": model,
     }
     return FilterResult(stage="stage2", kept=kept, decisions=decisions, settings=dict(settings))
+
+
+# --------------------------------------------------------------------------------------------------
+# The stages as the training driver runs them: filtered, written, logged
+
+
+def _counts(summary: Mapping[str, Any]) -> str:
+    """``3 of 6 problems kept (dropped: too_easy 2, all_messages_wrong 1)``."""
+    dropped = ", ".join(
+        f"{reason} {count}" for reason, count in summary["reasons"].items() if reason != "kept"
+    )
+    return f"{summary['kept']} of {summary['total']} problems kept" + (
+        f" (dropped: {dropped})" if dropped else ""
+    )
+
+
+def stage1_set(entries: Sequence[PoolEntry], config: Stage1Config, output: Path) -> list[PoolEntry]:
+    """Stage 1 on a pool, written to ``output`` (with its summary) and logged; kept entries by id.
+
+    Raises:
+        UsageError: Stage 1 keeps no problem.
+    """
+    result = stage1_filter(entries, config)
+    summary = write_filtered(result, output)
+    print(
+        f"stage 1: {_counts(summary)}; thresholds: 0 < mean message accuracy < {config.math_threshold:.4g} "
+        f"(math), < {config.code_threshold:.4g} (code) -> {output}",
+        flush=True,
+    )
+    if not result.kept:
+        raise UsageError(
+            f"stage 1 kept none of the {len(result.decisions)} problems ({summary['reasons']}): change "
+            "--math-threshold/--code-threshold, build a larger or harder pool, or train on the pool as given "
+            "with --stage none"
+        )
+    return sorted(result.kept, key=lambda e: e.problem_id)
+
+
+def stage2_set(
+    stage1: Sequence[PoolEntry], output: Path, samples: int, evaluate: Callable[[], FilterResult]
+) -> list[PoolEntry]:
+    """Stage 2's set, written to ``output`` (with its summary) and logged; kept entries by id.
+
+    It is read back when an earlier start of the run wrote it (the policy that made it was the one at the
+    stage boundary, which a later start no longer holds); else ``evaluate()`` makes it.
+    """
+    summary_path = output.with_suffix(".summary.json")
+    if summary_path.is_file():  # written last: the set beside it is complete
+        from training.pool import load_pool_entries
+
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        kept = load_pool_entries(output)
+        source = f"read from {output}"
+    else:
+        print(
+            f"stage 2: synthesis accuracy of the stage-1 policy on {len(stage1)} problems x {samples} samples",
+            flush=True,
+        )
+        result = evaluate()
+        summary = write_filtered(result, output)
+        kept = result.kept
+        source = f"-> {output}"
+    print(f"stage 2: {_counts(summary)}; threshold: 0 < synthesis accuracy < 1 {source}", flush=True)
+    return sorted(kept, key=lambda e: e.problem_id)
 
 
 # --------------------------------------------------------------------------------------------------

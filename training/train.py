@@ -76,14 +76,11 @@ the start of step k (0-based), to test crash recovery.
 from __future__ import annotations
 
 import argparse
-import ast
 import concurrent.futures
 import dataclasses
 import functools
 import hashlib
 import importlib
-import inspect
-import itertools
 import json
 import math
 import os
@@ -91,11 +88,8 @@ import random
 import shlex
 import signal
 import sys
-import textwrap
 import time
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +100,7 @@ import torch
 from pacore_agent.evaluation.grading import DEFAULT_TRUNCATION, Truncation
 from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.exceptions import PacoreError, UsageError
+from training._cli import dataclass_parser
 from training.checkpoint import (
     FINGERPRINT_FIELDS,
     FingerprintError,
@@ -123,10 +118,10 @@ from training.curriculum import (
     FilterResult,
     Stage1Config,
     Stage2Config,
-    stage1_filter,
+    stage1_set,
     stage2_episodes,
     stage2_result,
-    write_filtered,
+    stage2_set,
 )
 from training.env import (
     DEFAULT_HI,
@@ -146,7 +141,7 @@ from training.memory import (
     estimate_memory,
 )
 from training.metrics import StepLog, jsonable, plot_reward_curve
-from training.pool import DEFAULT_POOL_SIZE, load_or_build_pool, load_pool_entries
+from training.pool import DEFAULT_POOL_SIZE, load_or_build_pool
 from training.ppo import PPOConfig, PPOTrainer
 from training.rollout import HFRollout, RolloutEngine, Sample
 
@@ -427,68 +422,16 @@ _GROUPS = {
 }
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass, read from its source."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
-    docs = {}
-    for node, following in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
-
-
-def _optional(convert: Any) -> Any:
-    """An argparse type that also accepts ``none``."""
-
-    def parse(text: str) -> Any:
-        return None if text.lower() == "none" else convert(text)
-
-    parse.__name__ = convert.__name__
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m training.train`` parser: one flag per `TrainConfig` field, documented."""
-    parser = argparse.ArgumentParser(
+    description = (__doc__ or "").split("\n\n")[0] + "\n\nDefaults are the PaCoRe paper's (see DESIGN.md)."
+    return dataclass_parser(
+        TrainConfig,
         prog="python -m training.train",
-        description=(__doc__ or "").split("\n\n")[0] + "\n\nDefaults are the PaCoRe paper's (see DESIGN.md).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description,
+        groups=_GROUPS,
+        required=("model", "out"),
     )
-    docs = _field_docs(TrainConfig)
-    hints = typing.get_type_hints(TrainConfig)
-    group: Any = parser
-    for spec in dataclasses.fields(TrainConfig):
-        if spec.name in _GROUPS:
-            group = parser.add_argument_group(_GROUPS[spec.name])
-        flag = "--" + spec.name.replace("_", "-")
-        help_text = docs[spec.name].replace("%", "%%")
-        hint = hints[spec.name]
-        args: dict[str, Any] = {"dest": spec.name, "default": spec.default}
-        origin, members = typing.get_origin(hint), typing.get_args(hint)
-        if spec.name in ("model", "out"):
-            args.update(required=True, metavar=spec.name.upper())
-        elif hint is bool:
-            args["action"] = argparse.BooleanOptionalAction
-        elif origin is tuple:
-            args.update(action="append", default=None, metavar="FILE")
-        elif origin is Literal:
-            args["choices"] = list(members)
-        elif origin in (types.UnionType, typing.Union):  # X | None
-            (inner,) = (m for m in members if m is not type(None))
-            args["type"] = _optional(inner)
-        else:
-            args["type"] = hint
-        if spec.default not in ("", ()) and spec.name not in ("model", "out") and "default:" not in help_text:
-            help_text += f" (default: {'none' if spec.default is None else spec.default})"
-        group.add_argument(flag, help=help_text, **args)
-    return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
@@ -660,38 +603,6 @@ def _stage_steps(config: TrainConfig, stage: Stage, problems: int) -> int:
     return math.ceil(problems / config.problems_per_step)
 
 
-def _counts(summary: Mapping[str, Any]) -> str:
-    """``3 of 6 problems kept (dropped: too_easy 2, all_messages_wrong 1)``."""
-    dropped = ", ".join(
-        f"{reason} {count}" for reason, count in summary["reasons"].items() if reason != "kept"
-    )
-    return f"{summary['kept']} of {summary['total']} problems kept" + (
-        f" (dropped: {dropped})" if dropped else ""
-    )
-
-
-def stage1_set(config: TrainConfig, entries: Sequence[PoolEntry], out: Path) -> list[PoolEntry]:
-    """Stage 1 of the curriculum on the pool, written to ``OUT/curriculum/stage1.jsonl`` and logged.
-
-    Raises:
-        UsageError: Stage 1 keeps no problem.
-    """
-    result = stage1_filter(entries, config.stage1_config())
-    summary = write_filtered(result, out / "curriculum" / "stage1.jsonl")
-    print(
-        f"stage 1: {_counts(summary)}; thresholds: 0 < mean message accuracy < {config.math_threshold:.4g} "
-        f"(math), < {config.code_threshold:.4g} (code) -> {out / 'curriculum' / 'stage1.jsonl'}",
-        flush=True,
-    )
-    if not result.kept:
-        raise UsageError(
-            f"stage 1 kept none of the {len(entries)} problems ({summary['reasons']}): change "
-            "--math-threshold/--code-threshold, build a larger or harder pool, or train on the pool as given "
-            "with --stage none"
-        )
-    return sorted(result.kept, key=lambda e: e.problem_id)
-
-
 def evaluate_stage2(
     config: TrainConfig,
     entries: Sequence[PoolEntry],
@@ -720,37 +631,6 @@ def evaluate_stage2(
         if not result.masked:  # --truncation mask: a cut-off sample says nothing about the policy's accuracy
             outcomes[index // settings.samples][0].append(result.score)
     return stage2_result(entries, outcomes, settings, model=f"{config.model} after {steps_done} steps")
-
-
-def stage2_set(
-    config: TrainConfig,
-    stage1: Sequence[PoolEntry],
-    out: Path,
-    evaluate: Callable[[], FilterResult],
-) -> list[PoolEntry]:
-    """Stage 2's set, written to ``OUT/curriculum/stage2.jsonl`` and logged.
-
-    It is read back when an earlier start of the run wrote it (the policy that made it was the one at the
-    stage boundary, which a later start no longer holds); else ``evaluate()`` makes it.
-    """
-    path = out / "curriculum" / "stage2.jsonl"
-    summary_path = path.with_suffix(".summary.json")
-    if summary_path.is_file():  # written last: the set beside it is complete
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        kept = load_pool_entries(path)
-        source = f"read from {path}"
-    else:
-        print(
-            f"stage 2: synthesis accuracy of the stage-1 policy on {len(stage1)} problems x "
-            f"{config.stage2_samples} samples",
-            flush=True,
-        )
-        result: FilterResult = evaluate()
-        summary = write_filtered(result, path)
-        kept = result.kept
-        source = f"-> {path}"
-    print(f"stage 2: {_counts(summary)}; threshold: 0 < synthesis accuracy < 1 {source}", flush=True)
-    return sorted(kept, key=lambda e: e.problem_id)
 
 
 def check_memory(config: TrainConfig, device: torch.device) -> MemoryEstimate:
@@ -801,7 +681,11 @@ def train(config: TrainConfig) -> RunSummary:
     (out / "run.json").write_text(
         json.dumps(jsonable(run_info), indent=2, default=str) + "\n", encoding="utf-8"
     )
-    stage1 = stage1_set(config, entries, out) if config.stage in ("all", "1", "2") else list(entries)
+    curriculum = out / "curriculum"
+    staged = config.stage in ("all", "1", "2")
+    stage1 = (
+        stage1_set(entries, config.stage1_config(), curriculum / "stage1.jsonl") if staged else list(entries)
+    )
 
     # The actor, its critic and optimizers, and the rollout engine.
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -848,7 +732,9 @@ def train(config: TrainConfig) -> RunSummary:
                 evaluate = functools.partial(
                     evaluate_stage2, config, stage1, engine, tokenizer, scorers, steps_done=steps_done
                 )
-                stage_entries = stage2_set(config, stage1, out, evaluate)
+                stage_entries = stage2_set(
+                    stage1, curriculum / "stage2.jsonl", config.stage2_samples, evaluate
+                )
                 if not stage_entries:
                     print("stage 2: no problem left to train on; the run ends after stage 1", flush=True)
                     break
