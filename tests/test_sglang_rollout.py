@@ -375,3 +375,76 @@ def test_every_engine_is_a_context_manager() -> None:
     with HFRollout(policy, pad_token_id=PAD, eos_token_id=EOS) as engine:
         assert len(engine.generate([[13, 1, 12]], n=2, max_new_tokens=1)) == 2
     engine.close()  # a no-op for an in-process engine
+
+
+# -- the training driver on an attached server: weights known from step 0 ---------------------------
+
+_TINY_VOCAB = 322
+"""The vocabulary of ``build_tiny_model``'s defaults (its BPE tokens, special tokens and thinking tags)."""
+
+
+def _attached_run(tmp_path: Path, fake: FakeSGLangServer) -> Any:
+    """A one-step `training.train` config on the tiny chat model, sampling from the attached ``fake``.
+
+    The fake's vocabulary is the tiny model's (`_TINY_VOCAB`), so its token ids decode.
+    """
+    from pacore_agent.evaluation.store import PoolEntry, PoolMessage
+    from pacore_agent.testing.tiny_model import build_tiny_model
+    from training.pool import write_pool_entries
+    from training.train import TrainConfig
+
+    model = build_tiny_model(tmp_path / "tiny", train_steps=0)
+    assert Qwen3Config.from_pretrained(model).vocab_size == _TINY_VOCAB
+    messages = [PoolMessage(message=f"\\boxed{{{k}}}", correct=k == 3, score=float(k == 3)) for k in (3, 4)]
+    pool = write_pool_entries(
+        tmp_path / "pool.jsonl", [PoolEntry(problem_id="p", problem="1+2?", answer="3", messages=messages)]
+    )
+    return TrainConfig(
+        model=str(model),
+        out=str(tmp_path / "run"),
+        pool=str(pool),
+        stage="none",
+        steps=1,
+        problems_per_step=1,
+        responses_per_problem=2,
+        min_messages=2,
+        max_messages=2,
+        max_response_tokens=4,
+        rollout="sglang",
+        sglang_url=fake.base_url,
+        sglang_weights_dir=str(tmp_path / "weights"),
+        export_model=False,
+        device="cpu",
+    )
+
+
+def test_an_attached_server_holding_other_weights_gets_the_actor_before_step_0(tmp_path: Path) -> None:
+    from training.metrics import read_jsonl
+    from training.train import train
+
+    # the server was started on another model: step 0 must not sample from it
+    with _fake_server(vocab_size=_TINY_VOCAB, context_length=4096) as fake:
+        assert fake.state()["model_path"] == "fake/model" and fake.weight_version == "default"
+        summary = train(_attached_run(tmp_path, fake))
+        first, *_ = fake.weight_updates
+        assert first["weight_version"] == "1" and first["model_path"].startswith(str(tmp_path / "weights"))
+        # one push before step 0, one after it; the engine checked that both samples of step 0 (one
+        # request: the problem's two responses share a message set) carried version 1
+        assert [u["weight_version"] for u in fake.weight_updates] == ["1", "2"]
+        assert fake.generate_requests == 1
+    assert summary.steps_done == 1
+    assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [0]
+
+
+def test_an_attached_server_that_refuses_the_weights_stops_the_run_before_any_rollout(tmp_path: Path) -> None:
+    from training.train import train
+
+    with _fake_server(vocab_size=_TINY_VOCAB, context_length=4096) as fake:
+        fake.fail_weight_updates = True
+        with pytest.raises(
+            WeightSyncError, match=r"pushing weight version 1 .* failed: .*could not be loaded"
+        ):
+            train(_attached_run(tmp_path, fake))
+        assert fake.generate_requests == 0  # nothing was sampled from the server's own weights
+        assert len(fake.weight_updates) == 1
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

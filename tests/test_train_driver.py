@@ -7,6 +7,7 @@ addition problems with four messages each, 2 problems x 2 responses per step and
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -148,6 +149,8 @@ def _run(
         "1e-4",
         "--reward-workers",
         "2",
+        "--stage",
+        "none",
         *extra,
     ]
     environ = {
@@ -506,6 +509,8 @@ def test_pool_built_with_the_simulated_backend(workspace: dict[str, Path], tmp_p
         "--max-response-tokens",
         "8",
         "--no-export-model",
+        "--stage",
+        "none",
     ]
     environ = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=100, env=environ)
@@ -516,3 +521,140 @@ def test_pool_built_with_the_simulated_backend(workspace: dict[str, Path], tmp_p
     assert not (out / "model").exists()
     (record,) = read_jsonl(out / "episodes.jsonl")
     assert len(record["episodes"]) == 2 and all(pid.startswith("arith-0-") for pid, _ in record["episodes"])
+
+
+# -- the curriculum inside the driver --------------------------------------------------------------
+
+
+def _curriculum_entries() -> list[PoolEntry]:
+    """Eight problems whose answer is 7, with 0 to 3 right messages of 4: stage 1 keeps the 1-of-4 ones."""
+    entries = []
+    for k, right in enumerate([1, 1, 1, 1, 0, 2, 3, 1]):
+        pooled = []
+        for i in range(4):
+            answer = 7 if i < right else 8 + i
+            pooled.append(
+                PoolMessage(
+                    message=f"{k}+{7 - k}={answer}\n\n\\boxed{{{answer}}}",
+                    correct=i < right,
+                    score=1.0 * (i < right),
+                )
+            )
+        entries.append(
+            PoolEntry(problem_id=f"seven-{k}", problem=f"What is {k}+{7 - k}?", answer="7", messages=pooled)
+        )
+    return entries
+
+
+@pytest.fixture(scope="module")
+def curriculum(workspace: dict[str, Path]) -> dict[str, Path]:
+    """A tiny model taught the synthesizer's answer shape, so stage 2 sees accuracies between 0 and 1."""
+    from training.tiny_synth import teach_synthesis_shape
+
+    root = workspace["root"]
+    model = root / "tiny-synth"
+    shutil.copytree(workspace["model"], model)
+    entries = _curriculum_entries()
+    teach_synthesis_shape(model, entries, lo=2, hi=4, steps=40)
+    pool = write_pool_entries(root / "curriculum-pool.jsonl", entries)
+    return {"root": root, "model": model, "pool": pool}
+
+
+def _run_curriculum(
+    setup: dict[str, Path], out: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "training.train",
+        "--model",
+        str(setup["model"]),
+        "--pool",
+        str(setup["pool"]),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--save-every",
+        "1",
+        "--keep-checkpoints",
+        "9",
+        "--problems-per-step",
+        "2",
+        "--responses-per-problem",
+        "2",
+        "--min-messages",
+        "2",
+        "--max-messages",
+        "4",
+        "--max-response-tokens",
+        "24",
+        "--stage2-samples",
+        "8",
+        "--actor-lr",
+        "1e-4",
+        "--critic-lr",
+        "1e-4",
+        "--reward-workers",
+        "2",
+        "--no-export-model",
+    ]
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})}
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=400, env=environ)
+
+
+def test_curriculum_runs_both_stages_and_resumes_across_the_boundary(
+    curriculum: dict[str, Path], tmp_path: Path
+) -> None:
+    from training.curriculum import stage1_filter
+
+    full = tmp_path / "full"
+    done = _run_curriculum(curriculum, full)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # stage 1: the 1-of-4 problems are kept, the rest dropped with their reasons, and the counts logged
+    stage1 = stage1_filter(_curriculum_entries())
+    assert [e.problem_id for e in stage1.kept] == ["seven-0", "seven-1", "seven-2", "seven-3", "seven-7"]
+    assert (
+        "stage 1: 5 of 8 problems kept (dropped: all_messages_wrong 1, too_easy 2); thresholds: "
+        "0 < mean message accuracy < 0.375 (math), < 0.625 (code)" in done.stdout
+    )
+    assert "stage 1: 5 problems, steps 0 -> 2" in done.stdout
+    # stage 2: the stage-1 policy's synthesis accuracy, 8 samples per problem; kept when in (0, 1)
+    summary = json.loads((full / "curriculum" / "stage2.summary.json").read_text())
+    assert summary["total"] == 5 and summary["settings"]["samples"] == 8
+    for decision in summary["decisions"]:
+        assert len(decision["scores"]) == 8
+        assert decision["kept"] == (0 < decision["accuracy"] < 1)
+    kept2 = sorted(d["problem_id"] for d in summary["decisions"] if d["kept"])
+    assert kept2, summary["decisions"]
+    assert "stage 2: synthesis accuracy of the stage-1 policy on 5 problems x 8 samples" in done.stdout
+    assert f"stage 2: {len(kept2)} of 5 problems kept" in done.stdout
+    assert f"stage 2: {len(kept2)} problems, steps 2 -> 4" in done.stdout
+    metrics = read_jsonl(full / "metrics.jsonl")
+    assert [(m["step"], m["stage"]) for m in metrics] == [(0, "1"), (1, "1"), (2, "2"), (3, "2")]
+    episodes = read_jsonl(full / "episodes.jsonl")
+    assert {pid for r in episodes[:2] for pid, _ in r["episodes"]} <= {e.problem_id for e in stage1.kept}
+    assert {pid for r in episodes[2:] for pid, _ in r["episodes"]} <= set(kept2)
+    boundary = checkpoint_metadata(full / "checkpoints" / "step-000002")
+    assert boundary["stages_done"] == ["1"] and boundary["stage"] == "1"
+
+    # killed at the first step of stage 2, then resumed: with the stage-2 set written before the crash it
+    # is read back; without it (killed during the evaluation) it is evaluated again from the boundary
+    # checkpoint. Either way the run ends with the uninterrupted run's episodes and updates.
+    for keep_stage2_set in (True, False):
+        out = tmp_path / f"crash-{keep_stage2_set}"
+        crashed = _run_curriculum(curriculum, out, env={KILL_AT_STEP_ENV: "2"})
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+        assert _steps(out / "metrics.jsonl") == [0, 1]
+        if not keep_stage2_set:
+            for path in (out / "curriculum").glob("stage2.*"):
+                path.unlink()
+        resumed = _run_curriculum(curriculum, out)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming from" in resumed.stdout and "step-000002" in resumed.stdout
+        assert "stage 1: 5 problems" not in resumed.stdout  # stage 1 is not trained again
+        assert ("read from" in resumed.stdout) == keep_stage2_set
+        assert read_jsonl(out / "episodes.jsonl") == episodes
+        for key in ("charts/reward_mean", "losses/policy_loss", "losses/value_loss"):
+            got = [m[key] for m in read_jsonl(out / "metrics.jsonl")]
+            assert got == pytest.approx([m[key] for m in metrics], rel=1e-5, abs=1e-7), key

@@ -177,6 +177,8 @@ def test_math_reward_is_binary_on_the_conclusion() -> None:
         "emergent": 0.0,
         "cross_check": 1.0,
         "cross_check_mentions": 1.0,
+        "truncated": 0.0,
+        "masked": 0.0,
     }
 
 
@@ -275,3 +277,31 @@ def test_custom_reward_function_sees_the_conclusion_and_problem() -> None:
     env = SynthesisEnv([_entry("j")], reward_fn=judge)
     result = env.reward(env.episode(0, step=0, index=0), "<think>long</think>short")
     assert seen == [("short", "j")] and result.score == 0.25 and not result.correct
+
+
+CUT_OFF = "<think>\nLet me add them: 40 + 2... so \\boxed{42}. Hmm wait, let me double-check the"
+"""A response cut off by the length limit inside its reasoning, a right \\boxed{} written on the way."""
+
+
+def test_a_truncated_response_with_a_boxed_answer_in_its_reasoning_earns_0_by_default() -> None:
+    entry = _entry()
+    entry = entry.model_copy(update={"answer": "42"})
+    env = SynthesisEnv([entry])
+    episode = env.episode(0, step=0, index=0)
+    # C returns the whole text (no </think>) and it holds the right answer: graded, it would earn 1
+    assert env.reward(episode, CUT_OFF).conclusion == CUT_OFF
+    cut = env.reward(episode, CUT_OFF, "length")
+    assert cut.score == 0.0 and not cut.correct and cut.truncated and not cut.masked
+    assert cut.metrics()["truncated"] == 1.0
+    # the other settings: mask leaves it out of the loss, grade grades it (flagged either way)
+    masked = SynthesisEnv([entry], EnvConfig(truncation="mask")).reward(episode, CUT_OFF, "length")
+    assert masked.score == 0.0 and masked.truncated and masked.masked
+    graded = SynthesisEnv([entry], EnvConfig(truncation="grade")).reward(episode, CUT_OFF, "length")
+    assert graded.score == 1.0 and graded.truncated and not graded.masked
+    # a response that finished is graded as ever
+    done = env.reward(episode, "<think>40 + 2 = 42</think>\n\n\\boxed{42}", "stop")
+    assert done.score == 1.0 and not done.truncated
+    # without a finish reason (verl's reward function), a reasoning never closed counts as cut off
+    assert env.reward(episode, CUT_OFF).truncated and env.reward(episode, CUT_OFF).score == 0.0
+    with pytest.raises(UsageError, match="truncation must be"):
+        EnvConfig(truncation="drop")  # type: ignore[arg-type]

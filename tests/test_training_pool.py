@@ -323,3 +323,23 @@ def _entry(problem_id: str, *, correct: Sequence[bool]) -> PoolEntry:
         for i, ok in enumerate(correct)
     ]
     return PoolEntry(problem_id=problem_id, problem=problem, answer="7", messages=messages)
+
+
+def test_stage1_filter_as_a_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.curriculum import main
+
+    entries = [
+        _entry("math-8", correct=[i < 8 for i in range(24)]),
+        _entry("math-9", correct=[i < 9 for i in range(24)]),
+    ]
+    pool = write_pool_entries(tmp_path / "pool.jsonl", entries)
+    assert main(["stage1", "--pool", str(pool), "--output", str(tmp_path / "stage1.jsonl")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["kept"] == 1 and printed["reasons"] == {"kept": 1, "too_easy": 1}
+    assert [e.problem_id for e in load_pool_entries(tmp_path / "stage1.jsonl")] == ["math-8"]
+    assert (tmp_path / "stage1.summary.json").is_file()
+    assert (
+        main(["stage1", "--pool", str(pool), "--output", str(tmp_path / "x.jsonl"), "--math-threshold", "0"])
+        == 2
+    )
+    assert "math_threshold must be within (0, 1]" in capsys.readouterr().err

@@ -217,6 +217,8 @@ def test_compute_score_math_and_flags() -> None:
         "emergent": 1.0,
         "cross_check": 1.0,
         "cross_check_mentions": 1.0,
+        "truncated": 0.0,
+        "masked": 0.0,
         "num_messages": 3.0,
     }
     wrong = compute_score(
@@ -235,6 +237,21 @@ def test_compute_score_math_and_flags() -> None:
     )
     assert result["score"] == 1.0 and result["num_messages"] == 2.0
     assert set(result) == set(right)  # the same keys on every response: verl stacks them per batch
+
+
+def test_compute_score_gives_a_truncated_response_0_by_default() -> None:
+    cut_off = "<think>\nLet me add them: 40 + 2... so \\boxed{42}. Hmm wait, let me double-check the"
+    info = {"problem_id": "m", "domain": "math", "message_correct": [False, True]}
+    # verl passes the text alone: a reasoning never closed can only have hit the length limit
+    result = compute_score("pacore/math", cut_off, "42", info)
+    assert result["score"] == 0.0 and result["acc"] == 0.0 and result["truncated"] == 1.0
+    graded = compute_score("pacore/math", cut_off, "42", info, truncation="grade")
+    assert graded["score"] == 1.0 and graded["truncated"] == 1.0
+    # a reward manager that knows the finish reason passes it in extra_info
+    closed = "<think>40 + 2</think>\\boxed{42}"
+    assert compute_score("pacore/math", closed, "42", info)["score"] == 1.0
+    stopped = compute_score("pacore/math", closed, "42", {**info, "finish_reason": "length"})
+    assert stopped["score"] == 0.0 and stopped["truncated"] == 1.0
 
 
 def test_compute_score_code_is_the_pass_rate() -> None:
@@ -322,6 +339,44 @@ def test_script_sets_the_paper_hyperparameters(script: Path) -> None:
         "reward.custom_reward_function.name": "compute_score",
     }
     assert {key: values.get(key) for key in paper} == paper
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_local_trainer_and_verl_launch_share_one_recipe(script: Path) -> None:
+    from training.env import DEFAULT_HI, DEFAULT_LO
+    from training.ppo import PPOConfig
+    from training.train import TrainConfig
+
+    values = _values(script)
+    ppo = PPOConfig()  # the local trainer's defaults (python -m training.train)
+    shared = {
+        "algorithm.gamma": ppo.gamma,
+        "algorithm.lam": ppo.lam,
+        "data.train_batch_size": ppo.problems_per_step,
+        "actor_rollout_ref.rollout.n": ppo.responses_per_problem,
+        "actor_rollout_ref.rollout.temperature": ppo.temperature,
+        "actor_rollout_ref.actor.optim.lr": ppo.actor_lr,
+        "critic.optim.lr": ppo.critic_lr,
+        "actor_rollout_ref.actor.optim.weight_decay": ppo.weight_decay,
+        "critic.optim.weight_decay": ppo.weight_decay,
+        "actor_rollout_ref.actor.clip_ratio": ppo.clip_eps,
+        "critic.cliprange_value": ppo.value_clip_eps,
+        "actor_rollout_ref.actor.grad_clip": ppo.max_grad_norm,
+        "critic.grad_clip": ppo.max_grad_norm,
+        "actor_rollout_ref.actor.ppo_epochs": ppo.ppo_epochs,
+        "critic.ppo_epochs": ppo.ppo_epochs,
+        "actor_rollout_ref.actor.ppo_mini_batch_size": ppo.problems_per_step // ppo.actor_steps,
+        "critic.ppo_mini_batch_size": ppo.problems_per_step // ppo.critic_steps,
+        "actor_rollout_ref.actor.entropy_coeff": ppo.entropy_coef,
+        "data.pacore.lo": DEFAULT_LO,
+        "data.pacore.hi": DEFAULT_HI,
+    }
+    assert {key: float(values[key]) for key in shared} == {key: float(v or 0) for key, v in shared.items()}
+    # both average the losses over tokens; verl's GAE whitens advantages over the batch as ours does
+    assert values["actor_rollout_ref.actor.loss_agg_mode"] == values["critic.loss_agg_mode"] == "token-mean"
+    assert ppo.whiten_advantages
+    # verl draws one message set per item and repeats it for the item's n responses: so does the default
+    assert TrainConfig.__dataclass_fields__["shared_message_set"].default is True
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda p: p.name)

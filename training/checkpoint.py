@@ -14,32 +14,53 @@ renamed into place, so a crash while saving never leaves a half-written checkpoi
 Checkpoints written before ``metadata.json`` and the random states existed still load:
 `checkpoint_metadata` gives ``{}`` and `checkpoint_rng_state` None for them. To serve the actor (e.g. with
 SGLang), export it separately with ``trainer.actor.save_pretrained(path)``.
+
+A training run keeps its checkpoints in ``OUT/checkpoints/step-<steps done>``. Each carries the run's
+fingerprint (`config_fingerprint`: the model, a digest of the pool, the seed and how episodes are drawn);
+`resume_point` picks the newest and refuses one written under another fingerprint, naming the fields
+that differ (`FingerprintError`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
 import shutil
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import torch
 from safetensors.torch import load_model, save_model
 
+from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.exceptions import UsageError
 from training.ppo import PPOTrainer
 
 __all__ = [
+    "CHECKPOINT_PREFIX",
+    "FINGERPRINT_FIELDS",
+    "FingerprintError",
+    "FingerprintSettings",
     "capture_rng_state",
     "checkpoint_metadata",
     "checkpoint_rng_state",
+    "config_fingerprint",
+    "fingerprint_differences",
+    "latest_checkpoint",
+    "list_checkpoints",
     "load_checkpoint",
+    "model_id",
+    "pool_digest",
     "restore_rng_state",
+    "resume_point",
+    "resume_state",
     "save_checkpoint",
+    "save_run_checkpoint",
 ]
 
 METADATA_FILENAME = "metadata.json"
@@ -152,6 +173,240 @@ def checkpoint_rng_state(directory: str | Path) -> dict[str, Any] | None:
     state = torch.load(_checked(directory) / "trainer.pt", map_location="cpu", weights_only=True)
     rng: dict[str, Any] | None = state.get("rng")
     return rng
+
+
+# ----------------------------------------------------------------------------------------------------
+# Runs: which checkpoint a run resumes from, and whether it belongs to the run
+
+
+CHECKPOINT_PREFIX = "step-"
+"""Checkpoint directories are ``OUT/checkpoints/step-<steps done, 6 digits>``."""
+
+FINGERPRINT_FIELDS = (
+    "model",
+    "pool",
+    "problems",
+    "seed",
+    "problems_per_step",
+    "responses_per_problem",
+    "min_messages",
+    "max_messages",
+    "shared_message_set",
+    "stage",
+    "math_threshold",
+    "code_threshold",
+    "stage2_samples",
+    "precision",
+)
+"""What a checkpoint must agree on to be resumed: the model, the data, how episodes are drawn and the
+curriculum that selects them."""
+
+
+class FingerprintSettings(Protocol):
+    """The run settings a fingerprint reads (`training.train.TrainConfig` has them)."""
+
+    @property
+    def model(self) -> str:
+        """``--model``."""
+
+    @property
+    def seed(self) -> int:
+        """``--seed``."""
+
+    @property
+    def problems_per_step(self) -> int:
+        """``--problems-per-step``."""
+
+    @property
+    def responses_per_problem(self) -> int:
+        """``--responses-per-problem``."""
+
+    @property
+    def min_messages(self) -> int:
+        """``--min-messages``."""
+
+    @property
+    def max_messages(self) -> int:
+        """``--max-messages``."""
+
+    @property
+    def shared_message_set(self) -> bool:
+        """``--shared-message-set``."""
+
+    @property
+    def stage(self) -> str:
+        """``--stage``."""
+
+    @property
+    def math_threshold(self) -> float:
+        """``--math-threshold``."""
+
+    @property
+    def code_threshold(self) -> float:
+        """``--code-threshold``."""
+
+    @property
+    def stage2_samples(self) -> int:
+        """``--stage2-samples``."""
+
+    @property
+    def precision(self) -> str:
+        """``--precision``."""
+
+
+def pool_digest(entries: Sequence[PoolEntry]) -> str:
+    """A SHA-256 of what training reads from a pool: problems, answers, tests, messages and grades.
+
+    It does not depend on the order of the entries, their timestamps or where the pool lives.
+    """
+    digest = hashlib.sha256()
+    for entry in sorted(entries, key=lambda e: e.problem_id):
+        record = [
+            entry.problem_id,
+            entry.problem,
+            entry.answer,
+            entry.domain,
+            entry.metadata.get("tests"),
+            entry.metadata.get("conversation"),
+            [[m.message, m.correct, m.score] for m in entry.messages],
+        ]
+        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def model_id(model: str) -> str:
+    """A local folder as its absolute path (so a resume from another directory still matches)."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def config_fingerprint(config: FingerprintSettings, entries: Sequence[PoolEntry]) -> dict[str, Any]:
+    """The settings a checkpoint must share with the run that resumes it (`FINGERPRINT_FIELDS`)."""
+    return {
+        "model": model_id(config.model),
+        "pool": pool_digest(entries),
+        "problems": len(entries),
+        "seed": config.seed,
+        "problems_per_step": config.problems_per_step,
+        "responses_per_problem": config.responses_per_problem,
+        "min_messages": config.min_messages,
+        "max_messages": config.max_messages,
+        "shared_message_set": config.shared_message_set,
+        "stage": config.stage,
+        "math_threshold": config.math_threshold,
+        "code_threshold": config.code_threshold,
+        "stage2_samples": config.stage2_samples,
+        "precision": config.precision,
+    }
+
+
+def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """One line per fingerprint field that differs: ``seed: 0 in the checkpoint, 1 now``."""
+    missing = object()
+    return [
+        f"{name}: {saved.get(name, missing)!r} in the checkpoint, {current.get(name)!r} now".replace(
+            repr(missing), "nothing"
+        )
+        for name in FINGERPRINT_FIELDS
+        if saved.get(name, missing) != current.get(name)
+    ]
+
+
+class FingerprintError(UsageError):
+    """A checkpoint was written under another configuration than the one resuming it.
+
+    Attributes:
+        checkpoint: The checkpoint directory.
+        differences: One line per field that differs.
+    """
+
+    def __init__(self, checkpoint: Path, differences: list[str]) -> None:
+        lines = "\n  ".join(differences)
+        super().__init__(
+            f"checkpoint {checkpoint} was written by a different configuration:\n  {lines}\n"
+            "Resume with the same settings, start a new run with another --out, or pass --force-resume "
+            "to continue from it anyway."
+        )
+        self.checkpoint = checkpoint
+        self.differences = differences
+
+
+def latest_checkpoint(out: str | os.PathLike[str]) -> Path | None:
+    """The run directory's newest complete checkpoint (``checkpoints/step-N`` with the largest N)."""
+    found = list_checkpoints(Path(out))
+    return found[-1][1] if found else None
+
+
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """The run directory's complete checkpoints as (steps done, path), oldest first."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        suffix = path.name.removeprefix(CHECKPOINT_PREFIX)
+        if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / "trainer.pt").is_file():
+            found.append((int(suffix), path))
+    return sorted(found)
+
+
+def resume_point(
+    out: Path,
+    fingerprint: Mapping[str, Any],
+    *,
+    resume: Literal["auto", "yes", "no"] = "auto",
+    force_resume: bool = False,
+) -> Path | None:
+    """The checkpoint of ``out`` to resume from (None: start fresh), after checking it belongs to this run.
+
+    Args:
+        out: The run directory.
+        fingerprint: This run's `config_fingerprint`.
+        resume: auto: the latest checkpoint when there is one; yes: require one; no: refuse a directory
+            that holds one.
+        force_resume: Resume despite fingerprint differences (they are printed as a warning).
+
+    Raises:
+        UsageError: ``resume`` cannot be honoured.
+        FingerprintError: The checkpoint was written under another configuration.
+    """
+    checkpoint = latest_checkpoint(out)
+    if resume == "no" and checkpoint is not None:
+        raise UsageError(
+            f"{out} already holds a checkpoint ({checkpoint.name}): use another --out, or --resume auto"
+        )
+    if resume == "yes" and checkpoint is None:
+        raise UsageError(f"--resume yes: {out} holds no checkpoint to resume from")
+    if checkpoint is None:
+        return None
+    saved = checkpoint_metadata(checkpoint).get("fingerprint", {})
+    differences = fingerprint_differences(saved, fingerprint)
+    if differences and not force_resume:
+        raise FingerprintError(checkpoint, differences)
+    if differences:
+        print("warning: --force-resume despite:\n  " + "\n  ".join(differences), file=sys.stderr)
+    return checkpoint
+
+
+def save_run_checkpoint(
+    out: Path, trainer: PPOTrainer, steps_done: int, *, metadata: Mapping[str, Any], keep: int
+) -> Path:
+    """Save ``OUT/checkpoints/step-N`` with the process's random states, keeping the newest ``keep``."""
+    path = out / "checkpoints" / f"{CHECKPOINT_PREFIX}{steps_done:06d}"
+    save_checkpoint(path, trainer, steps_done, metadata=metadata, rng_state=capture_rng_state())
+    for _, old in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def resume_state(checkpoint: Path, trainer: PPOTrainer) -> tuple[int, dict[str, Any]]:
+    """Load ``checkpoint`` into ``trainer`` and put back the random states: (steps done, its metadata)."""
+    steps_done = load_checkpoint(checkpoint, trainer)
+    rng = checkpoint_rng_state(checkpoint)
+    if rng is not None:
+        restore_rng_state(rng)
+    return steps_done, checkpoint_metadata(checkpoint)
 
 
 def _checked(directory: str | Path) -> Path:

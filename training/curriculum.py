@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +30,7 @@ from pacore_agent.coordinator import Coordinator
 from pacore_agent.evaluation.datasets import Domain
 from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
-from training.env import EnvConfig, SynthesisEnv
+from training.env import EnvConfig, Episode, SynthesisEnv
 from training.pool import pool_accuracy, write_pool_entries
 
 __all__ = [
@@ -40,7 +41,11 @@ __all__ = [
     "Stage1Config",
     "Stage2Config",
     "stage1_filter",
+    "stage1_set",
+    "stage2_episodes",
     "stage2_filter",
+    "stage2_result",
+    "stage2_set",
     "write_filtered",
 ]
 
@@ -256,14 +261,26 @@ def stage1_filter(entries: Iterable[PoolEntry], config: Stage1Config | None = No
 # Stage 2
 
 
+def stage2_episodes(env: SynthesisEnv, position: int, config: Stage2Config) -> list[Episode]:
+    """The ``config.samples`` episodes stage 2 draws for the problem at ``position`` of ``env``.
+
+    Each has its own message set, drawn as in training and seeded by the env seed, ``config.step`` and
+    index ``position * samples + sample``, whoever evaluates them (a served policy through
+    `stage2_filter`, or the trainer's own rollout engine in ``python -m training.train``).
+    """
+    return [
+        env.episode(position, step=config.step, index=position * config.samples + sample)
+        for sample in range(config.samples)
+    ]
+
+
 async def _evaluate(
     env: SynthesisEnv, position: int, coordinator: Coordinator, config: Stage2Config
 ) -> tuple[list[float], list[str]]:
     """Synthesis scores of one problem (one per sample that finished) and the failures."""
     scores: list[float] = []
     failures: list[str] = []
-    for sample in range(config.samples):
-        episode = env.episode(position, step=config.step, index=position * config.samples + sample)
+    for episode in stage2_episodes(env, position, config):
         try:
             outcome = await coordinator.run_round(episode.problem.messages, 1, references=episode.references)
         except PacoreRuntimeError as error:
@@ -320,6 +337,27 @@ async def stage2_filter(
         for position in range(len(entries)):
             group.start_soon(one, position)
 
+    return stage2_result(entries, outcomes, config, model=coordinator.backend.name)
+
+
+def stage2_result(
+    entries: Sequence[PoolEntry],
+    outcomes: Mapping[int, tuple[list[float], list[str]]],
+    config: Stage2Config,
+    *,
+    model: str,
+) -> FilterResult:
+    """Stage 2's decisions from the synthesis scores of each problem (the rule, whoever sampled).
+
+    Args:
+        entries: The stage-1 entries, in order.
+        outcomes: Per position of ``entries``: the scores of the samples that finished and the failures.
+        config: The evaluation's settings (recorded in the summary).
+        model: The policy evaluated (recorded in the kept entries and the summary).
+
+    Returns:
+        Kept entries (with ``metadata["stage2"]``) and one decision per problem.
+    """
     kept: list[PoolEntry] = []
     decisions: list[Decision] = []
     for position, entry in enumerate(entries):
@@ -348,7 +386,7 @@ async def stage2_filter(
             )
         )
         if reason == "kept":
-            stage2 = {"accuracy": accuracy, "scores": scores, "model": coordinator.backend.name}
+            stage2 = {"accuracy": accuracy, "scores": scores, "model": model}
             kept.append(entry.model_copy(update={"metadata": {**entry.metadata, "stage2": stage2}}))
     settings: Mapping[str, Any] = {
         "samples": config.samples,
@@ -356,6 +394,111 @@ async def stage2_filter(
         "hi": config.env.hi,
         "seed": config.env.seed,
         "step": config.step,
-        "model": coordinator.backend.name,
+        "model": model,
     }
     return FilterResult(stage="stage2", kept=kept, decisions=decisions, settings=dict(settings))
+
+
+# --------------------------------------------------------------------------------------------------
+# The stages as the training driver runs them: filtered, written, logged
+
+
+def _counts(summary: Mapping[str, Any]) -> str:
+    """``3 of 6 problems kept (dropped: too_easy 2, all_messages_wrong 1)``."""
+    dropped = ", ".join(
+        f"{reason} {count}" for reason, count in summary["reasons"].items() if reason != "kept"
+    )
+    return f"{summary['kept']} of {summary['total']} problems kept" + (
+        f" (dropped: {dropped})" if dropped else ""
+    )
+
+
+def stage1_set(entries: Sequence[PoolEntry], config: Stage1Config, output: Path) -> list[PoolEntry]:
+    """Stage 1 on a pool, written to ``output`` (with its summary) and logged; kept entries by id.
+
+    Raises:
+        UsageError: Stage 1 keeps no problem.
+    """
+    result = stage1_filter(entries, config)
+    summary = write_filtered(result, output)
+    print(
+        f"stage 1: {_counts(summary)}; thresholds: 0 < mean message accuracy < {config.math_threshold:.4g} "
+        f"(math), < {config.code_threshold:.4g} (code) -> {output}",
+        flush=True,
+    )
+    if not result.kept:
+        raise UsageError(
+            f"stage 1 kept none of the {len(result.decisions)} problems ({summary['reasons']}): change "
+            "--math-threshold/--code-threshold, build a larger or harder pool, or train on the pool as given "
+            "with --stage none"
+        )
+    return sorted(result.kept, key=lambda e: e.problem_id)
+
+
+def stage2_set(
+    stage1: Sequence[PoolEntry], output: Path, samples: int, evaluate: Callable[[], FilterResult]
+) -> list[PoolEntry]:
+    """Stage 2's set, written to ``output`` (with its summary) and logged; kept entries by id.
+
+    It is read back when an earlier start of the run wrote it (the policy that made it was the one at the
+    stage boundary, which a later start no longer holds); else ``evaluate()`` makes it.
+    """
+    summary_path = output.with_suffix(".summary.json")
+    if summary_path.is_file():  # written last: the set beside it is complete
+        from training.pool import load_pool_entries
+
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        kept = load_pool_entries(output)
+        source = f"read from {output}"
+    else:
+        print(
+            f"stage 2: synthesis accuracy of the stage-1 policy on {len(stage1)} problems x {samples} samples",
+            flush=True,
+        )
+        result = evaluate()
+        summary = write_filtered(result, output)
+        kept = result.kept
+        source = f"-> {output}"
+    print(f"stage 2: {_counts(summary)}; threshold: 0 < synthesis accuracy < 1 {source}", flush=True)
+    return sorted(kept, key=lambda e: e.problem_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1 as a command (stage 2 as a command, on a served policy: ``python -m training.verl.stage2_filter``)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.curriculum stage1 --pool POOL --output SET``: the stage-1 filter alone.
+
+    Prints the summary's counts; the set (pool entries JSONL) and its ``.summary.json`` are written.
+    """
+    import argparse
+
+    from training.pool import load_pool_entries
+
+    parser = argparse.ArgumentParser(prog="python -m training.curriculum", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    stage1 = commands.add_parser(
+        "stage1", help="keep the problems whose mean message accuracy is in (0, threshold)"
+    )
+    stage1.add_argument("--pool", required=True, help="a pool directory or a JSONL of pool entries")
+    stage1.add_argument("--output", required=True, help="the stage-1 set to write (pool entries JSONL)")
+    stage1.add_argument("--math-threshold", type=float, default=MATH_THRESHOLD, help="(default: 9/24)")
+    stage1.add_argument("--code-threshold", type=float, default=CODE_THRESHOLD, help="(default: 15/24)")
+    args = parser.parse_args(argv)
+    try:
+        config = Stage1Config(math_threshold=args.math_threshold, code_threshold=args.code_threshold)
+        summary = write_filtered(stage1_filter(load_pool_entries(args.pool), config), args.output)
+    except (UsageError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("stage", "total", "kept", "dropped", "reasons", "settings")}, indent=2
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

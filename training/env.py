@@ -33,10 +33,11 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 
-from pacore_agent.compactors import final_conclusion
+from pacore_agent.compactors import THINK_END, final_conclusion
 from pacore_agent.evaluation.analyze import MARKER_PATTERNS, count_markers, marker_regex
-from pacore_agent.evaluation.answers import DEFAULT_MATH_TIMEOUT, emergent_correctness, extract_answer, grade
-from pacore_agent.evaluation.sandbox import SandboxConfig, extract_program, run_code_tests
+from pacore_agent.evaluation.answers import DEFAULT_MATH_TIMEOUT, emergent_correctness, extract_answer
+from pacore_agent.evaluation.grading import DEFAULT_TRUNCATION, Truncation, grade_message
+from pacore_agent.evaluation.sandbox import SandboxConfig
 from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
 from pacore_agent.prompts import Messages, SynthesisTemplate, build_prompt
@@ -59,6 +60,7 @@ __all__ = [
     "default_reward",
     "draw_messages",
     "episode_rng",
+    "response_truncated",
     "score_response",
 ]
 
@@ -113,6 +115,9 @@ class EnvConfig:
         compactor: C, applied to the generated trajectory before scoring (sync).
         sandbox: Sandbox limits for code rewards.
         math_timeout: Seconds math-verify may spend on one comparison.
+        truncation: What a response that hit the length limit earns (`pacore_agent.evaluation.grading`):
+            ``"zero"`` (default: reward 0, flagged), ``"mask"`` (flagged ``masked``: the trainer leaves
+            it out of the loss) or ``"grade"`` (graded like any other, flagged).
     """
 
     lo: int = DEFAULT_LO
@@ -122,8 +127,11 @@ class EnvConfig:
     compactor: Callable[[str], str] = final_conclusion
     sandbox: SandboxConfig | None = None
     math_timeout: float = DEFAULT_MATH_TIMEOUT
+    truncation: Truncation = DEFAULT_TRUNCATION
 
     def __post_init__(self) -> None:
+        if self.truncation not in ("zero", "mask", "grade"):
+            raise UsageError(f"truncation must be 'zero', 'mask' or 'grade', got {self.truncation!r}")
         if isinstance(self.lo, bool) or isinstance(self.hi, bool) or not 1 <= self.lo <= self.hi:
             raise UsageError(f"need 1 <= lo <= hi messages per episode, got lo={self.lo}, hi={self.hi}")
 
@@ -174,6 +182,8 @@ class RewardResult:
         emergent: All messages wrong and the synthesis right.
         cross_check: The response mentions its references.
         cross_check_mentions: How many times.
+        truncated: The response hit the length limit.
+        masked: Truncated under ``truncation="mask"``: leave it out of the loss.
     """
 
     score: float
@@ -184,6 +194,8 @@ class RewardResult:
     emergent: bool
     cross_check: bool
     cross_check_mentions: int
+    truncated: bool = False
+    masked: bool = False
 
     def metrics(self) -> dict[str, float]:
         """Numeric fields, for logging (booleans as 0.0/1.0)."""
@@ -194,6 +206,8 @@ class RewardResult:
             "emergent": float(self.emergent),
             "cross_check": float(self.cross_check),
             "cross_check_mentions": float(self.cross_check_mentions),
+            "truncated": float(self.truncated),
+            "masked": float(self.masked),
         }
 
 
@@ -244,12 +258,29 @@ def default_reward(
         math_timeout: Seconds math-verify may spend.
 
     Returns:
-        A score in [0, 1].
+        A score in [0, 1] (`pacore_agent.evaluation.grading.grade_message`, the one message grader; a
+        grade that could not happen, e.g. a math-verify timeout, scores 0).
     """
+    return grade_message(conclusion, **_reference(problem), sandbox=sandbox, math_timeout=math_timeout).score
+
+
+def _reference(problem: TrainProblem) -> dict[str, Any]:
+    """What the grader compares with: the tests of a code problem, else the answer."""
     if problem.domain == "code":
-        tests = [t.model_dump() for t in problem.tests]
-        return run_code_tests(extract_program(conclusion), tests, sandbox).pass_rate
-    return 1.0 if grade(conclusion, problem.answer, timeout=math_timeout) else 0.0
+        return {"tests": [t.model_dump() for t in problem.tests]}
+    return {"answer": problem.answer}
+
+
+def response_truncated(response: str, finish_reason: str | None) -> bool:
+    """Whether a response hit the length limit.
+
+    The engine's finish reason says so when known (``"length"``). When it is not (verl hands its reward
+    function the text alone), a response that opened its reasoning and never closed it can only have
+    been cut off: a reasoning model closes ``<think>`` before its conclusion.
+    """
+    if finish_reason is not None:
+        return finish_reason == "length"
+    return "<think>" in response and THINK_END not in response
 
 
 class ChatTokenizer(Protocol):
@@ -412,12 +443,13 @@ class SynthesisEnv:
             prompt=build_prompt(problem.messages, list(references), self.config.template),
         )
 
-    def reward(self, episode: Episode, response: str) -> RewardResult:
+    def reward(self, episode: Episode, response: str, finish_reason: str | None = None) -> RewardResult:
         """Score a generated trajectory: reward = R(C(trajectory)), plus the episode's flags.
 
         Args:
             episode: The episode it was generated for.
             response: The whole generated trajectory (reasoning included, as the engine returned it).
+            finish_reason: The engine's (``"length"``: it hit the limit; see `EnvConfig.truncation`).
 
         Raises:
             RewardError: The reward function raised (chained) or returned a non-score.
@@ -428,11 +460,17 @@ class SynthesisEnv:
             episode.message_correct,
             reward_fn=self.reward_fn,
             compactor=self.config.compactor,
+            finish_reason=finish_reason,
+            truncation=self.config.truncation,
         )
 
-    async def areward(self, episode: Episode, response: str) -> RewardResult:
+    async def areward(
+        self, episode: Episode, response: str, finish_reason: str | None = None
+    ) -> RewardResult:
         """`reward` in a worker thread, for async callers (grading may run a sandbox)."""
-        return await anyio.to_thread.run_sync(self.reward, episode, response, abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(
+            self.reward, episode, response, finish_reason, abandon_on_cancel=True
+        )
 
 
 def score_response(
@@ -442,8 +480,14 @@ def score_response(
     *,
     reward_fn: RewardFn,
     compactor: Callable[[str], str] = final_conclusion,
+    finish_reason: str | None = None,
+    truncation: Truncation = DEFAULT_TRUNCATION,
 ) -> RewardResult:
     """Score one trajectory of an episode (the work of `SynthesisEnv.reward`, usable without an env).
+
+    A truncated response (`response_truncated`) earns what ``truncation`` says, by the one grader's rule
+    (`pacore_agent.evaluation.grading.grade_message`): 0 and flagged (``zero``), 0 and ``masked``
+    (``mask``), or ``reward_fn``'s score, flagged (``grade``).
 
     Args:
         problem: The problem.
@@ -451,13 +495,24 @@ def score_response(
         message_correct: Correctness of the messages the episode gave.
         reward_fn: The reward of a conclusion.
         compactor: C.
+        finish_reason: The engine's finish reason (None: unknown, inferred from the text).
+        truncation: What a truncated response earns.
 
     Raises:
         RewardError: The reward function raised (chained) or returned a non-score.
     """
     conclusion = compactor(response or "")
+    truncated = response_truncated(response or "", finish_reason)
+    masked = False
     try:
-        score = reward_fn(conclusion, problem)
+        if truncated and truncation != "grade":
+            # decided by the grader's truncation rule before any grading (no sandbox, no math-verify)
+            decided = grade_message(
+                response, **_reference(problem), finish_reason="length", truncation=truncation
+            )
+            score, masked = decided.score, decided.masked
+        else:
+            score = reward_fn(conclusion, problem)
     except Exception as exc:
         raise RewardError(
             f"the reward function raised {type(exc).__name__}: {exc}", problem_id=problem.id
@@ -480,4 +535,6 @@ def score_response(
         emergent=emergent_correctness(list(message_correct), correct),
         cross_check=mentions > 0,
         cross_check_mentions=mentions,
+        truncated=truncated,
+        masked=masked,
     )

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import anyio
 import anyio.to_thread
@@ -44,14 +45,16 @@ from pacore_agent.evaluation.sandbox import SandboxConfig
 from pacore_agent.evaluation.store import PoolEntry, PoolKey, PoolMessage, PoolStore
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
 from pacore_agent.results import RoundResult, Usage
-from training.data import TrainProblem
+from training.data import TrainProblem, arithmetic_problems, load_training_problems
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
     "PoolConfig",
     "PoolReport",
+    "PoolSettings",
     "build_pool",
     "entry_problem",
+    "load_or_build_pool",
     "load_pool_entries",
     "pool_accuracy",
     "pool_summary",
@@ -357,6 +360,134 @@ async def build_pool(
         for problem in pending:
             group.start_soon(one, problem)
     return report
+
+
+# --------------------------------------------------------------------------------------------------
+# The training driver's pool: read, or built from problem files
+
+
+class PoolSettings(Protocol):
+    """The run settings `load_or_build_pool` reads (`training.train.TrainConfig` has them)."""
+
+    @property
+    def model(self) -> str:
+        """``--model``."""
+
+    @property
+    def pool(self) -> str | None:
+        """``--pool``."""
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """``--problems``."""
+
+    @property
+    def arithmetic(self) -> int:
+        """``--arithmetic``."""
+
+    @property
+    def build_pool(self) -> Literal["cached", "sim", "transformers", "openai"]:
+        """``--build-pool``."""
+
+    @property
+    def pool_size(self) -> int:
+        """``--pool-size``."""
+
+    @property
+    def pool_base_url(self) -> str | None:
+        """``--pool-base-url``."""
+
+    @property
+    def pool_model(self) -> str | None:
+        """``--pool-model``."""
+
+    @property
+    def pool_max_tokens(self) -> int | None:
+        """``--pool-max-tokens``."""
+
+    @property
+    def max_response_tokens(self) -> int:
+        """``--max-response-tokens``."""
+
+    @property
+    def min_messages(self) -> int:
+        """``--min-messages``."""
+
+    @property
+    def seed(self) -> int:
+        """``--seed``."""
+
+
+def load_or_build_pool(config: PoolSettings, out: Path) -> list[PoolEntry]:
+    """The pool entries to train on, sorted by problem id: ``--pool`` read, or built into ``OUT/pool``.
+
+    A built pool comes from ``config.build_pool`` (cached responses, the SIMULATED backend, the policy
+    in-process, or an OpenAI-compatible endpoint) through `build_pool`, and a rerun resumes it. Problems
+    with fewer than ``config.min_messages`` messages are left out with a warning.
+
+    Raises:
+        UsageError: No problem has enough messages.
+    """
+    if config.pool:
+        entries = load_pool_entries(config.pool)
+    else:
+        problems: list[TrainProblem] = []
+        for path in config.problems:
+            problems.extend(load_training_problems(path))
+        problems.extend(arithmetic_problems(config.arithmetic, seed=config.seed))
+        entries = anyio.run(_build_pool, config, problems, out / "pool")
+    usable = [e for e in entries if len(e.messages) >= config.min_messages]
+    if len(usable) < len(entries):
+        short = sorted(e.problem_id for e in entries if len(e.messages) < config.min_messages)
+        print(
+            f"warning: {len(short)} problems have fewer than {config.min_messages} messages and are left "
+            f"out: {', '.join(short[:5])}{' ...' if len(short) > 5 else ''}",
+            file=sys.stderr,
+        )
+    if not usable:
+        raise UsageError(f"no problem in the pool has at least --min-messages {config.min_messages} messages")
+    return sorted(usable, key=lambda e: e.problem_id)
+
+
+async def _build_pool(config: PoolSettings, problems: list[TrainProblem], directory: Path) -> list[PoolEntry]:
+    from pacore_agent.backends.base import Backend, SamplingParams
+
+    max_tokens = config.pool_max_tokens or config.max_response_tokens
+    store_config = {"backend": config.build_pool, "size": config.pool_size, "max_tokens": max_tokens}
+    pool_config = PoolConfig(size=config.pool_size, use_cached=True)
+    with PoolStore.open(directory, config=store_config) as store:
+        if config.build_pool == "cached":
+            report = await build_pool(problems, None, store, config=pool_config)
+        else:
+            backend: Backend
+            if config.build_pool == "sim":
+                from pacore_agent.backends.sim import SIM_LABEL, SimBackend, SimConfig
+
+                print(f"building the pool with the SIMULATED backend {SIM_LABEL}", file=sys.stderr)
+                backend = SimBackend(
+                    SimConfig(seed=config.seed, answers={p.problem: p.answer for p in problems})
+                )
+            elif config.build_pool == "transformers":
+                from pacore_agent.backends.transformers import TransformersBackend
+
+                backend = TransformersBackend(config.model, max_new_tokens=max_tokens)
+            else:
+                from pacore_agent.backends.openai_compat import OpenAIBackend
+
+                api_key = os.environ.get("PACORE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+                backend = OpenAIBackend(config.pool_base_url or "", config.pool_model, api_key=api_key)
+            sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=max_tokens, seed=config.seed)
+            async with backend:
+                coordinator = Coordinator("low", backend, sampling=sampling, seed=config.seed)
+                report = await build_pool(problems, coordinator, store, config=pool_config)
+    if report.failed:
+        failed = sorted(report.failed)
+        print(
+            f"warning: the pool of {len(failed)} problems failed (a rerun retries): {failed[:5]}",
+            file=sys.stderr,
+        )
+    wanted = {p.id for p in problems}
+    return [e for pid, e in PoolStore.open(directory, readonly=True).pools().items() if pid in wanted]
 
 
 def pool_summary(entries: Iterable[PoolEntry]) -> dict[str, Any]:

@@ -95,6 +95,8 @@ class PPOConfig:
     the micro-batches of a mini-batch before its optimizer step."""
     max_grad_norm: float = 1.0
     """Gradient norm clip applied before each optimizer step."""
+    weight_decay: float = 0.0
+    """AdamW's decoupled weight decay of the actor and the critic."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (saves memory on long responses)."""
     bf16: bool = True
@@ -129,6 +131,8 @@ class PPOConfig:
             raise UsageError(f"PPOConfig.tis_cap must be positive or None, got {self.tis_cap}")
         if self.entropy_coef < 0:
             raise UsageError(f"PPOConfig.entropy_coef must be >= 0, got {self.entropy_coef}")
+        if self.weight_decay < 0:
+            raise UsageError(f"PPOConfig.weight_decay must be >= 0, got {self.weight_decay}")
 
     @property
     def batch_size(self) -> int:
@@ -386,7 +390,8 @@ class ValueModel(nn.Module):
     def __init__(self, backbone: Any, hidden_size: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.value_head = nn.Linear(hidden_size, 1)
+        dtype = next(backbone.parameters()).dtype  # a bf16 backbone gets a bf16 head
+        self.value_head = nn.Linear(hidden_size, 1, dtype=dtype)
         nn.init.normal_(self.value_head.weight, std=1.0 / (hidden_size + 1))
         nn.init.zeros_(self.value_head.bias)
 
@@ -421,12 +426,8 @@ class PPOTrainer:
         self.actor = actor
         self.critic = critic if critic is not None else ValueModel.from_actor(actor)
         self.device = next(actor.parameters()).device
-        self.actor_optimizer = torch.optim.AdamW(
-            actor.parameters(), lr=self.config.actor_lr, weight_decay=0.0
-        )
-        self.critic_optimizer = torch.optim.AdamW(
-            self.critic.parameters(), lr=self.config.critic_lr, weight_decay=0.0
-        )
+        self.actor_optimizer = _adamw(actor, self.config.actor_lr, self.config.weight_decay)
+        self.critic_optimizer = _adamw(self.critic, self.config.critic_lr, self.config.weight_decay)
         if self.config.gradient_checkpointing:
             _enable_checkpointing(self.actor)
             _enable_checkpointing(self.critic.backbone)
@@ -626,6 +627,15 @@ class PPOTrainer:
         if tis_weights is not None:
             metrics["charts/tis_weight_mean"] = float(masked_mean(tis_weights, mask))
         return metrics
+
+
+def _adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; for a bf16 model `training.memory.BF16AdamW` (fp32 moments, Kahan-compensated updates)."""
+    if next(model.parameters()).dtype == torch.bfloat16:
+        from training.memory import BF16AdamW
+
+        return BF16AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 def _enable_checkpointing(model: Any) -> None:

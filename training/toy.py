@@ -88,16 +88,22 @@ def reward(problem: ToyProblem, sample: Sample) -> float:
 
 
 def make_policy(
-    seed: int, *, hidden_size: int = 64, num_layers: int = 1, num_heads: int = 4, init_std: float = 0.1
+    seed: int,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 1,
+    num_heads: int = 4,
+    init_std: float = 0.1,
+    vocab_size: int = VOCAB_SIZE,
 ) -> LlamaForCausalLM:
     """A tiny randomly initialised Llama over the toy vocabulary (built from a config, no download).
 
     ``init_std`` is larger than transformers' default of 0.02: on the toy task the policy then passes a
-    reward of 0.7 in about half the PPO steps.
+    reward of 0.7 in about half the PPO steps. A toy with more tokens passes its ``vocab_size``.
     """
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=4 * hidden_size,
         num_hidden_layers=num_layers,

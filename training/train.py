@@ -2,7 +2,7 @@
 
 ::
 
-    python -m training.train --model Qwen/Qwen3-8B --pool data/stage1.jsonl --out runs/ppo
+    python -m training.train --model Qwen/Qwen3-4B --pool runs/pool --out runs/ppo
     python -m training.train --model ./tiny --problems train.jsonl --build-pool sim --out runs/try
     python -m training.train --help
 
@@ -10,14 +10,33 @@ Every option is a field of `TrainConfig`; the defaults are the paper's (DESIGN.m
 on-policy PPO with GAE gamma = lambda = 1, actor lr 2e-6, critic lr 5e-6, 16 problems x 64 responses per
 step, no KL, no entropy bonus, |M| ~ U(16, 24) messages per episode, temperature 1.0.
 
+The curriculum (``--stage all``, the default), in one run:
+
+1. The pool: ``--pool`` read, or built from ``--problems``/``--arithmetic`` into ``OUT/pool``.
+2. Stage 1 (`training.curriculum.stage1_filter`): keep the problems whose mean message accuracy is in
+   (0, ``--math-threshold``) or (0, ``--code-threshold``); written to ``OUT/curriculum/stage1.jsonl``.
+3. Train ``--steps`` PPO steps on them (default: one pass).
+4. Stage 2: the synthesis accuracy of the policy as it is now (the stage-1 checkpoint), ``--stage2-samples``
+   samples per stage-1 problem, each on its own message set, through the trainer's own rollout engine;
+   keep the problems it solves sometimes but not always (`training.curriculum.stage2_result`); written
+   to ``OUT/curriculum/stage2.jsonl``.
+5. Train on: ``--stage2-steps`` more steps (default: --steps, else one pass) on the stage-2 set.
+
+Each stage logs its thresholds, its kept and dropped counts per reason, and its steps (stdout, the
+``.summary.json`` beside each set, and ``"stage"`` in every metrics line). ``--stage 1`` stops after
+step 3; ``--stage 2`` runs steps 4-5 with ``--model`` as the stage-1 policy; ``--stage none`` trains on
+the pool as given (a set the ``training.verl`` scripts filtered). The filters also run alone:
+``python -m training.curriculum stage1`` and ``python -m training.verl.stage2_filter``.
+
 One step:
 
 1. Data: the next ``problems_per_step`` problems of a seeded order. Position p of the data stream is
    problem ``epoch_order(N, seed, p // N)[p % N]``: every epoch is a fresh permutation of all N problems,
    and step s reads positions [s * B, (s + 1) * B).
-2. Episodes: ``problems_per_step x responses_per_problem`` of them, each its own message set
-   (`training.env.SynthesisEnv.episode`, seeded by (seed, step, index)); ``--shared-message-set`` gives
-   the ``responses_per_problem`` responses of a problem one message set instead, as the verl adapter does.
+2. Episodes: ``problems_per_step x responses_per_problem`` of them; the ``responses_per_problem``
+   responses of a problem share one message set, as in the verl launch
+   (`training.env.SynthesisEnv.episode`, seeded by (seed, step, index)); ``--no-shared-message-set``
+   draws one per response instead.
 3. Rollout: P(x, M) rendered with the model's chat template and tokenized, then sampled by the rollout
    engine (`HFRollout` in-process, or `SGLangRollout` from ``training.sglang_rollout``), the sampler
    seeded by (seed, step).
@@ -39,13 +58,17 @@ The run directory::
       reward_curve.png    charts/reward_mean per step; below, cross-check markers, emergent, shortcut
       checkpoints/step-000050/   actor, critic, optimizers, RNG states, data position, fingerprint
       pool/               the message pool, when built with --build-pool
+      curriculum/         stage1.jsonl, stage2.jsonl and their .summary.json
       model/              the final actor and tokenizer (save_pretrained), when --export-model
 
 Resume: a run directory that holds a checkpoint is resumed from its latest one (``--resume auto``, the
 default): weights, optimizers, random states and the data position come back, the log lines of steps
 after the checkpoint are dropped (those steps run again, drawing the same episodes), so the finished
-logs equal those of an uninterrupted run. A checkpoint written under another model, pool, seed or batch
-layout is refused with the fields that differ (``--force-resume`` continues anyway).
+logs equal those of an uninterrupted run. The checkpoint at the end of a stage records it as done, so a
+run killed after stage 1 goes on with stage 2: its set is read back from ``OUT/curriculum`` when it was
+written, else evaluated again from that checkpoint. A checkpoint written under another model, pool,
+seed, batch layout or curriculum is refused with the fields that differ (``--force-resume`` continues
+anyway).
 
 Testing hook: with ``PACORE_TRAIN_KILL_AT_STEP=k`` in the environment the process SIGKILLs itself at
 the start of step k (0-based), to test crash recovery.
@@ -54,46 +77,53 @@ the start of step k (0-based), to test crash recovery.
 from __future__ import annotations
 
 import argparse
-import ast
 import concurrent.futures
 import dataclasses
 import functools
 import hashlib
 import importlib
-import inspect
-import itertools
 import json
 import math
 import os
 import random
 import shlex
-import shutil
 import signal
 import sys
-import textwrap
 import time
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import anyio
 import torch
 
-from pacore_agent.evaluation.store import PoolEntry, PoolStore
+from pacore_agent.evaluation.grading import DEFAULT_TRUNCATION, Truncation
+from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.exceptions import PacoreError, UsageError
+from training._cli import dataclass_parser
 from training.checkpoint import (
-    capture_rng_state,
-    checkpoint_metadata,
-    checkpoint_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
+    FINGERPRINT_FIELDS,
+    FingerprintError,
+    config_fingerprint,
+    fingerprint_differences,
+    latest_checkpoint,
+    pool_digest,
+    resume_point,
+    resume_state,
+    save_run_checkpoint,
 )
-from training.data import TrainProblem, arithmetic_problems, load_training_problems
+from training.curriculum import (
+    CODE_THRESHOLD,
+    MATH_THRESHOLD,
+    FilterResult,
+    Stage1Config,
+    Stage2Config,
+    stage1_set,
+    stage2_episodes,
+    stage2_result,
+    stage2_set,
+)
 from training.diagnostics import step_diagnostics
 from training.env import (
     DEFAULT_HI,
@@ -104,8 +134,16 @@ from training.env import (
     SynthesisEnv,
     apply_chat_template,
 )
+from training.memory import (
+    MemoryEstimate,
+    Precision,
+    check_fits,
+    count_parameters,
+    device_memory,
+    estimate_memory,
+)
 from training.metrics import StepLog, jsonable, plot_reward_curve
-from training.pool import DEFAULT_POOL_SIZE, PoolConfig, build_pool, load_pool_entries
+from training.pool import DEFAULT_POOL_SIZE, load_or_build_pool
 from training.ppo import PPOConfig, PPOTrainer
 from training.rollout import HFRollout, RolloutEngine, Sample
 
@@ -131,25 +169,11 @@ __all__ = [
 
 _PPO = PPOConfig()  # the paper's PPO defaults, in one place
 
+Stage = Literal["1", "2", "none"]
+"""A stage of the curriculum (``none``: the pool as given)."""
+
 KILL_AT_STEP_ENV = "PACORE_TRAIN_KILL_AT_STEP"
 """Testing hook: SIGKILL the process at the start of this (0-based) step."""
-
-CHECKPOINT_PREFIX = "step-"
-"""Checkpoint directories are ``OUT/checkpoints/step-<steps done, 6 digits>``."""
-
-FINGERPRINT_FIELDS = (
-    "model",
-    "pool",
-    "problems",
-    "seed",
-    "problems_per_step",
-    "responses_per_problem",
-    "min_messages",
-    "max_messages",
-    "shared_message_set",
-)
-"""What a checkpoint must agree on to be resumed: the model, the data and how episodes are drawn."""
-
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Arguments
@@ -165,9 +189,15 @@ class TrainConfig:
     The critic starts from the same weights, with a fresh scalar value head."""
     out: str = ""
     """The run directory (metrics, episodes, reward curve, checkpoints, pool, final model)."""
+    stage: Literal["all", "1", "2", "none"] = "all"
+    """The curriculum: all (stage-1 filter, train, stage-2 filter with the stage-1 policy, train on),
+    1 (stage-1 filter and training), 2 (stage-2 filter with --model as the stage-1 policy, then
+    training), none (train on the pool as given, e.g. a set the training.verl scripts filtered)."""
     steps: int | None = None
-    """PPO steps of the whole run, counting those done before a resume (default: one pass over the
-    problems)."""
+    """PPO steps of each stage (default: one pass over the stage's problems); the whole run with --stage
+    none. Steps done before a resume count."""
+    stage2_steps: int | None = None
+    """PPO steps of stage 2 (default: --steps, else one pass over the stage-2 problems)."""
     save_every: int = 50
     """Write a checkpoint every this many steps (and always after the last step)."""
     keep_checkpoints: int = 2
@@ -183,6 +213,13 @@ class TrainConfig:
     """Torch device of the actor and critic: auto (cuda when available, else cpu), cpu, cuda, cuda:1."""
     bf16: Literal["auto", "on", "off"] = "auto"
     """bf16 autocast for forward passes: auto (where the device supports it), on (require it), off."""
+    precision: Precision = "fp32"
+    """How the actor and critic are held: fp32 (16 bytes per parameter with gradients and AdamW states),
+    or bf16 (bf16 weights and gradients, fp32 AdamW moments, Kahan-compensated updates: 14 bytes); see
+    training.memory."""
+    memory_check: bool = True
+    """Before loading, estimate the memory of the actor, critic, gradients and optimizer states, log it,
+    and refuse a run that cannot fit the device (pointing at verl)."""
     export_model: bool = True
     """Save the final actor and tokenizer with save_pretrained to OUT/model at the end."""
 
@@ -210,9 +247,16 @@ class TrainConfig:
     """Fewest messages per episode: |M| ~ U(min_messages, max_messages)."""
     max_messages: int = DEFAULT_HI
     """Most messages per episode."""
-    shared_message_set: bool = False
-    """Give all responses of a problem within a step one message set (as the verl adapter does) instead
-    of a fresh one per response."""
+    shared_message_set: bool = True
+    """Give the responses of a problem within a step one message set, as the verl launch does (verl
+    repeats each drawn item for its n responses); --no-shared-message-set draws one per response."""
+    math_threshold: float = MATH_THRESHOLD
+    """Stage 1 keeps math problems whose mean message accuracy is in (0, this)."""
+    code_threshold: float = CODE_THRESHOLD
+    """Stage 1 keeps code problems whose mean message pass rate is in (0, this)."""
+    stage2_samples: int = 8
+    """Stage 2: synthesis samples per problem, each on its own message set, with the stage-1 policy;
+    problems solved by some but not all are kept."""
 
     # -- rollouts and rewards
     rollout: Literal["hf", "sglang"] = "hf"
@@ -238,6 +282,10 @@ class TrainConfig:
     folder; use /dev/shm to keep the round trip in memory)."""
     reward_workers: int = 8
     """Threads scoring responses at once (math-verify, code sandbox)."""
+    truncation: Truncation = DEFAULT_TRUNCATION
+    """What a response that hit --max-response-tokens earns: zero (reward 0, counted in
+    charts/truncated_frac), mask (left out of the loss, counted in charts/masked_frac) or grade (graded like
+    any other; a \\boxed{} written mid-reasoning would then count)."""
 
     # -- PPO (training.ppo.PPOConfig)
     problems_per_step: int = _PPO.problems_per_step
@@ -272,6 +320,8 @@ class TrainConfig:
     """Cap on the padded tokens of one forward/backward pass; gradients accumulate over micro-batches."""
     max_grad_norm: float = _PPO.max_grad_norm
     """Gradient norm clip before each optimizer step."""
+    weight_decay: float = _PPO.weight_decay
+    """AdamW weight decay of the actor and the critic."""
     gradient_checkpointing: bool = _PPO.gradient_checkpointing
     """Recompute activations in the backward pass (saves memory on long responses)."""
 
@@ -301,6 +351,11 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.steps is not None and self.steps < 0:
             raise UsageError(f"--steps must be >= 0, got {self.steps}")
+        if self.stage2_steps is not None and self.stage2_steps < 0:
+            raise UsageError(f"--stage2-steps must be >= 0, got {self.stage2_steps}")
+        if self.stage2_samples < 1:
+            raise UsageError(f"--stage2-samples must be at least 1, got {self.stage2_samples}")
+        self.stage1_config()  # raises on a bad threshold
         if self.arithmetic < 0:
             raise UsageError(f"--arithmetic must be >= 0, got {self.arithmetic}")
         if self.pool_max_tokens is not None and self.pool_max_tokens <= 0:
@@ -329,15 +384,33 @@ class TrainConfig:
             critic_steps=self.critic_steps,
             max_tokens_per_micro_batch=self.max_tokens_per_micro_batch,
             max_grad_norm=self.max_grad_norm,
+            weight_decay=self.weight_decay,
             gradient_checkpointing=self.gradient_checkpointing,
             bf16=self.bf16 != "off",
             temperature=self.temperature,
             seed=self.seed,
         )
 
+    def stage1_config(self) -> Stage1Config:
+        """The stage-1 filter's thresholds."""
+        try:
+            return Stage1Config(math_threshold=self.math_threshold, code_threshold=self.code_threshold)
+        except UsageError as error:
+            raise UsageError(f"--math-threshold/--code-threshold: {error}") from error
+
+    def stage2_config(self) -> Stage2Config:
+        """The stage-2 evaluation's settings (message sets drawn as in training)."""
+        return Stage2Config(samples=self.stage2_samples, env=self.env_config())
+
+    def stages(self) -> list[Stage]:
+        """The stages this run trains, in order."""
+        return {"all": ["1", "2"], "1": ["1"], "2": ["2"], "none": ["none"]}[self.stage]  # type: ignore[return-value]
+
     def env_config(self) -> EnvConfig:
         """The environment's settings."""
-        return EnvConfig(lo=self.min_messages, hi=self.max_messages, seed=self.seed)
+        return EnvConfig(
+            lo=self.min_messages, hi=self.max_messages, seed=self.seed, truncation=self.truncation
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -351,68 +424,16 @@ _GROUPS = {
 }
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass, read from its source."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
-    docs = {}
-    for node, following in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
-
-
-def _optional(convert: Any) -> Any:
-    """An argparse type that also accepts ``none``."""
-
-    def parse(text: str) -> Any:
-        return None if text.lower() == "none" else convert(text)
-
-    parse.__name__ = convert.__name__
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m training.train`` parser: one flag per `TrainConfig` field, documented."""
-    parser = argparse.ArgumentParser(
+    description = (__doc__ or "").split("\n\n")[0] + "\n\nDefaults are the PaCoRe paper's (see DESIGN.md)."
+    return dataclass_parser(
+        TrainConfig,
         prog="python -m training.train",
-        description=(__doc__ or "").split("\n\n")[0] + "\n\nDefaults are the PaCoRe paper's (see DESIGN.md).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description,
+        groups=_GROUPS,
+        required=("model", "out"),
     )
-    docs = _field_docs(TrainConfig)
-    hints = typing.get_type_hints(TrainConfig)
-    group: Any = parser
-    for spec in dataclasses.fields(TrainConfig):
-        if spec.name in _GROUPS:
-            group = parser.add_argument_group(_GROUPS[spec.name])
-        flag = "--" + spec.name.replace("_", "-")
-        help_text = docs[spec.name].replace("%", "%%")
-        hint = hints[spec.name]
-        args: dict[str, Any] = {"dest": spec.name, "default": spec.default}
-        origin, members = typing.get_origin(hint), typing.get_args(hint)
-        if spec.name in ("model", "out"):
-            args.update(required=True, metavar=spec.name.upper())
-        elif hint is bool:
-            args["action"] = argparse.BooleanOptionalAction
-        elif origin is tuple:
-            args.update(action="append", default=None, metavar="FILE")
-        elif origin is Literal:
-            args["choices"] = list(members)
-        elif origin in (types.UnionType, typing.Union):  # X | None
-            (inner,) = (m for m in members if m is not type(None))
-            args["type"] = _optional(inner)
-        else:
-            args["type"] = hint
-        if spec.default not in ("", ()) and spec.name not in ("model", "out") and "default:" not in help_text:
-            help_text += f" (default: {'none' if spec.default is None else spec.default})"
-        group.add_argument(flag, help=help_text, **args)
-    return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
@@ -427,7 +448,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 3. Pure helpers: the data order, episode metrics, the fingerprint
+# 3. Pure helpers: the data order, episode metrics
 
 
 def _seed_of(*parts: object) -> int:
@@ -463,6 +484,8 @@ def episode_metrics(results: Sequence[RewardResult]) -> dict[str, float]:
 
     ``charts/emergent_rate`` is the share of right answers among episodes whose messages were all
     wrong (NaN when there were none); ``charts/emergent_frac`` the share of all episodes.
+    ``charts/truncated_frac`` counts the responses that hit the length limit, ``charts/masked_frac`` those
+    left out of the loss (``--truncation mask``).
     """
     count = len(results)
     all_wrong = sum(r.all_messages_wrong for r in results)
@@ -474,167 +497,13 @@ def episode_metrics(results: Sequence[RewardResult]) -> dict[str, float]:
         "charts/emergent_frac": emergent / count,
         "charts/cross_check_rate": sum(r.cross_check for r in results) / count,
         "charts/cross_check_mentions": sum(r.cross_check_mentions for r in results) / count,
+        "charts/truncated_frac": sum(r.truncated for r in results) / count,
+        "charts/masked_frac": sum(r.masked for r in results) / count,
     }
-
-
-def pool_digest(entries: Sequence[PoolEntry]) -> str:
-    """A SHA-256 of what training reads from a pool: problems, answers, tests, messages and grades.
-
-    It does not depend on the order of the entries, their timestamps or where the pool lives.
-    """
-    digest = hashlib.sha256()
-    for entry in sorted(entries, key=lambda e: e.problem_id):
-        record = [
-            entry.problem_id,
-            entry.problem,
-            entry.answer,
-            entry.domain,
-            entry.metadata.get("tests"),
-            entry.metadata.get("conversation"),
-            [[m.message, m.correct, m.score] for m in entry.messages],
-        ]
-        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def _model_id(model: str) -> str:
-    """A local folder as its absolute path (so a resume from another directory still matches)."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.is_dir() else model
-
-
-def config_fingerprint(config: TrainConfig, entries: Sequence[PoolEntry]) -> dict[str, Any]:
-    """The settings a checkpoint must share with the run that resumes it (`FINGERPRINT_FIELDS`)."""
-    return {
-        "model": _model_id(config.model),
-        "pool": pool_digest(entries),
-        "problems": len(entries),
-        "seed": config.seed,
-        "problems_per_step": config.problems_per_step,
-        "responses_per_problem": config.responses_per_problem,
-        "min_messages": config.min_messages,
-        "max_messages": config.max_messages,
-        "shared_message_set": config.shared_message_set,
-    }
-
-
-def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """One line per fingerprint field that differs: ``seed: 0 in the checkpoint, 1 now``."""
-    missing = object()
-    return [
-        f"{name}: {saved.get(name, missing)!r} in the checkpoint, {current.get(name)!r} now".replace(
-            repr(missing), "nothing"
-        )
-        for name in FINGERPRINT_FIELDS
-        if saved.get(name, missing) != current.get(name)
-    ]
-
-
-class FingerprintError(UsageError):
-    """A checkpoint was written under another configuration than the one resuming it.
-
-    Attributes:
-        checkpoint: The checkpoint directory.
-        differences: One line per field that differs.
-    """
-
-    def __init__(self, checkpoint: Path, differences: list[str]) -> None:
-        lines = "\n  ".join(differences)
-        super().__init__(
-            f"checkpoint {checkpoint} was written by a different configuration:\n  {lines}\n"
-            "Resume with the same settings, start a new run with another --out, or pass --force-resume "
-            "to continue from it anyway."
-        )
-        self.checkpoint = checkpoint
-        self.differences = differences
-
-
-def latest_checkpoint(out: str | os.PathLike[str]) -> Path | None:
-    """The run directory's newest complete checkpoint (``checkpoints/step-N`` with the largest N)."""
-    found = _checkpoints(Path(out))
-    return found[-1][1] if found else None
-
-
-def _checkpoints(out: Path) -> list[tuple[int, Path]]:
-    root = out / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        suffix = path.name.removeprefix(CHECKPOINT_PREFIX)
-        if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / "trainer.pt").is_file():
-            found.append((int(suffix), path))
-    return sorted(found)
 
 
 # ----------------------------------------------------------------------------------------------------
-# 4. Setup: the pool, the model, the rollout engine
-
-
-def load_or_build_pool(config: TrainConfig, out: Path) -> list[PoolEntry]:
-    """The pool entries to train on, sorted by problem id (built into ``OUT/pool`` when asked)."""
-    if config.pool:
-        entries = load_pool_entries(config.pool)
-    else:
-        problems: list[TrainProblem] = []
-        for path in config.problems:
-            problems.extend(load_training_problems(path))
-        problems.extend(arithmetic_problems(config.arithmetic, seed=config.seed))
-        entries = anyio.run(_build_pool, config, problems, out / "pool")
-    usable = [e for e in entries if len(e.messages) >= config.min_messages]
-    if len(usable) < len(entries):
-        short = sorted(e.problem_id for e in entries if len(e.messages) < config.min_messages)
-        print(
-            f"warning: {len(short)} problems have fewer than {config.min_messages} messages and are left "
-            f"out: {', '.join(short[:5])}{' ...' if len(short) > 5 else ''}",
-            file=sys.stderr,
-        )
-    if not usable:
-        raise UsageError(f"no problem in the pool has at least --min-messages {config.min_messages} messages")
-    return sorted(usable, key=lambda e: e.problem_id)
-
-
-async def _build_pool(config: TrainConfig, problems: list[TrainProblem], directory: Path) -> list[PoolEntry]:
-    from pacore_agent.backends.base import Backend, SamplingParams
-    from pacore_agent.coordinator import Coordinator
-
-    max_tokens = config.pool_max_tokens or config.max_response_tokens
-    store_config = {"backend": config.build_pool, "size": config.pool_size, "max_tokens": max_tokens}
-    pool_config = PoolConfig(size=config.pool_size, use_cached=True)
-    with PoolStore.open(directory, config=store_config) as store:
-        if config.build_pool == "cached":
-            report = await build_pool(problems, None, store, config=pool_config)
-        else:
-            backend: Backend
-            if config.build_pool == "sim":
-                from pacore_agent.backends.sim import SIM_LABEL, SimBackend, SimConfig
-
-                print(f"building the pool with the SIMULATED backend {SIM_LABEL}", file=sys.stderr)
-                backend = SimBackend(
-                    SimConfig(seed=config.seed, answers={p.problem: p.answer for p in problems})
-                )
-            elif config.build_pool == "transformers":
-                from pacore_agent.backends.transformers import TransformersBackend
-
-                backend = TransformersBackend(config.model, max_new_tokens=max_tokens)
-            else:
-                from pacore_agent.backends.openai_compat import OpenAIBackend
-
-                api_key = os.environ.get("PACORE_API_KEY") or os.environ.get("OPENAI_API_KEY")
-                backend = OpenAIBackend(config.pool_base_url or "", config.pool_model, api_key=api_key)
-            sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=max_tokens, seed=config.seed)
-            async with backend:
-                coordinator = Coordinator("low", backend, sampling=sampling, seed=config.seed)
-                report = await build_pool(problems, coordinator, store, config=pool_config)
-    if report.failed:
-        failed = sorted(report.failed)
-        print(
-            f"warning: the pool of {len(failed)} problems failed (a rerun retries): {failed[:5]}",
-            file=sys.stderr,
-        )
-    wanted = {p.id for p in problems}
-    return [e for pid, e in PoolStore.open(directory, readonly=True).pools().items() if pid in wanted]
+# 4. Setup: the device, the rollout engine
 
 
 def _device(config: TrainConfig) -> torch.device:
@@ -717,26 +586,6 @@ class RunSummary:
     last_metrics: dict[str, Any] | None
 
 
-def _resume_point(config: TrainConfig, out: Path, fingerprint: Mapping[str, Any]) -> Path | None:
-    """The checkpoint to resume from (None: start fresh), after checking it belongs to this run."""
-    checkpoint = latest_checkpoint(out)
-    if config.resume == "no" and checkpoint is not None:
-        raise UsageError(
-            f"{out} already holds a checkpoint ({checkpoint.name}): use another --out, or --resume auto"
-        )
-    if config.resume == "yes" and checkpoint is None:
-        raise UsageError(f"--resume yes: {out} holds no checkpoint to resume from")
-    if checkpoint is None:
-        return None
-    saved = checkpoint_metadata(checkpoint).get("fingerprint", {})
-    differences = fingerprint_differences(saved, fingerprint)
-    if differences and not config.force_resume:
-        raise FingerprintError(checkpoint, differences)
-    if differences:
-        print("warning: --force-resume despite:\n  " + "\n  ".join(differences), file=sys.stderr)
-    return checkpoint
-
-
 def _tokenize(tokenizer: Any, episode: Episode, limit: int) -> list[int]:
     ids: list[int] = apply_chat_template(tokenizer, episode.prompt, tokenize=True)
     if len(ids) > limit:
@@ -747,24 +596,68 @@ def _tokenize(tokenizer: Any, episode: Episode, limit: int) -> list[int]:
     return ids
 
 
-def _save(
-    out: Path, trainer: PPOTrainer, steps_done: int, data_position: int, config: TrainConfig, fingerprint: Any
-) -> Path:
-    metadata = {
-        "data_position": data_position,
-        "fingerprint": fingerprint,
-        "config": jsonable(dataclasses.asdict(config)),
-    }
-    path = out / "checkpoints" / f"{CHECKPOINT_PREFIX}{steps_done:06d}"
-    save_checkpoint(path, trainer, steps_done, metadata=metadata, rng_state=capture_rng_state())
-    for _, old in _checkpoints(out)[: -config.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
-    return path
+def _stage_steps(config: TrainConfig, stage: Stage, problems: int) -> int:
+    """PPO steps of a stage: --stage2-steps, --steps, else one pass over its problems."""
+    if stage == "2" and config.stage2_steps is not None:
+        return config.stage2_steps
+    if config.steps is not None:
+        return config.steps
+    return math.ceil(problems / config.problems_per_step)
+
+
+def evaluate_stage2(
+    config: TrainConfig,
+    entries: Sequence[PoolEntry],
+    engine: RolloutEngine,
+    tokenizer: Any,
+    scorers: concurrent.futures.Executor,
+    *,
+    steps_done: int,
+) -> FilterResult:
+    """Stage 2's synthesis accuracy of the policy the engine holds now, on each stage-1 problem.
+
+    The message sets are the ones `training.curriculum.stage2_filter` draws (`stage2_episodes`), sampled by
+    the trainer's own rollout engine through the chat template and scored with the training reward; the
+    keep rule is `training.curriculum.stage2_result`'s.
+    """
+    settings = config.stage2_config()
+    env = SynthesisEnv(entries, settings.env)
+    episodes = [e for position in range(len(env)) for e in stage2_episodes(env, position, settings)]
+    prompts = [_tokenize(tokenizer, e, config.max_prompt_tokens) for e in episodes]
+    torch.manual_seed(_seed_of("pacore-train-stage2", config.seed, steps_done))
+    samples = engine.generate(prompts, 1, config.max_response_tokens)
+    texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+    results = list(scorers.map(env.reward, episodes, texts, [s.finish_reason for s in samples]))
+    outcomes: dict[int, tuple[list[float], list[str]]] = {p: ([], []) for p in range(len(env))}
+    for index, result in enumerate(results):
+        if not result.masked:  # --truncation mask: a cut-off sample says nothing about the policy's accuracy
+            outcomes[index // settings.samples][0].append(result.score)
+    return stage2_result(entries, outcomes, settings, model=f"{config.model} after {steps_done} steps")
+
+
+def check_memory(config: TrainConfig, device: torch.device) -> MemoryEstimate:
+    """Log what the actor and critic will take, estimated from the model's config alone.
+
+    With --memory-check, a run that cannot fit ``device`` is refused before any weight is loaded.
+
+    Raises:
+        UsageError: It would not fit (the message names --precision bf16 where that fits, and verl).
+    """
+    from transformers import AutoConfig
+
+    estimate = estimate_memory(
+        *count_parameters(AutoConfig.from_pretrained(config.model)), config.precision, model=config.model
+    )
+    print(estimate.describe(), flush=True)
+    if config.memory_check:
+        check_fits(estimate, device_memory(device), where=str(device))
+    return estimate
 
 
 def train(config: TrainConfig) -> RunSummary:
-    """Run (or resume) a training run; see the module docstring for what one step does.
+    """Run (or resume) a training run: the curriculum's stages, each a loop of PPO steps.
+
+    See the module docstring for what one step does and how stages follow each other.
 
     Raises:
         UsageError: Bad settings or data, or a checkpoint from another configuration (`FingerprintError`).
@@ -778,13 +671,22 @@ def train(config: TrainConfig) -> RunSummary:
     device = _device(config)
     bf16 = _check_bf16(config, device)
     entries = load_or_build_pool(config, out)
-    env = SynthesisEnv(entries, config.env_config())
-    total_steps = config.steps if config.steps is not None else math.ceil(len(env) / B)
     fingerprint = config_fingerprint(config, entries)
-    checkpoint = _resume_point(config, out, fingerprint)
-    run_info = {"config": dataclasses.asdict(config), "fingerprint": fingerprint, "resumed_from": checkpoint}
+    checkpoint = resume_point(out, fingerprint, resume=config.resume, force_resume=config.force_resume)
+    memory = check_memory(config, device)
+    run_info = {
+        "config": dataclasses.asdict(config),
+        "fingerprint": fingerprint,
+        "resumed_from": checkpoint,
+        "memory": {"total": memory.total, **memory.parts},
+    }
     (out / "run.json").write_text(
         json.dumps(jsonable(run_info), indent=2, default=str) + "\n", encoding="utf-8"
+    )
+    curriculum = out / "curriculum"
+    staged = config.stage in ("all", "1", "2")
+    stage1 = (
+        stage1_set(entries, config.stage1_config(), curriculum / "stage1.jsonl") if staged else list(entries)
     )
 
     # The actor, its critic and optimizers, and the rollout engine.
@@ -792,22 +694,20 @@ def train(config: TrainConfig) -> RunSummary:
 
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.model)
-    actor: Any = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    actor: Any = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
     actor.to(device)
     trainer = PPOTrainer(actor, config=ppo)
-    steps_done, data_position = 0, 0
+    steps_done, resumed = 0, dict[str, Any]()
     if checkpoint is not None:
-        steps_done = load_checkpoint(checkpoint, trainer)
-        data_position = int(checkpoint_metadata(checkpoint).get("data_position", steps_done * B))
-        rng = checkpoint_rng_state(checkpoint)
-        if rng is not None:
-            restore_rng_state(rng)
+        steps_done, resumed = resume_state(checkpoint, trainer)
+    stages_done: list[str] = list(resumed.get("stages_done", []))
     metrics_log, episode_log = StepLog(out / "metrics.jsonl"), StepLog(out / "episodes.jsonl")
     metrics_log.truncate(steps_done)  # steps after the checkpoint run again
     episode_log.truncate(steps_done)
     print(
-        f"pacore train: {len(env)} problems, {B} x {n} responses per step, steps {steps_done} -> {total_steps}, "
-        f"device {device}{' (bf16)' if bf16 else ''}, rollout {config.rollout}"
+        f"pacore train: {len(entries)} problems, stages {', '.join(config.stages())}, {B} x {n} responses per "
+        f"step, device {device}{' (bf16)' if bf16 else ''}, rollout {config.rollout}"
         + (f", resuming from {checkpoint}" if checkpoint else ""),
         flush=True,
     )
@@ -818,84 +718,138 @@ def train(config: TrainConfig) -> RunSummary:
         engine = make_rollout(config, actor, tokenizer, out=out, bf16=bf16)
         if hasattr(engine, "close"):
             stack.callback(engine.close)
-        if checkpoint is not None:
-            engine.sync_weights(trainer.actor)  # the engine started from --model's weights
+        # Weights known from step 0: an attached server holds whatever it was started with or last
+        # given, and a resumed actor is not --model's, so the actor is pushed before the first rollout
+        # (a refusal stops the run here; every later sample must carry the pushed weight version).
+        if checkpoint is not None or config.sglang_url:
+            engine.sync_weights(trainer.actor)
         scorers = stack.enter_context(concurrent.futures.ThreadPoolExecutor(config.reward_workers))
 
-        for step in range(steps_done, total_steps):
-            if step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            started = time.perf_counter()
+        for stage in config.stages():
+            if stage in stages_done:
+                continue
 
-            # 1. Data: the next B problems of the seeded order.
-            positions = step_positions(data_position, B, len(env), config.seed)
-
-            # 2. Episodes: B x n, each its own message set (or one per problem with --shared-message-set).
-            if config.shared_message_set:
-                drawn = [env.episode(p, step=step, index=i * n) for i, p in enumerate(positions)]
-                episodes = [e for e in drawn for _ in range(n)]
+            # The stage's problems: the curriculum's filter (stage 2 evaluates the policy as it is now).
+            if stage == "2":
+                evaluate = functools.partial(
+                    evaluate_stage2, config, stage1, engine, tokenizer, scorers, steps_done=steps_done
+                )
+                stage_entries = stage2_set(
+                    stage1, curriculum / "stage2.jsonl", config.stage2_samples, evaluate
+                )
+                if not stage_entries:
+                    print("stage 2: no problem left to train on; the run ends after stage 1", flush=True)
+                    break
             else:
-                drawn = [
-                    env.episode(p, step=step, index=i * n + j)
-                    for i, p in enumerate(positions)
-                    for j in range(n)
-                ]
-                episodes = drawn
+                stage_entries = stage1
+            env = SynthesisEnv(stage_entries, config.env_config())
+            if resumed.get("stage", stage) == stage and stage not in stages_done and checkpoint is not None:
+                stage_start = int(resumed.get("stage_start", 0))
+                data_position = int(resumed.get("data_position", (steps_done - stage_start) * B))
+            else:
+                stage_start, data_position = steps_done, 0
+            stage_end = stage_start + _stage_steps(config, stage, len(env))
+            print(f"stage {stage}: {len(env)} problems, steps {steps_done} -> {stage_end}", flush=True)
 
-            # 3. Rollout: P(x, M) through the chat template, sampled by the engine (seeded per step).
-            prompts = [_tokenize(tokenizer, e, config.max_prompt_tokens) for e in drawn]
-            torch.manual_seed(_seed_of("pacore-train-sample", config.seed, step))
-            samples: list[Sample] = engine.generate(
-                prompts, n if config.shared_message_set else 1, config.max_response_tokens
-            )
-            rollout_done = time.perf_counter()
+            for step in range(steps_done, stage_end):
+                if step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                started = time.perf_counter()
 
-            # 4. Rewards: decode, then score C(response) (and the episode's flags).
-            texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-            results = list(scorers.map(env.reward, episodes, texts))
-            rewards = [r.score for r in results]
-            reward_done = time.perf_counter()
+                # 1. Data: the next B problems of the stage's seeded order.
+                positions = step_positions(data_position, B, len(env), config.seed)
 
-            # 5. PPO update, then the new weights to the rollout engine.
-            metrics = trainer.step(samples, rewards)
-            train_done = time.perf_counter()
-            engine.sync_weights(trainer.actor)
-            data_position += B
-            steps_done = step + 1
-            finished = time.perf_counter()
+                # 2. Episodes: B x n, each its own message set (or one per problem, --shared-message-set).
+                if config.shared_message_set:
+                    drawn = [env.episode(p, step=step, index=i * n) for i, p in enumerate(positions)]
+                    episodes = [e for e in drawn for _ in range(n)]
+                else:
+                    drawn = [
+                        env.episode(p, step=step, index=i * n + j)
+                        for i, p in enumerate(positions)
+                        for j in range(n)
+                    ]
+                    episodes = drawn
 
-            # 6. Logs.
-            response_tokens = sum(len(s.response_ids) for s in samples)
-            record: dict[str, Any] = {
-                "step": step,
-                "data_position": data_position,
-                "epoch": data_position / len(env),  # epochs done, counting parts
-                **metrics,
-                **episode_metrics(results),
-                **step_diagnostics(episodes, texts, results),  # synthesis/*: as `pacore analyze` measures
-                "charts/prompt_length": sum(len(p) for p in prompts) / len(prompts),
-                "charts/tokens_per_s": response_tokens / (finished - started),
-                "time/rollout_s": rollout_done - started,
-                "time/reward_s": reward_done - rollout_done,
-                "time/train_s": train_done - reward_done,
-                "time/sync_s": finished - train_done,
-                "time/step_s": finished - started,
-            }
-            metrics_log.append(record)
-            episode_log.append(
-                {"step": step, "episodes": [[e.problem_id, list(e.message_indices)] for e in episodes]}
-            )
-            last = record
-            print(
-                f"step {step:5d}  reward {record['charts/reward_mean']:.3f}  "
-                f"len {record['charts/response_length']:.0f}  kl {record['charts/approx_kl']:.2e}  "
-                f"clip {record['charts/clipfrac']:.3f}  {record['time/step_s']:.1f}s",
-                flush=True,
-            )
+                # 3. Rollout: P(x, M) through the chat template, sampled by the engine (seeded per step).
+                prompts = [_tokenize(tokenizer, e, config.max_prompt_tokens) for e in drawn]
+                torch.manual_seed(_seed_of("pacore-train-sample", config.seed, step))
+                samples: list[Sample] = engine.generate(
+                    prompts, n if config.shared_message_set else 1, config.max_response_tokens
+                )
+                rollout_done = time.perf_counter()
 
-            # 7. Checkpoint.
-            if steps_done % config.save_every == 0 or steps_done == total_steps:
-                _save(out, trainer, steps_done, data_position, config, fingerprint)
+                # 4. Rewards: decode, then score C(response) (and the episode's flags); a response that hit
+                #    the length limit earns what --truncation says.
+                texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+                finish_reasons = [s.finish_reason for s in samples]
+                results = list(scorers.map(env.reward, episodes, texts, finish_reasons))
+                reward_done = time.perf_counter()
+
+                # 5. PPO update on the responses in the loss (--truncation mask leaves truncated ones out),
+                #    then the new weights to the rollout engine.
+                in_loss = [i for i, r in enumerate(results) if not r.masked]
+                if in_loss:
+                    metrics = trainer.step([samples[i] for i in in_loss], [results[i].score for i in in_loss])
+                else:  # every response was cut off and masked: nothing to learn from this batch
+                    metrics = dict.fromkeys(
+                        ("charts/reward_mean", "charts/approx_kl", "charts/clipfrac"), math.nan
+                    )
+                    metrics["charts/response_length"] = sum(len(s.response_ids) for s in samples) / len(
+                        samples
+                    )
+                train_done = time.perf_counter()
+                engine.sync_weights(trainer.actor)
+                data_position += B
+                steps_done = step + 1
+                finished = time.perf_counter()
+
+                # 6. Logs.
+                response_tokens = sum(len(s.response_ids) for s in samples)
+                record: dict[str, Any] = {
+                    "step": step,
+                    "stage": stage,
+                    "data_position": data_position,
+                    "epoch": data_position / len(env),  # epochs of the stage's set done, counting parts
+                    **metrics,
+                    **episode_metrics(results),
+                    **step_diagnostics(episodes, texts, results),  # synthesis/*: as `pacore analyze` measures
+                    "charts/prompt_length": sum(len(p) for p in prompts) / len(prompts),
+                    "charts/tokens_per_s": response_tokens / (finished - started),
+                    "time/rollout_s": rollout_done - started,
+                    "time/reward_s": reward_done - rollout_done,
+                    "time/train_s": train_done - reward_done,
+                    "time/sync_s": finished - train_done,
+                    "time/step_s": finished - started,
+                }
+                metrics_log.append(record)
+                episode_log.append(
+                    {"step": step, "episodes": [[e.problem_id, list(e.message_indices)] for e in episodes]}
+                )
+                last = record
+                print(
+                    f"step {step:5d}  stage {stage}  reward {record['charts/reward_mean']:.3f}  "
+                    f"len {record['charts/response_length']:.0f}  kl {record['charts/approx_kl']:.2e}  "
+                    f"clip {record['charts/clipfrac']:.3f}  {record['time/step_s']:.1f}s",
+                    flush=True,
+                )
+
+                # 7. Checkpoint: every --save-every steps, and at the end of the stage (its boundary).
+                if steps_done % config.save_every == 0 or steps_done == stage_end:
+                    done = [*stages_done, stage] if steps_done == stage_end else stages_done
+                    metadata = {
+                        "stage": stage,
+                        "stage_start": stage_start,
+                        "stages_done": done,
+                        "data_position": data_position,
+                        "fingerprint": fingerprint,
+                        "config": jsonable(dataclasses.asdict(config)),
+                    }
+                    save_run_checkpoint(
+                        out, trainer, steps_done, metadata=metadata, keep=config.keep_checkpoints
+                    )
+                    plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
+            stages_done.append(stage)
 
     plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
     if config.export_model:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The verl PPO launch shared by stage1.sh and stage2.sh: the paper's settings as Hydra overrides.
+# The PPO settings are training.ppo.PPOConfig's defaults, the local trainer's (tests/test_verl_adapter.py
+# checks they agree; training/README.md lists what still differs and why).
 # Not run directly: the stage scripts set MODEL, TRAIN_FILE, SEED and EXPERIMENT, then source it.
 set -euo pipefail
 : "${MODEL:?run stage1.sh or stage2.sh, which set MODEL}" "${TRAIN_FILE:?}" "${SEED:?}" "${EXPERIMENT:?}"
@@ -58,6 +60,10 @@ python3 -m verl.trainer.main_ppo \
     actor_rollout_ref.actor.use_kl_loss=False \
     actor_rollout_ref.actor.kl_loss_coef=0.0 \
     actor_rollout_ref.actor.entropy_coeff=0 \
+    actor_rollout_ref.actor.clip_ratio=0.2 \
+    actor_rollout_ref.actor.grad_clip=1.0 \
+    actor_rollout_ref.actor.optim.weight_decay=0.0 \
+    actor_rollout_ref.actor.loss_agg_mode=token-mean \
     actor_rollout_ref.rollout.name=sglang \
     actor_rollout_ref.rollout.n=64 \
     actor_rollout_ref.rollout.temperature=1.0 \
@@ -70,6 +76,11 @@ python3 -m verl.trainer.main_ppo \
     critic.model.use_remove_padding=True \
     critic.model.enable_gradient_checkpointing=True \
     critic.optim.lr=5e-6 \
+    critic.optim.weight_decay=0.0 \
+    critic.cliprange_value=0.2 \
+    critic.grad_clip=1.0 \
+    critic.ppo_mini_batch_size=16 \
+    critic.loss_agg_mode=token-mean \
     critic.ppo_epochs=1 \
     critic.ppo_max_token_len_per_gpu="$MAX_TOKENS_PER_GPU" \
     trainer.critic_warmup=0 \

@@ -12,9 +12,17 @@ C(response) (`training.env.score_response`, the environment's own code): 1.0/0.0
 episode's flags, which verl logs as reward metrics: ``acc``, ``all_messages_wrong``, ``emergent``,
 ``cross_check``, ``cross_check_mentions``, ``num_messages`` (floats, present on every response).
 
+Truncation follows the local trainer's rule (`training.env.score_response`, `training.train`'s
+``--truncation``): by default a response that hit the length limit earns 0 and is flagged ``truncated``.
+verl hands the function the decoded text, not the finish reason, so a response counts as truncated when
+``extra_info`` says so (``finish_reason``, when a reward manager passes it) or, otherwise, when it opened
+``<think>`` and never closed it (`training.env.response_truncated`): a response cut off inside its
+reasoning, whose mid-reasoning ``\boxed{}`` would otherwise be graded.
+
 Extra keyword arguments (from ``reward.custom_reward_function.reward_kwargs`` or verl itself) tune
-grading: ``math_timeout`` (seconds for math-verify) and ``sandbox_timeout_s`` (per test); anything else is
-ignored.
+grading: ``math_timeout`` (seconds for math-verify), ``sandbox_timeout_s`` (per test) and ``truncation``
+(``zero``, the default, or ``grade``; ``mask`` scores 0 and reports ``masked``, which verl's loss does
+not read, so it acts as ``zero`` there); anything else is ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pacore_agent.evaluation.datasets import Domain
+from pacore_agent.evaluation.grading import DEFAULT_TRUNCATION, Truncation
 from pacore_agent.evaluation.sandbox import SandboxConfig
 from pacore_agent.exceptions import UsageError
 from training.data import TrainProblem, parse_tests
@@ -60,6 +69,7 @@ def compute_score(
     *,
     math_timeout: float = 5.0,
     sandbox_timeout_s: float | None = None,
+    truncation: Truncation = DEFAULT_TRUNCATION,
     **_: Any,
 ) -> dict[str, float]:
     """Score one response of a PaCoRe synthesis episode.
@@ -71,9 +81,10 @@ def compute_score(
         extra_info: The item's ``extra_info`` (``problem_id``, ``domain``, ``message_correct``).
         math_timeout: Seconds math-verify may spend.
         sandbox_timeout_s: Per-test wall-clock limit for code (default: the sandbox's).
+        truncation: What a truncated response earns (see the module docstring).
 
     Returns:
-        ``score`` (the reward) and the flags, all floats.
+        ``score`` (the reward) and the flags (``truncated`` and ``masked`` among them), all floats.
 
     Raises:
         UsageError: The domain cannot be told, or a code ground truth holds no tests.
@@ -92,5 +103,13 @@ def compute_score(
     sandbox = SandboxConfig(timeout_s=sandbox_timeout_s) if sandbox_timeout_s else None
     reward_fn = functools.partial(default_reward, sandbox=sandbox, math_timeout=math_timeout)
     message_correct = _flags(info.get("message_correct"))
-    result = score_response(problem, solution_str or "", message_correct, reward_fn=reward_fn)
+    finish_reason = info.get("finish_reason")
+    result = score_response(
+        problem,
+        solution_str or "",
+        message_correct,
+        reward_fn=reward_fn,
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        truncation=truncation,
+    )
     return {**result.metrics(), "num_messages": float(len(message_correct))}
