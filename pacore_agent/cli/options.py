@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from pacore_agent.backends.base import SamplingParams
-from pacore_agent.cli.common import fail
+from pacore_agent.cli.common import at_least_one, fail
 
 __all__ = [
     "PAPER",
@@ -25,8 +25,6 @@ __all__ = [
     "MaxTokens",
     "Temperature",
     "TopP",
-    "at_least_one",
-    "positive",
     "sampling",
 ]
 
@@ -121,15 +119,3 @@ def sampling(
     return SamplingParams(
         temperature=temperature_value, top_p=top_p_value, max_tokens=max_tokens, extra_body=body, **fields
     )
-
-
-def at_least_one(option: str, value: int | None) -> None:
-    """Exit naming ``option`` when a count that must be positive is not (``None``: not given)."""
-    if value is not None and value < 1:
-        raise fail(f"{option} must be at least 1, got {value}")
-
-
-def positive(option: str, value: float | None) -> None:
-    """Exit naming ``option`` when a quantity that must be positive is not (``None``: not given)."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise fail(f"{option} must be a positive number, got {value}")
