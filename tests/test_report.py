@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,7 @@ from pacore_agent.evaluation.report import (
 )
 from pacore_agent.evaluation.store import RunRecord, RunStore
 from pacore_agent.results import ErrorInfo, RoundResult, SolveResult, Trajectory, Usage
-
-PACORE = [sys.executable, "-m", "pacore_agent.cli"]
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import run_pacore
 
 
 def make_record(
@@ -291,22 +287,16 @@ def test_intervals() -> None:
 
 def test_cli_report_writes_table_csv_markdown_and_plot(run_dir: Path, tmp_path: Path) -> None:
     table, plot, markdown = tmp_path / "t.csv", tmp_path / "p.png", tmp_path / "t.md"
-    done = subprocess.run(
-        [
-            *PACORE,
-            "report",
-            str(run_dir),
-            "--csv",
-            str(table),
-            "--plot",
-            str(plot),
-            "--markdown",
-            str(markdown),
-        ],
-        capture_output=True,
-        text=True,
+    done = run_pacore(
+        "report",
+        str(run_dir),
+        "--csv",
+        str(table),
+        "--plot",
+        str(plot),
+        "--markdown",
+        str(markdown),
         timeout=90,
-        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
     assert "sc@4" in done.stdout and "33.3 [0.0, 66.7]" in done.stdout
@@ -314,18 +304,10 @@ def test_cli_report_writes_table_csv_markdown_and_plot(run_dir: Path, tmp_path: 
     assert "| aime2025 | sc@4 |" in markdown.read_text()
     assert plot.read_bytes()[:4] == b"\x89PNG" and plot.stat().st_size > 20_000
 
-    printed = subprocess.run(
-        [*PACORE, "report", str(run_dir), "--markdown", "-"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    printed = run_pacore("report", str(run_dir), "--markdown", "-", timeout=60)
     assert printed.stdout.startswith("**PaCoRe benchmark report")
 
-    empty = subprocess.run(
-        [*PACORE, "report", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
+    empty = run_pacore("report", str(tmp_path / "nothing"), timeout=60)
     assert empty.returncode == 2 and "holds no benchmark results" in empty.stderr
 
 
