@@ -116,6 +116,11 @@ async def test_grade_result_records_the_status_of_answer_and_messages(
     assert result.info["grading"]["status"] == "error"
 
 
+def always_says(problem: Problem, answer: str) -> SimConfig:
+    """The simulated model, always right, with ``answer`` as the right answer of ``problem``."""
+    return SimConfig(seed=1, answers={problem.problem: answer}, accuracy=1.0, think_words=4)
+
+
 @pytest.mark.anyio
 async def test_a_bench_run_records_ungraded_samples_and_the_report_counts_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -123,7 +128,7 @@ async def test_a_bench_run_records_ungraded_samples_and_the_report_counts_them(
     problem = Problem(id="q1", problem="What is sqrt(7)?", answer="\\sqrt{2}")
     # The simulated model answers sqrt(7) when right and something else when wrong: only the former
     # reaches the dying grader; the point is that no sample graded by it reads as wrong.
-    config = SimConfig(seed=1, answers={problem.problem: "\\sqrt{7}"}, accuracy=1.0, think_words=4)
+    config = always_says(problem, "\\sqrt{7}")
     settings = BenchSettings("mine", parse_methods(["single"]), samples=3)
     fake_math_verify(tmp_path / "fake", FAKE_MATH_VERIFY, monkeypatch)
     async with SimServer(config) as server, OpenAIBackend(server.base_url) as backend:
@@ -142,7 +147,7 @@ async def test_a_bench_run_stops_when_the_grader_cannot_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     problem = Problem(id="q1", problem="What is sqrt(17)?", answer="\\sqrt{2}")
-    config = SimConfig(seed=1, answers={problem.problem: "\\sqrt{17}"}, accuracy=1.0, think_words=4)
+    config = always_says(problem, "\\sqrt{17}")
     settings = BenchSettings("mine", parse_methods(["single", "sc@2"]), samples=2)
     fake_math_verify(tmp_path / "fake", BROKEN_MATH_VERIFY, monkeypatch)
     async with SimServer(config) as server, OpenAIBackend(server.base_url) as backend:

@@ -95,22 +95,16 @@ def run_dir(tmp_path: Path) -> Path:
     with RunStore.open(directory, config={"model": "some-model", "protocol": "fresh"}) as store:
         for record in records:
             assert store.append_sync(record)
+    # Sample 0 failed once, then was done by a rerun: not an error any more.
     failures = [
         FailedItem(
             benchmark="aime2025",
             problem_id="p1",
             method="single",
-            sample=4,
+            sample=sample,
             error=ErrorInfo(type="RoundFailedError", message="x"),
-        ),
-        # Failed once, then done by a rerun: not an error any more.
-        FailedItem(
-            benchmark="aime2025",
-            problem_id="p1",
-            method="single",
-            sample=0,
-            error=ErrorInfo(type="RoundFailedError", message="x"),
-        ),
+        )
+        for sample in (4, 0)
     ]
     (directory / FAILURES_FILENAME).write_text("".join(f.model_dump_json() + "\n" for f in failures))
     return directory

@@ -20,15 +20,8 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from typer.testing import CliRunner
 
-from pacore_agent import (
-    Coordinator,
-    Latency,
-    OpenAIBackend,
-    RetryPolicy,
-    SamplingParams,
-    SimConfig,
-    SimServer,
-)
+from pacore_agent import Coordinator, Latency, OpenAIBackend, RetryPolicy, SimConfig, SimServer
+from pacore_agent.backends.base import SamplingParams
 from pacore_agent.cli import app
 from pacore_agent.exceptions import UsageError
 from pacore_agent.results import Usage
