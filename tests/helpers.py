@@ -17,6 +17,8 @@ from typing import Any
 import anyio
 
 from pacore_agent import OpenAIBackend, SimConfig, SimServer
+from pacore_agent.evaluation.store import RunRecord
+from pacore_agent.results import SolveResult
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -109,4 +111,21 @@ def run_pacore(
     """Run ``pacore ARGS`` to the end in a subprocess; its output is captured as text."""
     return subprocess.run(
         [*PACORE, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env, input=stdin
+    )
+
+
+def graded_record(
+    result: SolveResult, grading: dict[str, Any], *, problem_id: str, sample: int, benchmark: str = "aime2025"
+) -> RunRecord:
+    """The stored record of a solve of ``problem_id`` and its ``grading`` (predicted, score, correct ...)."""
+    return RunRecord(
+        benchmark=benchmark,
+        problem_id=problem_id,
+        method=result.method,
+        sample=sample,
+        result=result,
+        predicted=grading["predicted"],
+        correct=grading["correct"],
+        score=grading["score"],
+        info={"grading": grading},
     )

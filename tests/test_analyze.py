@@ -31,7 +31,7 @@ from pacore_agent.evaluation.store import RunRecord, RunStore
 from pacore_agent.exceptions import UsageError
 from pacore_agent.prompts import blind_prompt
 from pacore_agent.results import RoundResult, SolveResult, Trajectory, Usage
-from tests.helpers import run_pacore
+from tests.helpers import graded_record, run_pacore
 
 
 def boxed(answer: str) -> str:
@@ -85,17 +85,7 @@ def make_record(
         "correct": correct,
         "rounds": [{"index": 0, "correct": [ok for _, ok in messages]}],
     }
-    return RunRecord(
-        benchmark="aime2025",
-        problem_id=problem_id,
-        method=method,
-        sample=sample,
-        result=result,
-        predicted=answer,
-        correct=correct,
-        score=float(correct),
-        info={"grading": grading},
-    )
+    return graded_record(result, grading, problem_id=problem_id, sample=sample)
 
 
 # The right answer of every problem is 5.

@@ -20,7 +20,7 @@ from pacore_agent.evaluation.report import (
 )
 from pacore_agent.evaluation.store import RunRecord, RunStore
 from pacore_agent.results import ErrorInfo, RoundResult, SolveResult, Trajectory, Usage
-from tests.helpers import run_pacore
+from tests.helpers import graded_record, run_pacore
 
 
 def make_record(
@@ -55,17 +55,7 @@ def make_record(
         "rounds": [] if given is None else [{"index": 0, "correct": given}],
         "emergent": given is not None and correct and not any(given),
     }
-    return RunRecord(
-        benchmark=benchmark,
-        problem_id=problem_id,
-        method=method,
-        sample=sample,
-        result=result,
-        predicted=grading["predicted"],  # type: ignore[arg-type]
-        correct=correct,
-        score=float(correct),
-        info={"grading": grading},
-    )
+    return graded_record(result, grading, problem_id=problem_id, sample=sample, benchmark=benchmark)
 
 
 WRONG = [False, False, False, False]
