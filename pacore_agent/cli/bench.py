@@ -75,7 +75,7 @@ def bench(
         bool,
         typer.Option(help="Send a per-request seed derived from --seed and the sample (repeatable runs)."),
     ] = True,
-    order: Annotated[str, typer.Option(help="Reference order: seeded, official or launch.")] = "seeded",
+    order: options.Order = "seeded",
     max_calls: Annotated[int | None, typer.Option(help="Budget: requests per solve.")] = None,
     max_solve_tokens: Annotated[
         int | None, typer.Option(help="Budget: prompt plus completion tokens per solve.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -21,8 +22,11 @@ __all__ = [
     "PAPER",
     "ApiKeyEnv",
     "BaseUrl",
+    "BootstrapSeed",
     "ExtraBody",
     "MaxTokens",
+    "Order",
+    "RunDirectories",
     "Temperature",
     "TopP",
     "sampling",
@@ -80,6 +84,12 @@ ExtraBody = Annotated[
         metavar="JSON",
     ),
 ]
+
+Order = Annotated[str, typer.Option(help="Reference order: seeded, official or launch.")]
+RunDirectories = Annotated[
+    list[Path], typer.Argument(help="One or more run directories of `pacore bench`.", metavar="DIR")
+]
+BootstrapSeed = Annotated[int, typer.Option(help="Seed of the bootstrap.")]
 
 
 def _number(option: str, text: str) -> float | None:

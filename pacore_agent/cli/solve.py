@@ -89,7 +89,7 @@ def solve(
             help=f"Requests in flight at once (default: {DEFAULT_MAX_CONCURRENCY}; 2 with transformers)."
         ),
     ] = None,
-    order: Annotated[str, typer.Option(help="Reference order: seeded, official or launch.")] = "seeded",
+    order: options.Order = "seeded",
     stream: Annotated[
         bool, typer.Option("--stream", help="Show rounds, trajectories and the final round's tokens live.")
     ] = False,
