@@ -27,22 +27,10 @@ from pacore_agent.background import BackgroundIterator
 from pacore_agent.batch import collect, solve_each
 from pacore_agent.budget import Budget, BudgetTracker
 from pacore_agent.compactors import Compactor, final_conclusion
-from pacore_agent.exceptions import (
-    BudgetExceeded,
-    RoundFailedError,
-    SolveError,
-    UsageError,
-)
+from pacore_agent.exceptions import BudgetExceeded, RoundFailedError, SolveError, UsageError
 from pacore_agent.ordering import OrderPolicy
 from pacore_agent.prompts import Messages, SynthesisTemplate, blind_prompt, build_prompt, normalize_problem
-from pacore_agent.results import (
-    Done,
-    Event,
-    RoundFinished,
-    RoundResult,
-    RoundStarted,
-    SolveResult,
-)
+from pacore_agent.results import Done, Event, RoundFinished, RoundResult, RoundStarted, SolveResult
 from pacore_agent.retry import RetryPolicy
 from pacore_agent.rounds import Emit, RoundRunner, TokenStreaming
 from pacore_agent.schedule import DEFAULT_MAX_WIDTH, Schedule, ScheduleLike

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -33,9 +31,7 @@ from pacore_agent.evaluation.store import RunRecord, RunStore
 from pacore_agent.exceptions import UsageError
 from pacore_agent.prompts import blind_prompt
 from pacore_agent.results import RoundResult, SolveResult, Trajectory, Usage
-
-PACORE = [sys.executable, "-m", "pacore_agent.cli"]
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import graded_record, run_pacore
 
 
 def boxed(answer: str) -> str:
@@ -89,17 +85,7 @@ def make_record(
         "correct": correct,
         "rounds": [{"index": 0, "correct": [ok for _, ok in messages]}],
     }
-    return RunRecord(
-        benchmark="aime2025",
-        problem_id=problem_id,
-        method=method,
-        sample=sample,
-        result=result,
-        predicted=answer,
-        correct=correct,
-        score=float(correct),
-        info={"grading": grading},
-    )
+    return graded_record(result, grading, problem_id=problem_id, sample=sample)
 
 
 # The right answer of every problem is 5.
@@ -278,39 +264,21 @@ def test_synthesis_needs_one_grade_per_answer() -> None:
 
 def test_cli_analyze_writes_table_markdown_csv(run_dir: Path, tmp_path: Path) -> None:
     md, table = tmp_path / "d.md", tmp_path / "d.csv"
-    done = subprocess.run(
-        [*PACORE, "analyze", str(run_dir), "--md", str(md), "--csv", str(table)],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        cwd=REPO,
-    )
+    done = run_pacore("analyze", str(run_dir), "--md", str(md), "--csv", str(table), timeout=90)
     assert done.returncode == 0, done.stderr
     assert "majority shortcut" in done.stdout and "1/4 (25%)" in done.stdout
     assert "| aime2025 | pacore:[3] | 4 (4/4 records) | 1/1 (100%) | 1/4 (25%) |" in md.read_text()
     assert table.read_text().startswith("run,benchmark,method,blind")
-    bad = subprocess.run(
-        [*PACORE, "analyze", str(run_dir), "--markers", "("],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    bad = run_pacore("analyze", str(run_dir), "--markers", "(", timeout=60)
     assert bad.returncode == 2 and "--markers" in bad.stderr
-    own = subprocess.run(
-        [*PACORE, "analyze", str(run_dir), "--markers", "five", "--markers", "scratch", "--csv", str(table)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
+    own = run_pacore(
+        "analyze", str(run_dir), "--markers", "five", "--markers", "scratch", "--csv", str(table), timeout=60
     )
     assert own.returncode == 0, own.stderr
     with table.open() as handle:
         (row,) = list(csv.DictReader(handle))
     assert (row["markers_count"], row["markers_total"]) == ("2", "4")  # p1 "five", p2 "scratch"
-    missing = subprocess.run(
-        [*PACORE, "analyze", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
+    missing = run_pacore("analyze", str(tmp_path / "nothing"), timeout=60)
     assert missing.returncode == 2 and "holds no benchmark results" in missing.stderr
 
 
@@ -460,18 +428,10 @@ def test_cli_analyze_sim_run_with_plot(
 ) -> None:
     out, _, _ = sim_run
     plot, md = tmp_path / "ttc.png", tmp_path / "d.md"
-    done = subprocess.run(
-        [*PACORE, "analyze", str(out), "--plot", str(plot), "--md", str(md)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
+    done = run_pacore("analyze", str(out), "--plot", str(plot), "--md", str(md))
     assert done.returncode == 0, done.stderr
     assert "PaCoRe minus its blind counterfactual" in done.stdout
     assert "pacore:medium - pacore-blind:medium" in md.read_text()
     assert plot.read_bytes()[:4] == b"\x89PNG" and plot.stat().st_size > 20_000
-    report = subprocess.run(
-        [*PACORE, "report", str(out)], capture_output=True, text=True, timeout=120, cwd=REPO
-    )
+    report = run_pacore("report", str(out))
     assert report.returncode == 0 and "PaCoRe minus its blind counterfactual" in report.stdout

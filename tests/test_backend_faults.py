@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from pacore_agent import BackendError, BudgetExceeded, RoundFailedError, UsageError
 from pacore_agent.backends.base import GenerationRequest, SamplingParams
 from pacore_agent.backends.errors import (
     error_fields,
@@ -27,18 +28,14 @@ from pacore_agent.backends.sim import Faults, SimConfig
 from pacore_agent.backends.sim_server import SimServer
 from pacore_agent.exceptions import (
     AuthenticationError,
-    BackendError,
-    BudgetExceeded,
     ContextLengthError,
     EndpointConnectionError,
     EndpointTimeoutError,
     MalformedResponseError,
     RateLimitError,
     RequestRejectedError,
-    RoundFailedError,
     ServerError,
     UnsupportedParameterError,
-    UsageError,
 )
 from pacore_agent.results import SolveResult
 from pacore_agent.retry import RetryPolicy, call_with_retries

@@ -7,9 +7,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +27,7 @@ from pacore_agent.evaluation.datasets import DatasetUnavailableError, Problem
 from pacore_agent.evaluation.grading import grade_result
 from pacore_agent.evaluation.report import CSV_COLUMNS, summarize
 from pacore_agent.evaluation.store import RunRecord, RunStore
-from tests.helpers import closed_port
-
-PACORE = [sys.executable, "-m", "pacore_agent.cli"]
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import PACORE, REPO, run_pacore, sim_server_process
 
 
 @pytest.fixture(scope="module")
@@ -269,45 +264,10 @@ def sim_server(shared_dir: Path) -> Iterator[str]:
     data = shared_dir / "data" / "aime2025.jsonl"
     if not data.is_file():
         pytest.skip("AIME 2025 data not found")
-    port = closed_port()
-    process = subprocess.Popen(
-        [
-            *PACORE,
-            "sim-server",
-            "--port",
-            str(port),
-            "--seed",
-            "3",
-            "--think-words",
-            "8",
-            "--latency-median",
-            "0.01",
-            "--answers",
-            str(data),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        cwd=REPO,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("sim-server did not start") from None
-                time.sleep(0.05)
+    with sim_server_process(
+        "--seed", "3", "--think-words", "8", "--latency-median", "0.01", "--answers", str(data)
+    ) as url:
         yield f"{url}/v1"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 @pytest.mark.slow
@@ -361,13 +321,7 @@ def test_cli_bench_killed_midway_resumes_then_reports(sim_server: str, tmp_path:
     assert refused.returncode == 2 and "different configuration" in " ".join(refused.stderr.split())
 
     table, plot = tmp_path / "table.csv", tmp_path / "scaling.png"
-    report = subprocess.run(
-        [*PACORE, "report", str(out), "--csv", str(table), "--plot", str(plot)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    report = run_pacore("report", str(out), "--csv", str(table), "--plot", str(plot), timeout=60)
     assert report.returncode == 0, report.stderr
     assert "pacore:medium" in report.stdout and "SIMULATED" in report.stdout
     with table.open() as handle:
@@ -382,7 +336,7 @@ def test_cli_bench_killed_midway_resumes_then_reports(sim_server: str, tmp_path:
 
 
 def test_cli_help_lists_the_options() -> None:
-    done = subprocess.run([*PACORE, "bench", "--help"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    done = run_pacore("bench", "--help", timeout=60)
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
     for option in ("--method", "--samples", "--out", "--data", "--base-url", "--model", "--pool-size"):

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,58 +11,20 @@ from pathlib import Path
 import pytest
 
 from pacore_agent import SolveResult
-from tests.helpers import closed_port
-
-PACORE = [sys.executable, "-m", "pacore_agent.cli"]
-
-
-def run(
-    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*PACORE, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env or dict(os.environ),
-        input=stdin,
-    )
+from tests.helpers import closed_port, run_pacore, sim_server_process
 
 
 @pytest.fixture(scope="module")
 def sim_url() -> Iterator[str]:
-    port = closed_port()
-    process = subprocess.Popen(
-        [*PACORE, "sim-server", "--port", str(port), "--split-reasoning", "--seed", "5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
-                    assert json.load(response)["simulated"] is True
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output = process.stdout.read() if process.stdout else ""
-                    raise RuntimeError(f"sim-server did not start: {output}") from None
-                time.sleep(0.1)
+    with sim_server_process("--split-reasoning", "--seed", "5") as url:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+            assert json.load(response)["simulated"] is True
         yield f"{url}/v1"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_solve_json_prints_the_solve_result(sim_url: str, tmp_path: Path) -> None:
     trace = tmp_path / "trace.json"
-    done = run(
+    done = run_pacore(
         "solve", "--base-url", sim_url, "--schedule", "8,2", "--json", "--trace", str(trace), "What is 6*7?"
     )
     assert done.returncode == 0, done.stderr
@@ -78,7 +36,7 @@ def test_solve_json_prints_the_solve_result(sim_url: str, tmp_path: Path) -> Non
 
 
 def test_solve_prints_answer_rounds_and_tokens(sim_url: str) -> None:
-    done = run("solve", "--base-url", sim_url, "-s", "low", "What is 6*7?")
+    done = run_pacore("solve", "--base-url", sim_url, "-s", "low", "What is 6*7?")
     assert done.returncode == 0, done.stderr
     assert "pacore-low" in done.stdout and "effective TTC" in done.stdout
     assert "\\boxed{" in done.stdout
@@ -86,13 +44,13 @@ def test_solve_prints_answer_rounds_and_tokens(sim_url: str) -> None:
 
 def test_solve_reads_the_environment_and_stdin(sim_url: str) -> None:
     env = {**os.environ, "PACORE_BASE_URL": sim_url}
-    done = run("solve", "--json", "-", env=env, stdin="What is 6*7?\n")
+    done = run_pacore("solve", "--json", "-", env=env, stdin="What is 6*7?\n")
     assert done.returncode == 0, done.stderr
     assert SolveResult.model_validate_json(done.stdout).problem[0]["content"] == "What is 6*7?\n"
 
 
 def test_models_lists_the_simulated_model(sim_url: str) -> None:
-    done = run("models", "--base-url", sim_url)
+    done = run_pacore("models", "--base-url", sim_url)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["pacore-sim"]
 
@@ -108,7 +66,7 @@ def test_models_lists_the_simulated_model(sim_url: str) -> None:
 )
 def test_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PACORE_", "OPENAI_"))}
-    done = run(*args, env=env)
+    done = run_pacore(*args, env=env)
     assert done.returncode == 2
     assert message in " ".join(done.stderr.split())
     assert "Traceback" not in done.stderr
@@ -117,7 +75,9 @@ def test_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
 def test_unreachable_endpoint_fails_cleanly(tmp_path: Path) -> None:
     trace = tmp_path / "partial.json"
     base = f"http://127.0.0.1:{closed_port()}/v1"
-    done = run("solve", "--base-url", base, "--model", "m", "--schedule", "2", "--trace", str(trace), "x")
+    done = run_pacore(
+        "solve", "--base-url", base, "--model", "m", "--schedule", "2", "--trace", str(trace), "x"
+    )
     assert done.returncode == 1
     assert "could not talk to" in " ".join(done.stderr.split())
     partial = SolveResult.model_validate_json(trace.read_text())
@@ -126,14 +86,14 @@ def test_unreachable_endpoint_fails_cleanly(tmp_path: Path) -> None:
 
 def test_help_is_useful() -> None:
     for command in ("solve", "sim-server", "models"):
-        done = run(command, "--help")
+        done = run_pacore(command, "--help")
         assert done.returncode == 0
         assert "--" in done.stdout
-    assert "--schedule" in run("solve", "--help").stdout
+    assert "--schedule" in run_pacore("solve", "--help").stdout
 
 
 def test_solve_stream_shows_live_progress(sim_url: str) -> None:
-    done = run(
+    done = run_pacore(
         "solve", "--base-url", sim_url, "-s", "6,2", "--stream", "--min-success", "0.5", "What is 6*7?"
     )
     assert done.returncode == 0, done.stderr
@@ -143,13 +103,13 @@ def test_solve_stream_shows_live_progress(sim_url: str) -> None:
 
 def test_solve_budget_options(sim_url: str, tmp_path: Path) -> None:
     trace = tmp_path / "partial.json"
-    stopped = run(
+    stopped = run_pacore(
         "solve", "--base-url", sim_url, "-s", "8,2", "--budget-calls", "5", "--trace", str(trace), "x"
     )
     assert stopped.returncode == 1
     assert "calls budget" in " ".join(stopped.stderr.split())
     assert SolveResult.model_validate_json(trace.read_text()).calls == 5
-    synthesized = run(
+    synthesized = run_pacore(
         "solve",
         "--base-url",
         sim_url,
@@ -165,5 +125,5 @@ def test_solve_budget_options(sim_url: str, tmp_path: Path) -> None:
     assert synthesized.returncode == 0, synthesized.stderr
     result = SolveResult.model_validate_json(synthesized.stdout)
     assert [len(r.trajectories) for r in result.rounds] == [5, 1]
-    bad = run("solve", "--base-url", sim_url, "--budget-cost", "1", "--price", "cheap", "x")
+    bad = run_pacore("solve", "--base-url", sim_url, "--budget-cost", "1", "--price", "cheap", "x")
     assert bad.returncode == 2 and "--price must be" in bad.stderr

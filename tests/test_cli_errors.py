@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +18,8 @@ import pytest
 
 from pacore_agent import SimConfig, SimServer, SolveResult
 from pacore_agent.evaluation.store import RunStore
+from tests.helpers import PACORE, run_pacore
 from tests.test_report import make_record
-
-PACORE = [sys.executable, "-m", "pacore_agent.cli"]
-
-
-def pacore(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*PACORE, *args], capture_output=True, text=True, timeout=120, env=dict(os.environ), cwd=cwd
-    )
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -98,13 +90,13 @@ def busy_port() -> Iterator[int]:
 def test_bad_options_get_one_line_naming_the_option(
     args: list[str], needles: list[str], tmp_path: Path
 ) -> None:
-    one_line_error(pacore(*args, cwd=tmp_path), *needles)
+    one_line_error(run_pacore(*args, cwd=tmp_path), *needles)
 
 
 def test_bench_out_on_an_existing_file(tmp_path: Path) -> None:
     target = tmp_path / "results.txt"
     target.write_text("not a run directory\n")
-    done = pacore("bench", "aime2025", "-m", "single", "--out", str(target))
+    done = run_pacore("bench", "aime2025", "-m", "single", "--out", str(target))
     one_line_error(done, f"--out {target} is a file", "give a directory")
 
 
@@ -114,7 +106,7 @@ def test_report_outputs_under_a_file(run_dir: Path, tmp_path: Path) -> None:
     for option in ("--csv", "--markdown", "--plot"):
         target = blocker / "out.file"
         one_line_error(
-            pacore("report", str(run_dir), option, str(target)), f"{option} {target}", "cannot write"
+            run_pacore("report", str(run_dir), option, str(target)), f"{option} {target}", "cannot write"
         )
 
 
@@ -122,7 +114,7 @@ def test_solve_trace_under_a_file(tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     target = blocker / "trace.json"
-    done = pacore("solve", "--backend", "sim", "--schedule", "2", "--trace", str(target), "2+2?")
+    done = run_pacore("solve", "--backend", "sim", "--schedule", "2", "--trace", str(target), "2+2?")
     one_line_error(done, f"--trace {target}", "cannot write")
 
 
@@ -130,15 +122,17 @@ def test_report_refuses_a_run_with_a_corrupt_middle_line(run_dir: Path) -> None:
     results = run_dir / "results.jsonl"
     lines = results.read_text().splitlines(keepends=True)
     results.write_text(lines[0] + '{"benchmark": "aime2025"}\n' + "".join(lines[1:]))
-    one_line_error(pacore("report", str(run_dir)), "line 2 is not a valid RunRecord", "repair or remove it")
+    one_line_error(
+        run_pacore("report", str(run_dir)), "line 2 is not a valid RunRecord", "repair or remove it"
+    )
     # A torn last line is a run still being written: it is skipped, not refused.
     results.write_text("".join(lines) + '{"benchmark": "aim')
-    done = pacore("report", str(run_dir))
+    done = run_pacore("report", str(run_dir))
     assert done.returncode == 0, done.stderr
 
 
 def test_serve_on_a_busy_port(busy_port: int) -> None:
-    done = pacore(
+    done = run_pacore(
         "serve",
         "--upstream-base-url",
         "http://127.0.0.1:9/v1",
@@ -148,7 +142,9 @@ def test_serve_on_a_busy_port(busy_port: int) -> None:
         str(busy_port),
     )
     one_line_error(done, f"--port {busy_port}", "already in use", "0 for a free one")
-    one_line_error(pacore("sim-server", "--port", str(busy_port)), f"--port {busy_port}", "already in use")
+    one_line_error(
+        run_pacore("sim-server", "--port", str(busy_port)), f"--port {busy_port}", "already in use"
+    )
 
 
 @pytest.mark.anyio

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
 
-from pacore_agent import (
-    BudgetExceeded,
-    Coordinator,
-    Faults,
-    Latency,
-    OpenAIBackend,
-    RetryPolicy,
-    SamplingParams,
-    SimConfig,
-    SimServer,
-    SolveResult,
-    Usage,
-    UsageError,
-)
+from pacore_agent import Coordinator, Faults, Latency, OpenAIBackend, RetryPolicy, SimConfig, SimServer
+from pacore_agent.backends.base import SamplingParams
 from pacore_agent.budget import Budget, Price
-from tests.helpers import FakeSleep, wait_until
+from pacore_agent.exceptions import BudgetExceeded, UsageError
+from pacore_agent.results import SolveResult, Usage
+from tests.helpers import FakeSleep, served_sim, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -43,18 +30,12 @@ def all_answered_or_cut(server: SimServer) -> bool:
     return engine.in_flight == 0 and engine.served + engine.disconnects == len(engine.requests)
 
 
-@asynccontextmanager
-async def served(config: SimConfig, **options: object) -> AsyncIterator[tuple[SimServer, OpenAIBackend]]:
-    async with SimServer(config) as server, OpenAIBackend(server.base_url, **options) as backend:  # type: ignore[arg-type]
-        yield server, backend
-
-
 def _statuses(result: SolveResult, round_index: int) -> list[str]:
     return [t.status for t in result.rounds[round_index].trajectories]
 
 
 async def test_quorum_starts_the_next_round_and_cancels_stragglers() -> None:
-    async with served(heavy_tailed(seed=6)) as (server, backend):
+    async with served_sim(heavy_tailed(seed=6)) as (server, backend):
         result = await Coordinator([8], backend, min_success=0.75).solve(PROBLEM)
         first = result.rounds[0]
         stragglers = _statuses(result, 0).count("cancelled")
@@ -68,7 +49,7 @@ async def test_quorum_starts_the_next_round_and_cancels_stragglers() -> None:
 
 
 async def test_round_deadline_cuts_a_stalled_round() -> None:
-    async with served(heavy_tailed(seed=2)) as (server, backend):
+    async with served_sim(heavy_tailed(seed=2)) as (server, backend):
         result = await Coordinator([8], backend, round_timeout=1.0).solve(PROBLEM)
         first = result.rounds[0]
         assert first.stop_reason == "deadline"
@@ -79,7 +60,7 @@ async def test_round_deadline_cuts_a_stalled_round() -> None:
 
 
 async def test_hedging_keeps_the_first_k_and_cancels_the_rest() -> None:
-    async with served(heavy_tailed(seed=2)) as (server, backend):
+    async with served_sim(heavy_tailed(seed=2)) as (server, backend):
         result = await Coordinator([4], backend, hedge=3).solve(PROBLEM)
         first = result.rounds[0]
         assert len(first.trajectories) == 7
@@ -92,7 +73,7 @@ async def test_hedging_keeps_the_first_k_and_cancels_the_rest() -> None:
 
 async def test_cancelled_trajectories_keep_partial_output() -> None:
     # Stragglers stream their first chunks, then stall.
-    async with served(heavy_tailed(seed=6, think_words=64), stream=True) as (_, backend):
+    async with served_sim(heavy_tailed(seed=6, think_words=64), stream=True) as (_, backend):
         result = await Coordinator([8], backend, min_success=0.75).solve(PROBLEM)
     cancelled = [t for t in result.rounds[0].trajectories if t.status == "cancelled"]
     assert cancelled and all(t.message is None for t in cancelled)
@@ -102,7 +83,7 @@ async def test_cancelled_trajectories_keep_partial_output() -> None:
 
 
 async def test_call_budget_stops_within_one_call_and_keeps_finished_work() -> None:
-    async with served(SimConfig(seed=3)) as (server, backend):
+    async with served_sim(SimConfig(seed=3)) as (server, backend):
         with pytest.raises(BudgetExceeded) as caught:
             await Coordinator([8, 4], backend, budget=Budget(max_calls=10)).solve(PROBLEM)
     partial = caught.value.partial
@@ -114,7 +95,7 @@ async def test_call_budget_stops_within_one_call_and_keeps_finished_work() -> No
 
 
 async def test_token_budget_stops_within_one_call() -> None:
-    async with served(SimConfig(seed=3)) as (_, backend):
+    async with served_sim(SimConfig(seed=3)) as (_, backend):
         limit = 1500
         with pytest.raises(BudgetExceeded) as caught:
             await Coordinator([32, 4], backend, budget=Budget(max_tokens=limit), n_per_request=1).solve(
@@ -130,7 +111,7 @@ async def test_token_budget_stops_within_one_call() -> None:
 
 async def test_cost_budget_uses_the_price_table() -> None:
     prices = {"pacore-sim": Price(input=1.0, output=4.0)}
-    async with served(SimConfig(seed=3), model="pacore-sim") as (_, backend):
+    async with served_sim(SimConfig(seed=3), model="pacore-sim") as (_, backend):
         with pytest.raises(BudgetExceeded) as caught:
             await Coordinator([16, 4], backend, budget=Budget(max_cost=0.002, prices=prices)).solve(PROBLEM)
     partial = caught.value.partial
@@ -143,7 +124,7 @@ async def test_cost_budget_uses_the_price_table() -> None:
 
 
 async def test_wall_time_budget_cuts_a_stalled_run() -> None:
-    async with served(SimConfig(seed=1, latency=Latency(stall_probability=1.0))) as (server, backend):
+    async with served_sim(SimConfig(seed=1, latency=Latency(stall_probability=1.0))) as (server, backend):
         with pytest.raises(BudgetExceeded) as caught:
             await Coordinator([4], backend, budget=Budget(max_wall_s=0.5)).solve(PROBLEM)
         assert caught.value.budget == "wall_time"
@@ -155,7 +136,7 @@ async def test_wall_time_budget_cuts_a_stalled_run() -> None:
 
 
 async def test_synthesize_mode_answers_from_what_exists() -> None:
-    async with served(SimConfig(seed=3)) as (server, backend):
+    async with served_sim(SimConfig(seed=3)) as (server, backend):
         budget = Budget(max_calls=10, on_exceeded="synthesize")
         result = await Coordinator([8, 4], backend, budget=budget).solve(PROBLEM)
     assert result.answer is not None
@@ -167,7 +148,7 @@ async def test_synthesize_mode_answers_from_what_exists() -> None:
 
 
 async def test_batch_budget_is_shared_by_every_problem() -> None:
-    async with served(SimConfig(seed=3)) as (server, backend):
+    async with served_sim(SimConfig(seed=3)) as (server, backend):
         coordinator = Coordinator([4], backend)
         results = await coordinator.solve_many(
             [f"{PROBLEM} ({i})" for i in range(6)], budget=Budget(max_calls=12), max_in_flight=1
@@ -179,7 +160,7 @@ async def test_batch_budget_is_shared_by_every_problem() -> None:
 
 
 async def test_events_include_cancelled_trajectories_and_add_up() -> None:
-    async with served(heavy_tailed(seed=6)) as (_, backend):
+    async with served_sim(heavy_tailed(seed=6)) as (_, backend):
         events = [e async for e in Coordinator([8], backend, min_success=0.75).stream(PROBLEM)]
     done = events[-1].result  # type: ignore[union-attr]
     finished = [e.trajectory for e in events if e.kind == "trajectory_finished"]
@@ -208,7 +189,7 @@ async def test_mixed_models_per_round_are_recorded() -> None:
 
 
 async def test_adaptive_stop_skips_rounds_when_answers_agree() -> None:
-    async with served(SimConfig(seed=4, accuracy=1.0)) as (server, backend):
+    async with served_sim(SimConfig(seed=4, accuracy=1.0)) as (server, backend):
         result = await Coordinator([8, 4], backend, adaptive_stop=0.9).solve(PROBLEM)
     assert len(result.rounds) == 1 and len(server.engine.requests) == 8
     assert result.info["adaptive_stop"]["stopped"] is True
@@ -216,7 +197,7 @@ async def test_adaptive_stop_skips_rounds_when_answers_agree() -> None:
 
 
 async def test_adaptive_stop_goes_on_when_answers_disagree() -> None:
-    async with served(SimConfig(seed=4, accuracy=0.3)) as (_, backend):
+    async with served_sim(SimConfig(seed=4, accuracy=0.3)) as (_, backend):
         result = await Coordinator([8], backend, adaptive_stop=0.9).solve(PROBLEM)
     assert len(result.rounds) == 2
     assert result.info["adaptive_stop"]["stopped"] is False
@@ -240,7 +221,7 @@ async def test_adaptive_stop_goes_on_when_answers_disagree() -> None:
     ],
 )
 async def test_bad_controls(options: dict[str, object], message: str) -> None:
-    async with served(SimConfig()) as (_, backend):
+    async with served_sim(SimConfig()) as (_, backend):
         with pytest.raises(UsageError, match=message):
             Coordinator([8], backend, **options)  # type: ignore[arg-type]
 
@@ -264,13 +245,13 @@ def test_bad_budgets(budget: dict[str, object], message: str) -> None:
 
 
 async def test_a_schedule_of_none_names_the_argument() -> None:
-    async with served(SimConfig()) as (_, backend):
+    async with served_sim(SimConfig()) as (_, backend):
         with pytest.raises(UsageError, match=r"schedule must be a list of widths like \[32, 4\].*got None"):
             Coordinator(None, backend)  # type: ignore[arg-type]
 
 
 async def test_price_table_must_cover_the_model_in_use() -> None:
-    async with served(SimConfig(), model="pacore-sim") as (_, backend):
+    async with served_sim(SimConfig(), model="pacore-sim") as (_, backend):
         budget = Budget(max_cost=1.0, prices={"other-model": Price(input=1, output=1)})
         with pytest.raises(UsageError, match="no entry for model 'pacore-sim'"):
             Coordinator([4], backend, budget=budget)
@@ -279,7 +260,7 @@ async def test_price_table_must_cover_the_model_in_use() -> None:
 
 
 async def test_synthesize_mode_charges_the_final_round() -> None:
-    async with served(SimConfig(seed=3)) as (server, backend):
+    async with served_sim(SimConfig(seed=3)) as (server, backend):
         budget = Budget(max_calls=10, on_exceeded="synthesize")
         result = await Coordinator([8, 4], backend, budget=budget).solve(PROBLEM)
     used = result.info["budget_used"]
@@ -290,7 +271,7 @@ async def test_synthesize_mode_charges_the_final_round() -> None:
 async def test_a_retry_is_checked_against_the_budget_before_it_starts() -> None:
     config = SimConfig(seed=3, faults=Faults(script=["server_error"]))
     sleep = FakeSleep()
-    async with served(config) as (server, backend):
+    async with served_sim(config) as (server, backend):
         coordinator = Coordinator([2], backend, budget=Budget(max_calls=2), retry=RetryPolicy(sleep=sleep))
         with pytest.raises(BudgetExceeded) as caught:
             await coordinator.solve(PROBLEM)

@@ -6,45 +6,23 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import jinja2
 import pytest
 
-from pacore_agent import (
-    ConfigurationError,
-    Coordinator,
-    Faults,
-    Latency,
-    OpenAIBackend,
-    RetryPolicy,
-    RoundFailedError,
-    SamplingParams,
-    SimConfig,
-    SimServer,
-    SolveResult,
-    Usage,
-    UsageError,
-    backend_from_env,
-)
+from pacore_agent import Coordinator, Faults, Latency, OpenAIBackend, RetryPolicy, SimConfig, SimServer
+from pacore_agent.backends.base import SamplingParams
+from pacore_agent.backends.env import backend_from_env
 from pacore_agent.backends.sim import SimEngine
+from pacore_agent.exceptions import ConfigurationError, RoundFailedError, UsageError
 from pacore_agent.ordering import round_rng
-from tests.helpers import FakeSleep, closed_port, wait_until
+from pacore_agent.results import SolveResult, Usage
+from tests.helpers import FakeSleep, closed_port, served_sim, wait_until
 
 pytestmark = pytest.mark.anyio
 
 PROBLEM = "Let $x$ be the number of primes below 20. Find $x$."
-
-
-@asynccontextmanager
-async def served(
-    config: SimConfig | None = None, **backend_options: object
-) -> AsyncIterator[tuple[SimServer, OpenAIBackend]]:
-    async with SimServer(config or SimConfig(seed=3)) as server:
-        async with OpenAIBackend(server.base_url, **backend_options) as backend:  # type: ignore[arg-type]
-            yield server, backend
 
 
 def _references(body: dict[str, object]) -> int:
@@ -54,7 +32,7 @@ def _references(body: dict[str, object]) -> int:
 
 
 async def test_rounds_of_32_4_1_and_references_sent() -> None:
-    async with served() as (server, backend):
+    async with served_sim() as (server, backend):
         coordinator = Coordinator([32, 4], backend)
         assert coordinator.rounds == [32, 4, 1]
         result = await coordinator.solve(PROBLEM)
@@ -71,7 +49,7 @@ async def test_rounds_of_32_4_1_and_references_sent() -> None:
 
 async def test_synthesis_body_is_byte_identical_to_the_template(shared_dir) -> None:  # type: ignore[no-untyped-def]
     template = jinja2.Template((shared_dir / "docs" / "synthesis_template.txt").read_text(encoding="utf-8"))
-    async with served() as (server, backend):
+    async with served_sim() as (server, backend):
         result = await Coordinator([6], backend, seed=11).solve(PROBLEM)
     first, final = result.rounds
     assert len(first.messages) == 6
@@ -87,7 +65,7 @@ async def test_synthesis_body_is_byte_identical_to_the_template(shared_dir) -> N
 
 
 async def test_default_order_is_seeded_per_problem_and_round() -> None:
-    async with served() as (_, backend):
+    async with served_sim() as (_, backend):
         result = await Coordinator([5], backend, seed=4).solve(PROBLEM)
     from pacore_agent.coordinator import problem_key
 
@@ -104,7 +82,7 @@ async def test_multi_turn_history_is_kept() -> None:
         {"role": "assistant", "content": "4"},
         {"role": "user", "content": PROBLEM},
     ]
-    async with served() as (server, backend):
+    async with served_sim() as (server, backend):
         await Coordinator([2], backend).solve(history)
     synthesis = server.engine.requests[2]["messages"]
     assert synthesis[:3] == history[:3]
@@ -114,7 +92,7 @@ async def test_multi_turn_history_is_kept() -> None:
 
 async def test_failed_trajectory_is_recorded_and_left_out() -> None:
     config = SimConfig(seed=2, faults=Faults(script=[None, None, "server_error"]))
-    async with served(config) as (_, backend):
+    async with served_sim(config) as (_, backend):
         result = await Coordinator([4], backend, retry=RetryPolicy(max_attempts=1)).solve(PROBLEM)
     first = result.rounds[0]
     failed = [t for t in first.trajectories if t.status == "failed"]
@@ -130,7 +108,7 @@ async def test_retries_by_error_class_with_injected_sleep() -> None:
     config = SimConfig(
         seed=2, faults=Faults(script=["rate_limit", "server_error", "unavailable"], retry_after=7)
     )
-    async with served(config) as (_, backend):
+    async with served_sim(config) as (_, backend):
         result = await Coordinator([1], backend, retry=policy).solve(PROBLEM)
     first = result.rounds[0].trajectories[0]
     assert first.ok and first.attempts == 4
@@ -142,7 +120,7 @@ async def test_retries_by_error_class_with_injected_sleep() -> None:
 async def test_bad_request_is_not_retried() -> None:
     sleep = FakeSleep()
     config = SimConfig(faults=Faults(script=["bad_request"]))
-    async with served(config) as (server, backend):
+    async with served_sim(config) as (server, backend):
         with pytest.raises(RoundFailedError) as caught:
             await Coordinator([1], backend, retry=RetryPolicy(sleep=sleep)).solve(PROBLEM)
     assert sleep.calls == []
@@ -154,7 +132,7 @@ async def test_bad_request_is_not_retried() -> None:
 
 async def test_context_length_error_retried_once_with_smaller_max_tokens() -> None:
     config = SimConfig(context_window=500)
-    async with served(config) as (server, backend):
+    async with served_sim(config) as (server, backend):
         sampling = SamplingParams(max_tokens=2000)
         result = await Coordinator(
             [1], backend, sampling=sampling, retry=RetryPolicy(sleep=FakeSleep())
@@ -189,7 +167,7 @@ async def test_endpoint_never_sees_more_than_the_limit() -> None:
 
 async def test_cancelling_a_solve_cancels_every_request() -> None:
     config = SimConfig(latency=Latency(stall_probability=1.0))
-    async with served(config) as (server, backend):
+    async with served_sim(config) as (server, backend):
         before = set(asyncio.all_tasks())
         async with anyio.create_task_group() as group:
             group.start_soon(Coordinator([8], backend).solve, PROBLEM)
@@ -201,7 +179,7 @@ async def test_cancelling_a_solve_cancels_every_request() -> None:
 
 
 async def test_usage_totals_equal_what_the_server_reported() -> None:
-    async with served(SimConfig(seed=5, split_reasoning=True)) as (server, backend):
+    async with served_sim(SimConfig(seed=5, split_reasoning=True)) as (server, backend):
         result = await Coordinator("high", backend).solve(PROBLEM)
     assert result.usage == server.engine.usage_served
     assert result.usage.reasoning_tokens > 0 and result.usage.cached_tokens > 0
@@ -210,7 +188,7 @@ async def test_usage_totals_equal_what_the_server_reported() -> None:
 
 
 async def test_result_round_trips_through_json() -> None:
-    async with served(SimConfig(split_reasoning=True)) as (_, backend):
+    async with served_sim(SimConfig(split_reasoning=True)) as (_, backend):
         result = await Coordinator([3], backend).solve(PROBLEM)
     restored = SolveResult.model_validate_json(result.model_dump_json())
     assert restored == result
@@ -220,7 +198,7 @@ async def test_result_round_trips_through_json() -> None:
 
 
 async def test_n_per_request_uses_n_where_honoured() -> None:
-    async with served(SimConfig(seed=1)) as (server, backend):
+    async with served_sim(SimConfig(seed=1)) as (server, backend):
         result = await Coordinator([8], backend, n_per_request=4).solve(PROBLEM)
     assert [b.get("n") for b in server.engine.requests] == [4, 4, None]
     assert len(result.rounds[0].trajectories) == 8
@@ -230,7 +208,7 @@ async def test_n_per_request_uses_n_where_honoured() -> None:
 
 
 async def test_server_ignoring_n_is_detected() -> None:
-    async with served(SimConfig(seed=1, honour_n=False)) as (server, backend):
+    async with served_sim(SimConfig(seed=1, honour_n=False)) as (server, backend):
         result = await Coordinator([4], backend, n_per_request=4).solve(PROBLEM)
     assert backend.supports_n is False
     assert len(result.rounds[0].trajectories) == 4
@@ -242,9 +220,9 @@ async def test_server_ignoring_n_is_detected() -> None:
 async def test_streaming_backend_collects_the_same_answers() -> None:
     config = SimConfig(seed=9, split_reasoning=True)
     sampling = SamplingParams(seed=123)
-    async with served(config) as (_, plain):
+    async with served_sim(config) as (_, plain):
         expected = await Coordinator([3], plain, sampling=sampling).solve(PROBLEM)
-    async with served(config, stream=True) as (_, streaming):
+    async with served_sim(config, stream=True) as (_, streaming):
         streamed = await Coordinator([3], streaming, sampling=sampling).solve(PROBLEM)
     assert streamed.answer == expected.answer
     assert [t.content for t in streamed.trajectories] == [t.content for t in expected.trajectories]
@@ -253,7 +231,7 @@ async def test_streaming_backend_collects_the_same_answers() -> None:
 
 
 async def test_events_arrive_in_order_and_add_up() -> None:
-    async with served(SimConfig(seed=4)) as (_, backend):
+    async with served_sim(SimConfig(seed=4)) as (_, backend):
         events = [event async for event in Coordinator([3, 2], backend).stream(PROBLEM)]
     kinds = [e.kind for e in events]
     assert kinds[0] == "round_started" and kinds[-1] == "done"
@@ -283,7 +261,7 @@ async def test_unreachable_endpoint_is_a_clear_error() -> None:
 
 async def test_malformed_json_is_a_clear_error() -> None:
     config = SimConfig(faults=Faults(rates={"malformed": 1.0}))
-    async with served(config) as (_, backend):
+    async with served_sim(config) as (_, backend):
         with pytest.raises(RoundFailedError, match="malformed response") as caught:
             await Coordinator([2], backend, retry=RetryPolicy(max_attempts=2, sleep=FakeSleep())).solve(
                 PROBLEM
@@ -293,7 +271,7 @@ async def test_malformed_json_is_a_clear_error() -> None:
 
 async def test_dropped_connection_is_retried() -> None:
     config = SimConfig(faults=Faults(script=["drop"]))
-    async with served(config) as (_, backend):
+    async with served_sim(config) as (_, backend):
         result = await Coordinator([1], backend, retry=RetryPolicy(sleep=FakeSleep())).solve(PROBLEM)
     assert result.rounds[0].trajectories[0].attempts == 2
 
@@ -321,7 +299,7 @@ async def test_api_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def test_model_is_the_endpoints_only_model() -> None:
-    async with served() as (_, backend):
+    async with served_sim() as (_, backend):
         assert await backend.resolve_model() == "pacore-sim"
 
 
@@ -353,13 +331,13 @@ async def test_backend_from_the_environment() -> None:
     ],
 )
 async def test_bad_coordinator_options(options: dict[str, object], message: str) -> None:
-    async with served() as (_, backend):
+    async with served_sim() as (_, backend):
         with pytest.raises(UsageError, match=message):
             Coordinator(backend=backend, **options)  # type: ignore[arg-type]
 
 
 async def test_bad_problems_fail_before_any_request() -> None:
-    async with served() as (server, backend):
+    async with served_sim() as (server, backend):
         coordinator = Coordinator([2], backend)
         for problem in ("", [], [{"role": "assistant", "content": "hi"}]):
             with pytest.raises(UsageError):
@@ -371,7 +349,7 @@ async def test_bad_problems_fail_before_any_request() -> None:
 
 async def test_solve_many_keeps_finished_work_when_one_fails() -> None:
     config = SimConfig(faults=Faults(script=["bad_request"]))
-    async with served(config) as (_, backend):
+    async with served_sim(config) as (_, backend):
         coordinator = Coordinator([1], backend, retry=RetryPolicy(max_attempts=1))
         results = await coordinator.solve_many([f"{PROBLEM} #{i}" for i in range(3)], max_in_flight=1)
     assert isinstance(results[0], RoundFailedError)

@@ -10,7 +10,7 @@ import pytest
 from pacore_agent import OpenAIBackend, SimConfig, SimServer, UsageError
 from pacore_agent.evaluation import answers
 from pacore_agent.evaluation.answers import math_verdict, shutdown_math_workers
-from pacore_agent.evaluation.bench import BenchSettings, parse_methods, read_failures, run_bench
+from pacore_agent.evaluation.bench import BenchSettings, BenchSummary, parse_methods, read_failures, run_bench
 from pacore_agent.evaluation.datasets import Problem
 from pacore_agent.evaluation.grading import GraderUnavailableError, grade_message, grade_result
 from pacore_agent.evaluation.report import summarize
@@ -116,18 +116,33 @@ async def test_grade_result_records_the_status_of_answer_and_messages(
     assert result.info["grading"]["status"] == "error"
 
 
+async def bench_one_root(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    math_verify: str,
+    n: int,
+    methods: list[str],
+    samples: int,
+) -> BenchSummary:
+    """`run_bench` of "What is sqrt(n)?" graded by a fake math-verify (``math_verify``: its source).
+
+    The simulated model answers sqrt(n) when right (and it always is): only that answer reaches the
+    fake grader.
+    """
+    problem = Problem(id="q1", problem=f"What is sqrt({n})?", answer="\\sqrt{2}")
+    config = SimConfig(seed=1, answers={problem.problem: f"\\sqrt{{{n}}}"}, accuracy=1.0, think_words=4)
+    settings = BenchSettings("mine", parse_methods(methods), samples=samples)
+    fake_math_verify(tmp_path / "fake", math_verify, monkeypatch)
+    async with SimServer(config) as server, OpenAIBackend(server.base_url) as backend:
+        return await run_bench(settings, [problem], backend, tmp_path / "run")
+
+
 @pytest.mark.anyio
 async def test_a_bench_run_records_ungraded_samples_and_the_report_counts_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    problem = Problem(id="q1", problem="What is sqrt(7)?", answer="\\sqrt{2}")
-    # The simulated model answers sqrt(7) when right and something else when wrong: only the former
-    # reaches the dying grader; the point is that no sample graded by it reads as wrong.
-    config = SimConfig(seed=1, answers={problem.problem: "\\sqrt{7}"}, accuracy=1.0, think_words=4)
-    settings = BenchSettings("mine", parse_methods(["single"]), samples=3)
-    fake_math_verify(tmp_path / "fake", FAKE_MATH_VERIFY, monkeypatch)
-    async with SimServer(config) as server, OpenAIBackend(server.base_url) as backend:
-        summary = await run_bench(settings, [problem], backend, tmp_path / "run")
+    # The point is that no sample graded by the dying grader reads as wrong.
+    summary = await bench_one_root(tmp_path, monkeypatch, FAKE_MATH_VERIFY, 7, ["single"], samples=3)
     assert summary.complete and read_failures(tmp_path / "run") == []
     records = list(RunStore.open(tmp_path / "run", readonly=True).records())
     assert len(records) == 3
@@ -141,13 +156,8 @@ async def test_a_bench_run_records_ungraded_samples_and_the_report_counts_them(
 async def test_a_bench_run_stops_when_the_grader_cannot_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    problem = Problem(id="q1", problem="What is sqrt(17)?", answer="\\sqrt{2}")
-    config = SimConfig(seed=1, answers={problem.problem: "\\sqrt{17}"}, accuracy=1.0, think_words=4)
-    settings = BenchSettings("mine", parse_methods(["single", "sc@2"]), samples=2)
-    fake_math_verify(tmp_path / "fake", BROKEN_MATH_VERIFY, monkeypatch)
-    async with SimServer(config) as server, OpenAIBackend(server.base_url) as backend:
-        with pytest.raises(GraderUnavailableError, match="simulated broken install"):
-            await run_bench(settings, [problem], backend, tmp_path / "run")
+    with pytest.raises(GraderUnavailableError, match="simulated broken install"):
+        await bench_one_root(tmp_path, monkeypatch, BROKEN_MATH_VERIFY, 17, ["single", "sc@2"], samples=2)
     # Nothing was recorded as wrong, and nothing was recorded as a failure to retry either.
     assert list(RunStore.open(tmp_path / "run", readonly=True).records()) == []
     assert read_failures(tmp_path / "run") == []

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,7 @@ from pacore_agent.evaluation.report import (
 )
 from pacore_agent.evaluation.store import RunRecord, RunStore
 from pacore_agent.results import ErrorInfo, RoundResult, SolveResult, Trajectory, Usage
-
-PACORE = [sys.executable, "-m", "pacore_agent.cli"]
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import graded_record, run_pacore
 
 
 def make_record(
@@ -59,17 +55,7 @@ def make_record(
         "rounds": [] if given is None else [{"index": 0, "correct": given}],
         "emergent": given is not None and correct and not any(given),
     }
-    return RunRecord(
-        benchmark=benchmark,
-        problem_id=problem_id,
-        method=method,
-        sample=sample,
-        result=result,
-        predicted=grading["predicted"],  # type: ignore[arg-type]
-        correct=correct,
-        score=float(correct),
-        info={"grading": grading},
-    )
+    return graded_record(result, grading, problem_id=problem_id, sample=sample, benchmark=benchmark)
 
 
 WRONG = [False, False, False, False]
@@ -99,22 +85,16 @@ def run_dir(tmp_path: Path) -> Path:
     with RunStore.open(directory, config={"model": "some-model", "protocol": "fresh"}) as store:
         for record in records:
             assert store.append_sync(record)
+    # Sample 0 failed once, then was done by a rerun: not an error any more.
     failures = [
         FailedItem(
             benchmark="aime2025",
             problem_id="p1",
             method="single",
-            sample=4,
+            sample=sample,
             error=ErrorInfo(type="RoundFailedError", message="x"),
-        ),
-        # Failed once, then done by a rerun: not an error any more.
-        FailedItem(
-            benchmark="aime2025",
-            problem_id="p1",
-            method="single",
-            sample=0,
-            error=ErrorInfo(type="RoundFailedError", message="x"),
-        ),
+        )
+        for sample in (4, 0)
     ]
     (directory / FAILURES_FILENAME).write_text("".join(f.model_dump_json() + "\n" for f in failures))
     return directory
@@ -291,22 +271,16 @@ def test_intervals() -> None:
 
 def test_cli_report_writes_table_csv_markdown_and_plot(run_dir: Path, tmp_path: Path) -> None:
     table, plot, markdown = tmp_path / "t.csv", tmp_path / "p.png", tmp_path / "t.md"
-    done = subprocess.run(
-        [
-            *PACORE,
-            "report",
-            str(run_dir),
-            "--csv",
-            str(table),
-            "--plot",
-            str(plot),
-            "--markdown",
-            str(markdown),
-        ],
-        capture_output=True,
-        text=True,
+    done = run_pacore(
+        "report",
+        str(run_dir),
+        "--csv",
+        str(table),
+        "--plot",
+        str(plot),
+        "--markdown",
+        str(markdown),
         timeout=90,
-        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
     assert "sc@4" in done.stdout and "33.3 [0.0, 66.7]" in done.stdout
@@ -314,18 +288,10 @@ def test_cli_report_writes_table_csv_markdown_and_plot(run_dir: Path, tmp_path: 
     assert "| aime2025 | sc@4 |" in markdown.read_text()
     assert plot.read_bytes()[:4] == b"\x89PNG" and plot.stat().st_size > 20_000
 
-    printed = subprocess.run(
-        [*PACORE, "report", str(run_dir), "--markdown", "-"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    printed = run_pacore("report", str(run_dir), "--markdown", "-", timeout=60)
     assert printed.stdout.startswith("**PaCoRe benchmark report")
 
-    empty = subprocess.run(
-        [*PACORE, "report", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
+    empty = run_pacore("report", str(tmp_path / "nothing"), timeout=60)
     assert empty.returncode == 2 and "holds no benchmark results" in empty.stderr
 
 

@@ -8,7 +8,6 @@ import asyncio
 import importlib.util
 import os
 import socket
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from pacore_agent.evaluation.datasets import Problem
 from pacore_agent.evaluation.store import RunStore
 from pacore_agent.exceptions import AuthenticationError, UsageError
 from pacore_agent.testing.sim_workers import SimWorkerProcess, sim_workers
-from tests.helpers import closed_port
+from tests.helpers import PACORE, closed_port
 from tests.processes import FAKE_COMMAND, FAKE_ENV
 
 pytestmark = pytest.mark.anyio
@@ -40,7 +39,6 @@ requires_router = pytest.mark.skipif(
 
 # The router's fastest settings: health probes every second, one failure takes a worker out.
 FAST = {"health_check_interval": 1, "health_failure_threshold": 1}
-PACORE = [sys.executable, "-m", "pacore_agent.cli"]
 
 
 def _problems(count: int) -> list[Problem]:

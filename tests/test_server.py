@@ -11,7 +11,6 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,24 +20,16 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from typer.testing import CliRunner
 
-from pacore_agent import (
-    Coordinator,
-    Latency,
-    OpenAIBackend,
-    RetryPolicy,
-    SamplingParams,
-    SimConfig,
-    SimServer,
-    Usage,
-    UsageError,
-)
+from pacore_agent import Coordinator, Latency, OpenAIBackend, RetryPolicy, SimConfig, SimServer
+from pacore_agent.backends.base import SamplingParams
 from pacore_agent.cli import app
+from pacore_agent.exceptions import UsageError
+from pacore_agent.results import Usage
 from pacore_agent.serving.server import PacoreServer, schedule_for_model
-from tests.helpers import FakeSleep, closed_port, wait_until
+from tests.helpers import REPO, FakeSleep, closed_port, wait_until
 
 pytestmark = pytest.mark.anyio
 
-REPO = Path(__file__).resolve().parents[1]
 PROBLEM = "Let $x$ be the number of primes below 20. Find $x$."
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROBLEM}]
 

@@ -27,8 +27,7 @@ from pacore_agent.evaluation.store import (
 )
 from pacore_agent.exceptions import UsageError
 from pacore_agent.results import RoundResult, SolveResult, Trajectory, Usage
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def make_result(answer: str = "42", method: str = "pacore[4]") -> SolveResult:

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from html.parser import HTMLParser
@@ -32,10 +31,8 @@ from pacore_agent.evaluation.datasets import Problem
 from pacore_agent.evaluation.store import RunRecord, RunStore
 from pacore_agent.evaluation.viewer import MESSAGE_BUDGET, TEXT_BUDGET, TEXT_LIMIT, page_data, write_html
 from pacore_agent.results import RoundResult, SolveResult, Trajectory, Usage
-from tests.helpers import closed_port
+from tests.helpers import closed_port, run_pacore
 
-PACORE = [sys.executable, "-m", "pacore_agent.cli"]
-REPO = Path(__file__).resolve().parents[1]
 METHODS = ["pacore:[4,2]", "sc@4", "single"]
 PROBLEMS = [
     Problem(id=f"q{i}", problem=f"Compute {i} * {i + 3}.", answer=str(i * (i + 3))) for i in range(1, 6)
@@ -195,14 +192,7 @@ def records_of(directory: Path) -> list[RunRecord]:
 @pytest.fixture(scope="module")
 def page(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("page") / "run.html"
-    done = subprocess.run(
-        [*PACORE, "report", str(run_dir), "--html", str(target)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
+    done = run_pacore("report", str(run_dir), "--html", str(target))
     assert done.returncode == 0, done.stderr
     assert f"wrote {target}" in done.stderr.replace("\n", "")
     return target
@@ -372,14 +362,7 @@ def test_the_page_references_nothing_outside_itself(page: Path, tmp_path: Path) 
 def test_directories_without_results_or_with_corrupt_records(run_dir: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    done = subprocess.run(
-        [*PACORE, "report", str(empty), "--html", str(tmp_path / "x.html")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
+    done = run_pacore("report", str(empty), "--html", str(tmp_path / "x.html"))
     assert done.returncode != 0 and "holds no benchmark results" in " ".join(done.stderr.split())
     assert not (tmp_path / "x.html").exists()
 

@@ -9,19 +9,8 @@ import anyio
 import typer
 
 from pacore_agent.budget import Budget
-from pacore_agent.cli.common import app, err, fail, make_backend, report_console
-from pacore_agent.cli.options import (
-    PAPER,
-    ApiKeyEnv,
-    BaseUrl,
-    ExtraBody,
-    MaxTokens,
-    Temperature,
-    TopP,
-    at_least_one,
-    positive,
-    sampling,
-)
+from pacore_agent.cli import options
+from pacore_agent.cli.common import app, at_least_one, err, fail, make_backend, positive, report_console
 from pacore_agent.exceptions import PacoreError
 
 __all__ = ["bench"]
@@ -61,12 +50,12 @@ def bench(
     data: Annotated[
         Path | None, typer.Option("--data", help="JSONL file with id, problem, answer (and tests for code).")
     ] = None,
-    base_url: BaseUrl = None,
+    base_url: options.BaseUrl = None,
     model: Annotated[
         str | None,
         typer.Option("--model", help="Model id (default: PACORE_MODEL, else the endpoint's only model)."),
     ] = None,
-    api_key_env: ApiKeyEnv = None,
+    api_key_env: options.ApiKeyEnv = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once against the endpoint.")] = 64,
     max_in_flight: Annotated[
         int | None, typer.Option(help="Solves in flight at once (default: --concurrency).")
@@ -78,15 +67,15 @@ def bench(
         str | None, typer.Option("--ids", help="Run only these problem ids (comma-separated).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Base seed; each sample derives its own.")] = 0,
-    temperature: Temperature = PAPER,
-    top_p: TopP = PAPER,
-    max_tokens: MaxTokens = None,
-    extra_body: ExtraBody = None,
+    temperature: options.Temperature = options.PAPER,
+    top_p: options.TopP = options.PAPER,
+    max_tokens: options.MaxTokens = None,
+    extra_body: options.ExtraBody = None,
     request_seeds: Annotated[
         bool,
         typer.Option(help="Send a per-request seed derived from --seed and the sample (repeatable runs)."),
     ] = True,
-    order: Annotated[str, typer.Option(help="Reference order: seeded, official or launch.")] = "seeded",
+    order: options.Order = "seeded",
     max_calls: Annotated[int | None, typer.Option(help="Budget: requests per solve.")] = None,
     max_solve_tokens: Annotated[
         int | None, typer.Option(help="Budget: prompt plus completion tokens per solve.")
@@ -147,7 +136,7 @@ def bench(
     positive("--max-wall-s", max_wall_s)
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out} is a file: give a directory (a new one, or a run directory to resume)")
-    generation = sampling(temperature, top_p, max_tokens, extra_body)
+    generation = options.sampling(temperature, top_p, max_tokens, extra_body)
     try:
         specs = parse_methods(method)
         name, selected, fingerprint = load_problems(

@@ -7,6 +7,7 @@ Usage and environment errors end a command with one line, ``error: <what to chan
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +24,14 @@ __all__ = [
     "BackendKind",
     "api_key",
     "app",
+    "at_least_one",
     "endpoint_configured",
     "err",
     "fail",
     "make_backend",
     "make_local_backend",
     "out",
+    "positive",
     "report_console",
     "writing",
 ]
@@ -54,6 +57,18 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` on one line of standard error; raise the returned exit."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def at_least_one(option: str, value: int | None) -> None:
+    """Exit naming ``option`` when a count that must be positive is not (``None``: not given)."""
+    if value is not None and value < 1:
+        raise fail(f"{option} must be at least 1, got {value}")
+
+
+def positive(option: str, value: float | None) -> None:
+    """Exit naming ``option`` when a quantity that must be positive is not (``None``: not given)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise fail(f"{option} must be a positive number, got {value}")
 
 
 @contextlib.contextmanager

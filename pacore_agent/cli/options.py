@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from pacore_agent.backends.base import SamplingParams
-from pacore_agent.cli.common import fail
+from pacore_agent.cli.common import at_least_one, fail
 
 __all__ = [
     "PAPER",
     "ApiKeyEnv",
     "BaseUrl",
+    "BootstrapSeed",
     "ExtraBody",
     "MaxTokens",
+    "Order",
+    "RunDirectories",
     "Temperature",
     "TopP",
-    "at_least_one",
-    "positive",
     "sampling",
 ]
 
@@ -83,6 +85,12 @@ ExtraBody = Annotated[
     ),
 ]
 
+Order = Annotated[str, typer.Option(help="Reference order: seeded, official or launch.")]
+RunDirectories = Annotated[
+    list[Path], typer.Argument(help="One or more run directories of `pacore bench`.", metavar="DIR")
+]
+BootstrapSeed = Annotated[int, typer.Option(help="Seed of the bootstrap.")]
+
 
 def _number(option: str, text: str) -> float | None:
     if text.strip().lower() == "none":
@@ -121,15 +129,3 @@ def sampling(
     return SamplingParams(
         temperature=temperature_value, top_p=top_p_value, max_tokens=max_tokens, extra_body=body, **fields
     )
-
-
-def at_least_one(option: str, value: int | None) -> None:
-    """Exit naming ``option`` when a count that must be positive is not (``None``: not given)."""
-    if value is not None and value < 1:
-        raise fail(f"{option} must be at least 1, got {value}")
-
-
-def positive(option: str, value: float | None) -> None:
-    """Exit naming ``option`` when a quantity that must be positive is not (``None``: not given)."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise fail(f"{option} must be a positive number, got {value}")

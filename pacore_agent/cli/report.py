@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from pacore_agent.cli import options
 from pacore_agent.cli.common import app, err, fail, report_console, writing
 from pacore_agent.exceptions import PacoreError
 
@@ -16,9 +17,7 @@ __all__ = ["analyze", "report"]
 
 @app.command("report")
 def report(
-    directories: Annotated[
-        list[Path], typer.Argument(help="One or more run directories of `pacore bench`.", metavar="DIR")
-    ],
+    directories: options.RunDirectories,
     csv_path: Annotated[
         Path | None,
         typer.Option(
@@ -35,7 +34,7 @@ def report(
         Path | None, typer.Option("--markdown", help="Write the table as Markdown (- for standard output).")
     ] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the 95% intervals.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    seed: options.BootstrapSeed = 0,
     html: Annotated[
         Path | None,
         typer.Option(
@@ -108,9 +107,7 @@ def _print_blind_gaps(directories: list[Path], resamples: int, seed: int) -> Non
 
 @app.command("analyze")
 def analyze(
-    directories: Annotated[
-        list[Path], typer.Argument(help="One or more run directories of `pacore bench`.", metavar="DIR")
-    ],
+    directories: options.RunDirectories,
     md: Annotated[Path | None, typer.Option("--md", help="Write the tables as Markdown.")] = None,
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Write one row per (benchmark, method), counts included.")
@@ -128,7 +125,7 @@ def analyze(
         ),
     ] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the gap's 95% interval.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    seed: options.BootstrapSeed = 0,
 ) -> None:
     """Synthesis diagnostics of PaCoRe runs, and the gap between PaCoRe and its blind counterfactual.
 

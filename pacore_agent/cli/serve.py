@@ -14,8 +14,8 @@ from typing import Annotated
 import anyio
 import typer
 
-from pacore_agent.cli.common import api_key, app, err, fail, out
-from pacore_agent.cli.options import PAPER, ExtraBody, MaxTokens, Temperature, TopP, at_least_one, sampling
+from pacore_agent.cli import options
+from pacore_agent.cli.common import api_key, app, at_least_one, err, fail, out
 from pacore_agent.exceptions import PacoreError
 
 __all__ = ["serve", "sim_server"]
@@ -176,10 +176,10 @@ def serve(
             help="Largest number of trajectories one request may run, all rounds together.",
         ),
     ] = 512,
-    temperature: Temperature = PAPER,
-    top_p: TopP = PAPER,
-    max_tokens: MaxTokens = None,
-    extra_body: ExtraBody = None,
+    temperature: options.Temperature = options.PAPER,
+    top_p: options.TopP = options.PAPER,
+    max_tokens: options.MaxTokens = None,
+    extra_body: options.ExtraBody = None,
 ) -> None:
     """Serve PaCoRe as an OpenAI-compatible API (chat completions, streaming, /v1/models, /health).
 
@@ -194,7 +194,7 @@ def serve(
     from pacore_agent.serving.server import PacoreServer
 
     at_least_one("--max-concurrency", max_concurrency)
-    generation = sampling(temperature, top_p, max_tokens, extra_body)
+    generation = options.sampling(temperature, top_p, max_tokens, extra_body)
     token: str | None = None
     if api_key_env:
         token = os.environ.get(api_key_env)

@@ -12,31 +12,22 @@ import typer
 from pacore_agent.backends.base import DEFAULT_MAX_CONCURRENCY, Backend
 from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
 from pacore_agent.budget import Budget, Price
+from pacore_agent.cli import options
 from pacore_agent.cli.common import (
     LOCAL_BATCH,
     BackendKind,
     app,
+    at_least_one,
     endpoint_configured,
     err,
     fail,
     make_backend,
     make_local_backend,
     out,
+    positive,
     writing,
 )
 from pacore_agent.cli.live import print_result, solve_live
-from pacore_agent.cli.options import (
-    PAPER,
-    ApiKeyEnv,
-    BaseUrl,
-    ExtraBody,
-    MaxTokens,
-    Temperature,
-    TopP,
-    at_least_one,
-    positive,
-    sampling,
-)
 from pacore_agent.exceptions import PacoreError, SolveError, UsageError
 from pacore_agent.results import SolveResult
 from pacore_agent.schedule import Schedule
@@ -60,7 +51,7 @@ def solve(
             ),
         ),
     ] = None,
-    base_url: BaseUrl = None,
+    base_url: options.BaseUrl = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -71,7 +62,7 @@ def solve(
             ),
         ),
     ] = None,
-    api_key_env: ApiKeyEnv = None,
+    api_key_env: options.ApiKeyEnv = None,
     schedule: Annotated[
         str,
         typer.Option(
@@ -88,17 +79,17 @@ def solve(
     seed: Annotated[
         int, typer.Option(help="Seed of the reference order (and of request seeds with --sampling-seed).")
     ] = 0,
-    temperature: Temperature = PAPER,
-    top_p: TopP = PAPER,
-    max_tokens: MaxTokens = None,
-    extra_body: ExtraBody = None,
+    temperature: options.Temperature = options.PAPER,
+    top_p: options.TopP = options.PAPER,
+    max_tokens: options.MaxTokens = None,
+    extra_body: options.ExtraBody = None,
     concurrency: Annotated[
         int | None,
         typer.Option(
             help=f"Requests in flight at once (default: {DEFAULT_MAX_CONCURRENCY}; 2 with transformers)."
         ),
     ] = None,
-    order: Annotated[str, typer.Option(help="Reference order: seeded, official or launch.")] = "seeded",
+    order: options.Order = "seeded",
     stream: Annotated[
         bool, typer.Option("--stream", help="Show rounds, trajectories and the final round's tokens live.")
     ] = False,
@@ -148,7 +139,7 @@ def solve(
         ("--round-timeout", round_timeout),
     ):
         positive(option, value)
-    generation = sampling(temperature, top_p, max_tokens, extra_body)
+    generation = options.sampling(temperature, top_p, max_tokens, extra_body)
     text = sys.stdin.read() if problem == "-" else problem
     if backend_kind is None:
         backend_kind = "openai" if endpoint_configured(base_url, api_key_env) else "transformers"
@@ -249,7 +240,7 @@ def _budget(
 
 
 @app.command()
-def models(base_url: BaseUrl = None, api_key_env: ApiKeyEnv = None) -> None:
+def models(base_url: options.BaseUrl = None, api_key_env: options.ApiKeyEnv = None) -> None:
     """List the models an OpenAI-compatible endpoint serves."""
     from pacore_agent.backends.openai_compat import OpenAIBackend
 

@@ -370,11 +370,7 @@ def grade(
     `check_answer` where "cannot tell" reads as False (as `math_equal`). Benchmarks and rewards, where a
     grader failure must not pass for a wrong answer, use `pacore_agent.evaluation.grading.grade_message`.
 
-    Args:
-        response_or_answer: A model's conclusion, or an answer.
-        reference: The reference answer.
-        timeout: Seconds math-verify may spend on the comparison.
-        fallback_last_number: Let `extract_answer` fall back to the last number in the text.
+    The arguments are those of `check_answer`.
 
     Returns:
         True when the answer was compared and is equivalent to the reference. Never raises.
@@ -398,11 +394,7 @@ async def agrade(
 ) -> bool:
     """`grade` in a worker thread, for async callers.
 
-    Args:
-        response_or_answer: A model's conclusion, or an answer.
-        reference: The reference answer.
-        timeout: Seconds math-verify may spend on the comparison.
-        fallback_last_number: Let `extract_answer` fall back to the last number in the text.
+    The arguments are those of `check_answer`.
 
     Returns:
         The same as `grade`.

@@ -1,4 +1,4 @@
-"""Answer extraction: the final answer stated in a model's conclusion (``\\boxed{}``, "Final answer:" ...).
+"""Extraction from a model's conclusion: the final answer (``\\boxed{}``, "Final answer:" ...) and the program.
 
 A pure policy over its input that never raises: a missing, empty or non-string text has no answer.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["extract_answer", "strip_math_delimiters"]
+__all__ = ["extract_answer", "extract_program", "strip_math_delimiters"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ _ANSWER_MARKER_RE = re.compile(
     re.IGNORECASE,
 )
 _LAST_NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
+_PYTHON_TAGS = frozenset({"python", "py", "python3", "py3"})
 _MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 
@@ -144,3 +145,45 @@ def extract_answer(text: str | None, *, fallback_last_number: bool = False) -> s
 
 strip_math_delimiters = _strip_dollars
 """Strip whitespace and one pair of surrounding math delimiters (shared with normalisation)."""
+
+
+_FENCE_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*$")
+
+
+def extract_program(conclusion: str | None) -> str | None:
+    """The program in a conclusion: its last fenced Python code block.
+
+    The last block tagged ``python``/``py``/``python3`` wins; without one, the last untagged block
+    (a block tagged with another language is never taken). A final block that never closes (a
+    truncated answer) still counts.
+
+    Args:
+        conclusion: A model's conclusion.
+
+    Returns:
+        The code, or None when there is none (also for empty and non-string input).
+    """
+    if not isinstance(conclusion, str):
+        return None
+    blocks: list[tuple[str, str]] = []
+    fence: str | None = None
+    tag = ""
+    lines: list[str] = []
+    for line in conclusion.splitlines():
+        match = _FENCE_RE.match(line)
+        if fence is None:
+            if match:
+                fence, tag, lines = match.group(1), match.group(2).lower(), []
+        elif match and match.group(1).startswith(fence) and not match.group(2):  # same char, as long
+            blocks.append((tag, "\n".join(lines)))
+            fence = None
+        else:
+            lines.append(line)
+    if fence is not None:
+        blocks.append((tag, "\n".join(lines)))
+    blocks = [(tag, code) for tag, code in blocks if code.strip()]
+    for wanted in (_PYTHON_TAGS, frozenset({""})):
+        for tag, code in reversed(blocks):
+            if tag in wanted:
+                return code + "\n"
+    return None

@@ -234,14 +234,7 @@ async def agrade_message(
 ) -> MessageGrade:
     """`grade_message` off the event loop (math-verify and the sandbox run in worker threads).
 
-    Args:
-        text: The trajectory, message or conclusion.
-        answer: The reference answer (math).
-        tests: Stdin/stdout tests (code).
-        finish_reason: The trajectory's finish reason; ``"length"`` marks it truncated.
-        truncation: What a truncated text earns: ``"zero"`` (default), ``"mask"`` or ``"grade"``.
-        sandbox: Sandbox limits for code.
-        math_timeout: Seconds math-verify may spend on the comparison.
+    The arguments are those of `grade_message`.
 
     Returns:
         The same as `grade_message`.

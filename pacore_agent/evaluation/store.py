@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -37,7 +36,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar
 import anyio.to_thread
 from pydantic import BaseModel, Field, ValidationError
 
-from pacore_agent.evaluation.datasets import Domain
+from pacore_agent.evaluation.problems import Domain, atomic_write_text
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
 from pacore_agent.results import ErrorInfo, SolveResult, Trajectory, Usage
 
@@ -451,17 +450,7 @@ def _check_or_write_config(path: Path, config: Mapping[str, Any]) -> None:
                 "with the same settings or start a new run directory"
             )
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(normal, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(normal, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
