@@ -27,10 +27,10 @@ from pacore_agent.evaluation.analyze import (
 from pacore_agent.evaluation.bench import BenchSettings, MethodSpec, load_problems, parse_methods, run_bench
 from pacore_agent.evaluation.datasets import DatasetUnavailableError, Problem
 from pacore_agent.evaluation.report import bootstrap_interval, load_run, summarize
-from pacore_agent.evaluation.store import RunRecord, RunStore
+from pacore_agent.evaluation.store import FailedItem, RunRecord, RunStore, append_failure
 from pacore_agent.exceptions import UsageError
 from pacore_agent.prompts import blind_prompt
-from pacore_agent.results import RoundResult, SolveResult, Trajectory, Usage
+from pacore_agent.results import ErrorInfo, RoundResult, SolveResult, Trajectory, Usage
 from tests.helpers import graded_record, run_pacore
 
 
@@ -247,6 +247,23 @@ def test_blind_gap_pairs_methods_of_equal_schedule(tmp_path: Path) -> None:
     items = {i.method: i for i in analyze([directory])}
     assert items["pacore-blind:[3]"].blind and not items["pacore:[3]"].blind
     assert "PaCoRe minus blind" in to_markdown(list(items.values()), [gap])
+
+    # A failed PaCoRe sample counts as wrong, as in the report: p1 now has 2 right of 3 asked.
+    append_failure(
+        directory,
+        FailedItem(
+            benchmark="aime2025",
+            problem_id="p1",
+            method="pacore:[3]",
+            sample=2,
+            error=ErrorInfo(type="RoundFailedError", message="x"),
+        ),
+    )
+    (gap,) = blind_gaps([load_run(directory)], resamples=500, seed=1)
+    assert gap.samples == (5, 4)
+    assert gap.pacore_accuracy == pytest.approx((2 / 3 + 0.5) / 2)
+    (report,) = [r for r in summarize([directory]) if r.method == "pacore:[3]"]
+    assert report.accuracy == pytest.approx(gap.pacore_accuracy)
 
 
 def test_csv_carries_counts(run_dir: Path, tmp_path: Path) -> None:

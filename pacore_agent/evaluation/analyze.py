@@ -66,6 +66,7 @@ from pacore_agent.evaluation.report import (
     bootstrap_interval,
     load_run,
     plot_scaling,
+    sample_groups,
     summarize_records,
 )
 from pacore_agent.evaluation.store import RunRecord
@@ -443,8 +444,9 @@ class BlindGap:
         run: The run.
         benchmark: The benchmark.
         pacore: The PaCoRe method label; ``blind``: the blind one's.
-        problems: Problems both were graded on; ``samples``: PaCoRe's and blind's samples on them.
-        pacore_accuracy: PaCoRe's accuracy there (mean over problems of each problem's mean);
+        problems: Problems both were asked; ``samples``: PaCoRe's and blind's samples on them.
+        pacore_accuracy: PaCoRe's accuracy there, as the report counts it (every sample asked for, a
+            failed or ungraded one as wrong; mean over problems of each problem's mean);
             ``blind_accuracy``: the blind method's; ``gap``: the difference.
         ci_low: The 95% problem-clustered bootstrap interval of the gap, ``ci_low`` to ``ci_high``
             (``None`` with fewer than two problems).
@@ -466,13 +468,6 @@ class BlindGap:
     blind_ttc_k: float
 
 
-def _per_problem(records: Iterable[RunRecord], value: Any) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for record in records:
-        out.setdefault(record.problem_id, []).append(float(value(record)))
-    return out
-
-
 def _mean_of_means(per_problem: dict[str, list[float]], problems: Sequence[str]) -> float:
     return _macro({p: per_problem[p] for p in problems})  # the report's accuracy, on these problems
 
@@ -483,22 +478,17 @@ def blind_gaps(
     """Every (``pacore:S``, ``pacore-blind:S``) pair within a run and benchmark (see `BlindGap`)."""
     gaps = []
     for data in runs:
-        groups: dict[tuple[str, str], list[RunRecord]] = {}
-        for record in data.records:
-            if record.correct is not None:
-                groups.setdefault((record.benchmark, record.method), []).append(record)
-        for (benchmark, blind), blind_records in sorted(groups.items()):
+        groups = sample_groups(data.records, data.failed)
+        for (benchmark, blind), blind_group in sorted(groups.items()):
             if not blind.startswith("pacore-blind:"):
                 continue
             method = "pacore:" + blind.removeprefix("pacore-blind:")
-            pacore_records = groups.get((benchmark, method))
-            if not pacore_records:
+            pacore_group = groups.get((benchmark, method))
+            if pacore_group is None:
                 continue
-            right = [_per_problem(rs, lambda r: bool(r.correct)) for rs in (pacore_records, blind_records)]
-            ttc = [
-                _per_problem(rs, lambda r: r.result.ttc_tokens / 1000)
-                for rs in (pacore_records, blind_records)
-            ]
+            # Accuracy as the report counts it: every sample asked for, a failed or ungraded one as wrong.
+            right = [pacore_group.correct, blind_group.correct]
+            ttc = [pacore_group.ttc, blind_group.ttc]
             common = sorted(set(right[0]) & set(right[1]))
             if not common:
                 continue
@@ -520,8 +510,8 @@ def blind_gaps(
                     gap=accuracy[0] - accuracy[1],
                     ci_low=low,
                     ci_high=high,
-                    pacore_ttc_k=_mean_of_means(ttc[0], common),
-                    blind_ttc_k=_mean_of_means(ttc[1], common),
+                    pacore_ttc_k=_mean_of_means(ttc[0], [p for p in common if p in ttc[0]]),
+                    blind_ttc_k=_mean_of_means(ttc[1], [p for p in common if p in ttc[1]]),
                 )
             )
     return gaps

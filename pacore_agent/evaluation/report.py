@@ -284,8 +284,8 @@ def _macro(per_problem: dict[str, list[float]]) -> float:
 
 
 @dataclass
-class _Group:
-    """Per-problem values of one (benchmark, method), gathered sample by sample."""
+class SampleGroup:
+    """Per-problem values of one (benchmark, method), gathered sample by sample (see `sample_groups`)."""
 
     correct: dict[str, list[float]] = field(default_factory=dict)  # every sample asked for; 0 unless right
     completed: dict[str, list[float]] = field(default_factory=dict)  # stored and graded samples only
@@ -332,6 +332,22 @@ class _Group:
             self.add_trace(failure.problem_id, failure.partial)
 
 
+def sample_groups(
+    records: Iterable[RunRecord], failed: Iterable[FailedItem] = ()
+) -> dict[tuple[str, str], SampleGroup]:
+    """Every sample asked for, per (benchmark, method): the one definition of accuracy's samples.
+
+    A failed item and an ungraded record count as a wrong sample in ``correct``; ``completed`` holds
+    the stored, graded samples only. The report, its intervals and `pacore analyze`'s blind gap read these.
+    """
+    groups: dict[tuple[str, str], SampleGroup] = {}
+    for record in records:
+        groups.setdefault((record.benchmark, record.method), SampleGroup()).add_record(record)
+    for failure in failed:
+        groups.setdefault((failure.benchmark, failure.method), SampleGroup()).add_failure(failure)
+    return groups
+
+
 def summarize_records(
     records: Iterable[RunRecord],
     *,
@@ -353,11 +369,7 @@ def summarize_records(
         seed: Bootstrap seed.
     """
     config = config or {}
-    groups: dict[tuple[str, str], _Group] = {}
-    for record in records:
-        groups.setdefault((record.benchmark, record.method), _Group()).add_record(record)
-    for failure in failed:
-        groups.setdefault((failure.benchmark, failure.method), _Group()).add_failure(failure)
+    groups = sample_groups(records, failed)
     reports = []
     for (benchmark, method), group in groups.items():
         low, high = bootstrap_interval(list(group.correct.values()), resamples=resamples, seed=seed)
