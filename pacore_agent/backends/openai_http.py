@@ -13,11 +13,13 @@ headers are built once per backend and a request is ``json.dumps`` plus one ``se
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
+import yarl
 
 from pacore_agent.backends.errors import error_from_response, excerpt, stream_error
 from pacore_agent.exceptions import (
@@ -39,7 +41,8 @@ class ChatTransport:
 
     Args:
         base_url: The endpoint's base URL, e.g. ``http://127.0.0.1:30000/v1`` (no trailing slash).
-        api_key: Sent as ``Authorization: Bearer``; masked wherever an answer repeats it.
+        api_key: Sent as ``Authorization: Bearer``; masked wherever an answer repeats it. A user and
+            password in ``base_url`` are sent as basic auth instead.
         timeout: Seconds a request may take; for streams, seconds between two reads.
         max_connections: Connections open at once at most.
         extra_headers: Headers sent with every request.
@@ -57,9 +60,17 @@ class ChatTransport:
         self.base_url = base_url
         self.timeout = timeout
         self.max_connections = max_connections
-        self._secrets = (api_key,)
+        self._secrets: tuple[str | None, ...] = (api_key,)
+        url = yarl.URL(base_url)
+        if url.user:
+            credentials = base64.b64encode(f"{url.user}:{url.password or ''}".encode()).decode()
+            authorization = f"Basic {credentials}"
+            self._secrets = (api_key, url.password, credentials)
+        else:
+            authorization = f"Bearer {api_key}"
+        self._url = str(url.with_user(None)) if url.user else base_url
         self._headers = {
-            "Authorization": f"Bearer {api_key}",
+            "Authorization": authorization,
             "Content-Type": "application/json",
             "Accept": "application/json",
             **(extra_headers or {}),
@@ -101,7 +112,7 @@ class ChatTransport:
 
     async def _call(self, method: str, path: str, data: bytes | None) -> Any:
         try:
-            async with self.session.request(method, self.base_url + path, data=data) as response:
+            async with self.session.request(method, self._url + path, data=data) as response:
                 raw = await response.read()
                 if response.status >= 400:
                     raise self._error(response.status, raw, response.headers)
@@ -113,7 +124,7 @@ class ChatTransport:
             return json.loads(raw)
         except ValueError as exc:
             raise MalformedResponseError(
-                f"{self.base_url} sent a body that is not JSON",
+                f"{self.base_url} sent a malformed response: the body is not JSON",
                 status_code=response.status,
                 body=excerpt(raw),
             ) from exc
@@ -127,7 +138,7 @@ class ChatTransport:
         data = json.dumps(body).encode()
         try:
             async with self.session.post(
-                self.base_url + path, data=data, timeout=self._stream_timeout
+                self._url + path, data=data, timeout=self._stream_timeout
             ) as response:
                 if response.status >= 400:
                     raise self._error(response.status, await response.read(), response.headers)
@@ -141,7 +152,8 @@ class ChatTransport:
                         event = json.loads(payload)
                     except ValueError as exc:
                         raise MalformedResponseError(
-                            f"{self.base_url} streamed an event that is not JSON", body=excerpt(payload)
+                            f"{self.base_url} sent a malformed response: a streamed event is not JSON",
+                            body=excerpt(payload),
                         ) from exc
                     if isinstance(event, dict) and event.get("error") is not None:
                         raise stream_error(self.base_url, event, secrets=self._secrets)
