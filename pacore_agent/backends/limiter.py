@@ -33,7 +33,7 @@ from pacore_agent.exceptions import UsageError
 
 __all__ = ["DEFAULT_TIME_SLICE", "EndpointLimiter"]
 
-DEFAULT_TIME_SLICE = 0.005
+DEFAULT_TIME_SLICE = 0.01
 """Seconds of one event-loop iteration that new starts may take (replacements of ended requests are
 not counted): long enough to fill 1,024 slots within a second or two at a millisecond per start, short
 enough to keep the loop's lag well under 50 ms."""
@@ -71,7 +71,7 @@ class EndpointLimiter:
         total: int,
         *,
         time_slice: float = DEFAULT_TIME_SLICE,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = time.thread_time,
     ) -> None:
         if total <= 0:
             raise UsageError(f"a limiter needs at least one slot, got {total}")
@@ -81,6 +81,8 @@ class EndpointLimiter:
         self.time_slice = time_slice
         self._clock = clock
         self._borrowed = 0
+        self.peak = 0
+        """The most slots held at once so far."""
         self._kept = 0  # slots kept for woken waiters whose tasks have not run yet
         self._credit = 0  # slots given back in this iteration: refilled outside the slice
         self._slice_start: float | None = None  # first admission of this iteration
@@ -167,6 +169,8 @@ class EndpointLimiter:
 
     def _take(self) -> None:
         self._borrowed += 1
+        if self._borrowed > self.peak:
+            self.peak = self._borrowed
         self._touch()
 
     def _touch(self) -> None:
@@ -182,7 +186,7 @@ class EndpointLimiter:
             if waiter.done():  # cancelled, its task not yet resumed to leave the line
                 continue
             self._credit -= 1
-            self._borrowed += 1
+            self._borrowed += 1  # a replacement: never above the peak so far
             waiter.set_result(_GRANTED)
 
     def _admit(self) -> None:
