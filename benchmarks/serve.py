@@ -103,7 +103,8 @@ async def _clients(count: int, total: int, one: Callable[[int], Awaitable[int]])
     async def client() -> None:
         nonlocal results
         for i in todo:
-            results += await one(i)
+            got = await one(i)  # not `results += await ...`: that would read `results` before the await
+            results += got
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(count)))
