@@ -1,9 +1,10 @@
 """Coordinator overhead: completions per second through the Coordinator over the raw client.
 
 A simulated server (zero latency) runs in a subprocess. The same `OpenAIBackend` then serves (a) the
-raw workload: every request body that 96 problems x [32, 4] send (runs of about 2 s: shorter ones drown in the noise of a shared machine), fired through a semaphore of the same
-concurrency with the same HTTP call the backend makes (its `ChatTransport`), and (b) the Coordinator
-solving those 32 problems. The ratio of their completion rates is the coordinator's efficiency (target
+raw workload: every request body that 96 problems x [32, 4] send, fired through a semaphore of the
+same concurrency with the same HTTP call the backend makes (its `ChatTransport`), and (b) the
+Coordinator solving those problems. Runs take about 2 s each: shorter ones drown in the noise of a
+shared machine. The ratio of their completion rates is the coordinator's efficiency (target
 >= 0.95). The rate of the ``openai`` SDK's typed ``chat.completions.create`` is printed too, for scale.
 
     python -m benchmarks.overhead [--problems 96] [--concurrency 256]

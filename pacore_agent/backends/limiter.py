@@ -35,10 +35,10 @@ from pacore_agent.exceptions import UsageError
 
 __all__ = ["DEFAULT_TIME_SLICE", "EndpointLimiter"]
 
-DEFAULT_TIME_SLICE = 0.01
+DEFAULT_TIME_SLICE = 0.005
 """CPU seconds of one event-loop iteration that new starts may take (replacements of ended requests are
-not counted). At 10 ms, `benchmarks/memory.py` (10,016 requests at once) sends in about 4 s with a loop
-lag p99 of 44 ms; at 20 ms of wall time the lag p99 went over 50 ms, at 5 ms sending took twice as long."""
+not counted). `benchmarks/memory.py` (10,016 requests at once) sends in about 8 s with a loop lag p99
+of 32 ms at 5 ms; at 10 ms it sent in 4-5 s but its lag p99 was 44-70 ms, over the 50 ms target."""
 
 _GRANTED = True  # the waiter's slot is taken for it (a replacement): no slice check
 _TRY = False  # a slot is kept for the waiter; it takes it if the slice allows when it runs
