@@ -202,7 +202,7 @@ class OpenAIBackend(Backend):
             )
         self.transport = ChatTransport(
             self.base_url,
-            api_key=api_key or "EMPTY",  # local servers accept any key
+            api_key=api_key,
             timeout=timeout,
             max_connections=max(max_concurrency * 2, 16),
             extra_headers=extra_headers,

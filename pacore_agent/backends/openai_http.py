@@ -41,8 +41,9 @@ class ChatTransport:
 
     Args:
         base_url: The endpoint's base URL, e.g. ``http://127.0.0.1:30000/v1`` (no trailing slash).
-        api_key: Sent as ``Authorization: Bearer``; masked wherever an answer repeats it. A user and
-            password in ``base_url`` are sent as basic auth instead.
+        api_key: Sent as ``Authorization: Bearer`` (``EMPTY`` when ``None``: local servers accept any
+            key); masked wherever an answer repeats it. A user and password in ``base_url`` are sent
+            as basic auth instead.
         timeout: Seconds a request may take; for streams, seconds between two reads.
         max_connections: Connections open at once at most.
         extra_headers: Headers sent with every request.
@@ -52,7 +53,7 @@ class ChatTransport:
         self,
         base_url: str,
         *,
-        api_key: str,
+        api_key: str | None,
         timeout: float,
         max_connections: int,
         extra_headers: Mapping[str, str] | None = None,
@@ -67,7 +68,7 @@ class ChatTransport:
             authorization = f"Basic {credentials}"
             self._secrets = (api_key, url.password, credentials)
         else:
-            authorization = f"Bearer {api_key}"
+            authorization = f"Bearer {api_key or 'EMPTY'}"
         self._url = str(url.with_user(None)) if url.user else base_url
         self._headers = {
             "Authorization": authorization,
