@@ -155,7 +155,7 @@ def chain(*compactors: Compactor) -> Callable[[str], Awaitable[str]]:
 async def apply_compactor(compactor: Compactor, text: str) -> str:
     """Run a sync or async compactor."""
     result = compactor(text)
-    if inspect.isawaitable(result):
+    if not isinstance(result, str) and inspect.isawaitable(result):  # the str check first: it is cheaper
         result = await result
     if not isinstance(result, str):
         raise TypeError(f"compactor {compactor!r} returned {type(result).__name__}, expected str")
@@ -163,6 +163,7 @@ async def apply_compactor(compactor: Compactor, text: str) -> str:
 
 
 _spent: ContextVar[list[Usage] | None] = ContextVar("pacore_compaction_usage", default=None)
+_NOTHING_SPENT = Usage()  # frozen: safe to share
 
 
 def charge_compaction(usage: Usage) -> None:
@@ -177,7 +178,9 @@ async def compact(compactor: Compactor, text: str) -> tuple[str, Usage]:
     token = _spent.set([])
     try:
         message = await apply_compactor(compactor, text)
-        spent = Usage.sum(_spent.get() or [])
+        charged = _spent.get()
+        # Most compactors spend nothing: no new `Usage` for them (it runs once per trajectory).
+        spent = Usage.sum(charged) if charged else _NOTHING_SPENT
     finally:
         _spent.reset(token)
     return message, spent

@@ -332,7 +332,6 @@ async def test_each_fault_kind_is_retried_or_not(
         ({"timeout": 0}, "timeout"),
         ({"timeout": float("nan")}, "timeout"),
         ({"timeout": "60"}, "timeout"),
-        ({"http_client": "curl"}, "http_client"),
         ({"token_limit": "max_new_tokens"}, "token_limit"),
         ({"max_concurrency": 0}, "max_concurrency"),
     ],

@@ -1,4 +1,4 @@
-"""`EndpointLimiter`: slots, first come first served, paced starts, cancellation."""
+"""`EndpointLimiter`: slots, first come first served, starts paced by (injected) loop time, cancellation."""
 
 from __future__ import annotations
 
@@ -8,10 +8,25 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from pacore_agent.backends.limiter import EndpointLimiter, starts_per_tick_for
+from pacore_agent.backends.limiter import EndpointLimiter
 from pacore_agent.exceptions import UsageError
 
 pytestmark = pytest.mark.anyio
+
+
+class _Clock:
+    """Fake monotonic seconds: moves only when a test says so (as a request's CPU would move it)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _unpaced(total: int) -> EndpointLimiter:
+    """A limiter whose slice is never spent (its clock stands still)."""
+    return EndpointLimiter(total, clock=_Clock())
 
 
 async def _settle(iterations: int = 10) -> None:
@@ -20,7 +35,7 @@ async def _settle(iterations: int = 10) -> None:
 
 
 async def test_at_most_total_holders_served_in_arrival_order() -> None:
-    limiter = EndpointLimiter(2, starts_per_tick=100)
+    limiter = _unpaced(2)
     holding, peak, order = 0, 0, []
     release = anyio.Event()
 
@@ -71,33 +86,77 @@ class _Iterations:
 
 
 async def test_a_burst_is_spread_over_loop_iterations() -> None:
-    limiter = EndpointLimiter(1000, starts_per_tick=3)
+    """Each start costs 4 ms of (fake) CPU and the slice is 10 ms: three starts per iteration (the
+    third begins at 8 ms, inside the slice), whatever the count waiting."""
+    clock = _Clock()
+    limiter = EndpointLimiter(1000, time_slice=0.01, clock=clock)
+    iterations, started, order = _Iterations(), [], []
+    done = anyio.Event()
+
+    async def request(name: int) -> None:
+        async with limiter:
+            started.append(iterations.count)
+            order.append(name)
+            clock.now += 0.004
+            await done.wait()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(iterations.run)
+        for name in range(12):
+            group.start_soon(request, name)
+        await _settle(40)
+        done.set()
+        await _settle()
+        group.cancel_scope.cancel()
+    per_iteration = [started.count(i) for i in sorted(set(started))]
+    assert len(started) == 12 and max(per_iteration) == 3 and len(per_iteration) == 4
+    assert order == list(range(12))  # those sent back by a spent slice keep their place
+
+
+async def test_a_thousand_slots_fill_within_a_bounded_number_of_iterations() -> None:
+    """Limit 1,024 with 1,024 requests queued: more than 900 in flight within 40 loop iterations
+    (starts cost 0.1 ms of fake CPU, a 10 ms slice holds about 100), and no iteration starts more
+    than its slice allows."""
+    clock = _Clock()
+    limiter = EndpointLimiter(1024, time_slice=0.01, clock=clock)
     iterations, started = _Iterations(), []
+    in_flight_at: dict[int, int] = {}
     done = anyio.Event()
 
     async def request() -> None:
         async with limiter:
             started.append(iterations.count)
+            clock.now += 0.0001
             await done.wait()
+
+    async def watch() -> None:
+        while True:
+            in_flight_at[iterations.count] = limiter.borrowed_tokens
+            await anyio.lowlevel.checkpoint()
 
     async with anyio.create_task_group() as group:
         group.start_soon(iterations.run)
-        for _ in range(12):
+        group.start_soon(watch)
+        for _ in range(1024):
             group.start_soon(request)
-        await _settle(20)
+        await _settle(40)
+        assert limiter.borrowed_tokens > 900
+        assert max(count for iteration, count in in_flight_at.items() if iteration <= 40) > 900
         done.set()
         await _settle()
         group.cancel_scope.cancel()
     per_iteration = [started.count(i) for i in set(started)]
-    assert len(started) == 12 and max(per_iteration) == 3 and len(per_iteration) == 4
+    assert len(started) == 1024 and max(per_iteration) <= 101
 
 
 async def test_replacements_are_not_held_back() -> None:
     """A slot given back goes to the next waiter at once, even when the iteration's new starts are
     used up: the steady state runs at full width however many requests end per iteration."""
-    limiter = EndpointLimiter(4, starts_per_tick=1)
+    clock = _Clock()
+    limiter = EndpointLimiter(4, time_slice=0.01, clock=clock)
     for _ in range(4):  # fill every slot, over four iterations
         await limiter.acquire()
+        clock.now += 1.0  # each start spends the whole slice
         await anyio.lowlevel.checkpoint()
     admitted: list[int] = []
 
@@ -118,7 +177,7 @@ async def test_replacements_are_not_held_back() -> None:
 
 
 async def test_cancelled_waiter_leaves_the_line() -> None:
-    limiter = EndpointLimiter(1, starts_per_tick=100)
+    limiter = _unpaced(1)
     await limiter.acquire()
     with anyio.move_on_after(0):
         await limiter.acquire()
@@ -128,7 +187,7 @@ async def test_cancelled_waiter_leaves_the_line() -> None:
 
 
 async def test_a_waiter_cancelled_in_line_leaves_it() -> None:
-    limiter = EndpointLimiter(1, starts_per_tick=100)
+    limiter = _unpaced(1)
     got: list[str] = []
     scopes: dict[str, anyio.CancelScope] = {}
 
@@ -151,7 +210,7 @@ async def test_a_waiter_cancelled_in_line_leaves_it() -> None:
 
 async def test_a_slot_granted_to_a_cancelled_task_is_handed_on() -> None:
     """The slot was granted, then the task was cancelled before it ran again: it must not keep it."""
-    limiter = EndpointLimiter(1, starts_per_tick=100)
+    limiter = _unpaced(1)
     got: list[str] = []
 
     async def waiter(name: str) -> None:
@@ -171,9 +230,33 @@ async def test_a_slot_granted_to_a_cancelled_task_is_handed_on() -> None:
     assert first.cancelled() and got == ["second"] and limiter.borrowed_tokens == 0
 
 
+async def test_a_woken_waiter_cancelled_before_it_runs_frees_its_turn() -> None:
+    """A waiter woken to try the slice, then cancelled before its task ran: the slot kept for it
+    goes to the next waiter."""
+    limiter = _unpaced(1)
+    got: list[str] = []
+
+    async def waiter(name: str) -> None:
+        async with limiter:
+            got.append(name)
+
+    await limiter.acquire()
+    limiter.release()  # in flight nobody: the next iteration wakes the line
+    first = asyncio.create_task(waiter("first"))
+    second = asyncio.create_task(waiter("second"))
+    await anyio.lowlevel.checkpoint()  # both queue (the slot's release credit went to nobody)
+    first.cancel()
+    await _settle()
+    await asyncio.gather(first, second, return_exceptions=True)
+    assert got in (["second"], ["first", "second"]) and limiter.borrowed_tokens == 0
+    assert limiter.waiting == 0
+
+
 async def test_misuse_is_an_error() -> None:
     with pytest.raises(UsageError, match="at least one slot"):
         EndpointLimiter(0)
+    with pytest.raises(UsageError, match="time_slice"):
+        EndpointLimiter(1, time_slice=0)
     with pytest.raises(RuntimeError, match="without a matching acquire"):
         EndpointLimiter(1).release()
 
@@ -182,9 +265,3 @@ def test_outside_asyncio_is_a_clear_error() -> None:
     limiter = EndpointLimiter(1)
     with pytest.raises(UsageError, match="run on asyncio"):
         limiter.acquire().send(None)
-
-
-def test_default_pace() -> None:
-    assert starts_per_tick_for(256) == 16
-    assert starts_per_tick_for(1024) == 4
-    assert starts_per_tick_for(10_000) == 4

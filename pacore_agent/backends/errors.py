@@ -1,8 +1,7 @@
 """The one translation between HTTP error answers and pacore's exceptions, both ways.
 
-Every backend reads endpoint failures through `error_from_response` (an HTTP status and body),
-`stream_error` (an SSE ``data: {"error": ...}`` chunk) or `from_sdk_error` (an ``openai`` SDK
-exception); the PaCoRe server writes its own error answers with `error_response`. So a status, a
+Every backend reads endpoint failures through `error_from_response` (an HTTP status and body) or
+`stream_error` (an SSE ``data: {"error": ...}`` chunk); the PaCoRe server writes its own error answers with `error_response`. So a status, a
 ``Retry-After`` header or a context-length message means the same thing wherever it arrives:
 
 - 429: `RateLimitError`, with ``Retry-After`` read as seconds or as an HTTP-date (OpenAI's
@@ -36,9 +35,7 @@ from pacore_agent.exceptions import (
     BackendError,
     BudgetExceeded,
     ContextLengthError,
-    EndpointConnectionError,
     EndpointTimeoutError,
-    MalformedResponseError,
     PacoreError,
     RateLimitError,
     RequestRejectedError,
@@ -57,7 +54,6 @@ __all__ = [
     "error_from_response",
     "error_response",
     "excerpt",
-    "from_sdk_error",
     "parse_retry_after",
     "redact",
     "stream_error",
@@ -291,52 +287,6 @@ def stream_error(what: str, payload: Any, *, secrets: Iterable[str | None] = ())
         status = 400 if ContextLengthError.matches(fields.message) else 500
     error_body = {"error": dict(error)} if isinstance(error, Mapping) else error
     return error_from_response(f"{what} (in the stream)", status, error_body, secrets=secrets)
-
-
-def from_sdk_error(exc: Exception, *, endpoint: str, secrets: Iterable[str | None] = ()) -> BackendError:
-    """Map an ``openai`` SDK exception to pacore's error tree (the SDK's own parsing reused).
-
-    ``secrets`` (the API key) are masked wherever the answer repeats them.
-
-    Raises:
-        Exception: ``exc`` itself when it is neither an SDK error nor a parsing error.
-    """
-    import aiohttp
-    import openai
-
-    if isinstance(exc, openai.APIConnectionError):
-        # The aiohttp transport reports a refused or reset connection as a connect *timeout*: the root
-        # cause tells a real timeout from a lost connection.
-        root = _root_cause(exc)
-        lost = isinstance(root, ConnectionError | aiohttp.ClientConnectionError) and not isinstance(
-            root, TimeoutError
-        )
-        if isinstance(exc, openai.APITimeoutError) and not lost:
-            return EndpointTimeoutError(f"{endpoint} did not answer in time")
-        return EndpointConnectionError(f"could not talk to {endpoint}: {type(root).__name__}: {root}")
-    if isinstance(exc, openai.APIStatusError):
-        try:
-            body: Any = exc.response.text
-        except Exception:  # a streamed answer whose body was not read
-            body = exc.body if exc.body is not None else exc.message
-        return error_from_response(endpoint, exc.status_code, body, exc.response.headers, secrets=secrets)
-    if isinstance(exc, openai.APIResponseValidationError | ValueError | KeyError | TypeError):
-        return MalformedResponseError(f"{endpoint} sent a malformed response: {type(exc).__name__}: {exc}")
-    if isinstance(exc, openai.APIError):
-        # Raised by the SDK's stream reader for an SSE `{"error": ...}` chunk; `body` is that error.
-        payload = exc.body if exc.body is not None else {"message": exc.message}
-        return stream_error(endpoint, payload, secrets=secrets)
-    if isinstance(exc, openai.OpenAIError):
-        return BackendError(f"{endpoint}: {type(exc).__name__}: {exc}")
-    raise exc
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    seen: set[int] = set()
-    while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
-        seen.add(id(exc))
-        exc = nxt
-    return exc
 
 
 INTERNAL_ERROR = "internal error of the PaCoRe server (details are in its log)"

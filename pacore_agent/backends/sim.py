@@ -108,20 +108,27 @@ class Latency:
         median: Median seconds per request.
         sigma: Shape of a log-normal around ``median`` (0 = constant; 1 = heavy tail).
         stall_probability: Chance that a request never answers until the client gives up.
+        uniform: Seconds drawn uniformly from ``(low, high)`` instead of the log-normal, e.g.
+            ``(0.1, 0.9)``.
     """
 
     median: float = 0.0
     sigma: float = 0.0
     stall_probability: float = 0.0
+    uniform: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.median < 0 or self.sigma < 0 or not 0 <= self.stall_probability <= 1:
             raise UsageError("latency median and sigma must be >= 0 and stall_probability within [0, 1]")
+        if self.uniform is not None and not 0 <= self.uniform[0] <= self.uniform[1]:
+            raise UsageError(f"latency uniform must be (low, high) with 0 <= low <= high, got {self.uniform}")
 
     def sample(self, rng: random.Random) -> float | None:
         """Seconds for one request, or ``None`` for a stall."""
         if self.stall_probability and rng.random() < self.stall_probability:
             return None
+        if self.uniform is not None:
+            return rng.uniform(*self.uniform)
         if self.median == 0:
             return 0.0
         if self.sigma == 0:
