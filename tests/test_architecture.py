@@ -17,7 +17,8 @@ OPTIONAL = {"verl", "ray", "omegaconf", "hydra"}
 
 def _named_modules() -> list[str]:
     text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
-    names = set(re.findall(r"`((?:%s)(?:\.[a-z_][a-z0-9_]*)*)`" % "|".join(PACKAGES), text))
+    pattern = "`((?:" + "|".join(PACKAGES) + r")(?:\.[a-z_][a-z0-9_]*)*)`"
+    names = set(re.findall(pattern, text))
     return sorted(names)
 
 
