@@ -114,6 +114,19 @@ def run_pacore(
     )
 
 
+def run_module(module: str, *args: str, timeout: float = 100) -> list[str]:
+    """Run ``python -m MODULE ARGS`` from the repository root to a zero exit; returns its stdout's lines."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()
+
+
 def graded_record(
     result: SolveResult, grading: dict[str, Any], *, problem_id: str, sample: int, benchmark: str = "aime2025"
 ) -> RunRecord:

@@ -33,16 +33,10 @@ from training.rollout import HFRollout
 from training.sglang_rollout import SGLangRollout, WeightSyncError
 from training.toy import EOS, PAD, make_policy, sample_problems
 
-pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="process-group checks read /proc")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The tiny models run fastest on one thread, above all on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.skipif(not Path("/proc").is_dir(), reason="process-group checks read /proc"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 @contextmanager
