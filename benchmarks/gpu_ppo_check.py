@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import resource
 import sys
@@ -96,10 +97,10 @@ _MAY_BE_NAN = frozenset({"charts/explained_variance"})
 """Metrics that are nan by definition in some steps (see `training.ppo.explained_variance`)."""
 
 
-def build_model(sizes: Sizes, device: torch.device, seed: int) -> Qwen3ForCausalLM:
-    """A random-init Qwen3 causal LM of ``sizes``, built directly on ``device`` in fp32."""
+def qwen3_config(sizes: Sizes, *, tied: bool = True) -> Qwen3Config:
+    """The Qwen3 config of the model part of ``sizes`` (``tied``: the LM head shares the embeddings)."""
     rope: dict[str, Any] = {"rope_theta": 1_000_000.0}  # Qwen3's; a keyword both transformers 4 and 5 take
-    config = Qwen3Config(
+    return Qwen3Config(
         vocab_size=sizes.vocab_size,
         hidden_size=sizes.hidden_size,
         intermediate_size=sizes.intermediate_size,
@@ -109,12 +110,17 @@ def build_model(sizes: Sizes, device: torch.device, seed: int) -> Qwen3ForCausal
         head_dim=sizes.head_dim,
         max_position_embeddings=40960,
         rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=0,
         **rope,
     )
+
+
+def build_model(sizes: Sizes, device: torch.device, seed: int) -> Qwen3ForCausalLM:
+    """A random-init Qwen3 causal LM of ``sizes``, built directly on ``device`` in fp32."""
+    config = qwen3_config(sizes)
     torch.manual_seed(seed)
     with device:
         return Qwen3ForCausalLM(config)
@@ -165,15 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--device {args.device}: CUDA is not available here; use --device cpu", file=sys.stderr)
         return 2
     base = TINY if args.tiny else QWEN3_0_6B
-    sizes = Sizes(
-        **{
-            **{field: getattr(base, field) for field in Sizes.__dataclass_fields__},
-            "num_layers": args.layers or base.num_layers,
-            "problems": args.problems or base.problems,
-            "responses": args.responses or base.responses,
-            "prompt_len": args.prompt_len or base.prompt_len,
-            "max_new_tokens": args.max_new_tokens or base.max_new_tokens,
-        }
+    sizes = dataclasses.replace(
+        base,
+        num_layers=args.layers or base.num_layers,
+        problems=args.problems or base.problems,
+        responses=args.responses or base.responses,
+        prompt_len=args.prompt_len or base.prompt_len,
+        max_new_tokens=args.max_new_tokens or base.max_new_tokens,
     )
     on_cuda = device.type == "cuda"
     if on_cuda:

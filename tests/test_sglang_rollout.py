@@ -22,8 +22,9 @@ import torch
 from aiohttp import web
 from anyio.from_thread import start_blocking_portal
 from safetensors.torch import load_file
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import Qwen3Config
 
+from benchmarks.gpu_ppo_check import TINY, build_model
 from pacore_agent.backends.sglang import SGLangBackend, SGLangServerError
 from pacore_agent.exceptions import BackendError, ContextLengthError, RequestRejectedError, UsageError
 from pacore_agent.testing.fake_sglang import EOS_TOKEN_ID, FakeSGLangServer
@@ -214,17 +215,7 @@ def test_weights_are_pushed_to_the_server_after_every_ppo_update(tmp_path: Path)
 
 
 def test_save_dtype_casts_the_weights_and_keeps_tied_ones_tied(tmp_path: Path) -> None:
-    config = Qwen3Config(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        tie_word_embeddings=True,
-    )
-    model = Qwen3ForCausalLM(config)
+    model = build_model(TINY, torch.device("cpu"), seed=0)  # tied, like Qwen3-0.6B
     with (
         _fake_server() as fake,
         SGLangRollout(

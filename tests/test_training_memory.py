@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
+from benchmarks.gpu_ppo_check import QWEN3_0_6B, qwen3_config
 from pacore_agent.exceptions import UsageError
 from training.memory import (
     BYTES_PER_PARAMETER,
@@ -36,16 +38,10 @@ def _llama(tied: bool) -> LlamaConfig:
 
 def _qwen3(hidden: int, layers: int, intermediate: int, tied: bool) -> Qwen3Config:
     """A Qwen3 config with the published shape (vocabulary 151936, 32 query and 8 key/value heads of 128)."""
-    return Qwen3Config(
-        vocab_size=151936,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        tie_word_embeddings=tied,
+    shape = dataclasses.replace(
+        QWEN3_0_6B, hidden_size=hidden, num_layers=layers, intermediate_size=intermediate, num_heads=32
     )
+    return qwen3_config(shape, tied=tied)
 
 
 @pytest.mark.parametrize("tied", [True, False])

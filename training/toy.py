@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -44,6 +44,7 @@ __all__ = [
     "ppo_steps",
     "reward",
     "sample_problems",
+    "toy_ppo",
     "train",
 ]
 
@@ -123,6 +124,23 @@ def make_policy(
     return LlamaForCausalLM(config)
 
 
+def toy_ppo(**changes: Any) -> PPOConfig:
+    """PPO settings of a toy task: toy-sized learning rates and batches of 32 problems x 8 responses.
+
+    Args:
+        **changes: `PPOConfig` fields that differ from those (a task's own shape of update).
+    """
+    return PPOConfig(
+        **{
+            "actor_lr": 1e-3,
+            "critic_lr": 3e-3,
+            "problems_per_step": 32,
+            "responses_per_problem": 8,
+            **changes,
+        }
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TinyPolicySettings:
     """The tiny policy and its learning-rate schedule: what the settings of every toy task share."""
@@ -150,16 +168,7 @@ class ToySettings(TinyPolicySettings):
     """Probability that a reference answer is right."""
     eval_problems: int = 512
     """Problems in the fixed evaluation set (one sample each, temperature 1)."""
-    ppo: PPOConfig = field(
-        default_factory=lambda: PPOConfig(
-            actor_lr=1e-3,
-            critic_lr=3e-3,
-            problems_per_step=32,
-            responses_per_problem=8,
-            actor_steps=4,
-            critic_steps=4,
-        )
-    )
+    ppo: PPOConfig = field(default_factory=lambda: toy_ppo(actor_steps=4, critic_steps=4))
     """PPO settings. The toy takes far larger learning rates than the paper's, and four actor and critic
     steps per batch of 32 problems x 8 responses; with fewer responses per problem some seeds settle on
     copying one reference (reward ~0.64) instead of following their majority (~0.86)."""

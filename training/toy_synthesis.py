@@ -38,7 +38,18 @@ import torch
 
 from training.ppo import PPOConfig, PPOTrainer
 from training.rollout import HFRollout
-from training.toy import BOS, EOS, EQUALS, PAD, PLUS, REFS, TinyPolicySettings, make_policy, ppo_steps
+from training.toy import (
+    BOS,
+    EOS,
+    EQUALS,
+    PAD,
+    PLUS,
+    REFS,
+    TinyPolicySettings,
+    make_policy,
+    ppo_steps,
+    toy_ppo,
+)
 
 __all__ = [
     "CHECK",
@@ -153,15 +164,8 @@ class Settings(TinyPolicySettings):
     eval_episodes: int = 512
     """Episodes of each fixed evaluation set (one sample each, temperature 1)."""
     ppo: PPOConfig = field(
-        default_factory=lambda: PPOConfig(
-            actor_lr=1.5e-3,
-            critic_lr=3e-3,
-            problems_per_step=32,
-            responses_per_problem=8,
-            actor_steps=1,
-            critic_steps=1,
-            ppo_epochs=1,
-            entropy_coef=0.0,
+        default_factory=lambda: toy_ppo(
+            actor_lr=1.5e-3, actor_steps=1, critic_steps=1, ppo_epochs=1, entropy_coef=0.0
         )
     )
     """The paper's PPO shape (one update per batch, strictly on-policy, no KL, no entropy bonus) with a
