@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
 from benchmarks.gpu_ppo_check import QWEN3_0_6B, qwen3_config
 from pacore_agent.exceptions import UsageError
+from tests.helpers import one_problem_run
 from training.memory import (
     BYTES_PER_PARAMETER,
     HEADROOM,
@@ -152,24 +153,11 @@ def test_the_driver_states_the_estimate_and_refuses_before_loading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import training.train
-    from pacore_agent.evaluation.store import PoolEntry, PoolMessage
-    from pacore_agent.testing.tiny_model import build_tiny_model
-    from training.pool import write_pool_entries
+    from pacore_agent.evaluation.store import PoolMessage
 
-    model = build_tiny_model(tmp_path / "tiny", train_steps=0)
     messages = [PoolMessage(message="\\boxed{3}", correct=True, score=1.0)] * 2
-    pool = write_pool_entries(
-        tmp_path / "pool.jsonl", [PoolEntry(problem_id="p", problem="1+2?", answer="3", messages=messages)]
-    )
-    config = training.train.TrainConfig(
-        model=str(model),
-        out=str(tmp_path / "run"),
-        pool=str(pool),
-        stage="none",
-        min_messages=2,
-        max_messages=2,
-        device="cpu",
-    )
+    config = one_problem_run(tmp_path, messages, min_messages=2, max_messages=2, device="cpu")
+    model = config.model
     loaded: list[str] = []
     monkeypatch.setattr(
         "transformers.AutoModelForCausalLM.from_pretrained", lambda *a, **k: loaded.append("x")
