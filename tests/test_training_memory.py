@@ -40,7 +40,11 @@ def _llama(tied: bool) -> LlamaConfig:
 def _qwen3(hidden: int, layers: int, intermediate: int, tied: bool) -> Qwen3Config:
     """A Qwen3 config with the published shape (vocabulary 151936, 32 query and 8 key/value heads of 128)."""
     shape = dataclasses.replace(
-        QWEN3_0_6B, hidden_size=hidden, num_layers=layers, intermediate_size=intermediate, num_heads=32
+        QWEN3_0_6B,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        intermediate_size=intermediate,
+        num_attention_heads=32,
     )
     return qwen3_config(shape, tied=tied)
 
