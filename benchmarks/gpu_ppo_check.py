@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import resource
 import sys
@@ -46,28 +47,33 @@ from training.rollout import HFRollout, Sample
 
 @dataclass(frozen=True, slots=True)
 class Sizes:
-    """Model and batch sizes of a run."""
+    """Model and batch sizes of a run; the model's under the names `Qwen3Config` gives them."""
 
     vocab_size: int
     hidden_size: int
     intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
     head_dim: int
     problems: int
     responses: int
     prompt_len: int
     max_new_tokens: int
 
+    def model_sizes(self) -> dict[str, Any]:
+        """The model's sizes, as `Qwen3Config` keywords."""
+        batch = ("problems", "responses", "prompt_len", "max_new_tokens")
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in batch}
+
 
 QWEN3_0_6B = Sizes(
     vocab_size=151936,
     hidden_size=1024,
     intermediate_size=3072,
-    num_layers=28,
-    num_heads=16,
-    num_kv_heads=8,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
     head_dim=128,
     problems=8,
     responses=8,
@@ -80,9 +86,9 @@ TINY = Sizes(
     vocab_size=256,
     hidden_size=32,
     intermediate_size=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
     head_dim=8,
     problems=2,
     responses=2,
@@ -96,25 +102,24 @@ _MAY_BE_NAN = frozenset({"charts/explained_variance"})
 """Metrics that are nan by definition in some steps (see `training.ppo.explained_variance`)."""
 
 
-def build_model(sizes: Sizes, device: torch.device, seed: int) -> Qwen3ForCausalLM:
-    """A random-init Qwen3 causal LM of ``sizes``, built directly on ``device`` in fp32."""
+def qwen3_config(sizes: Sizes, *, tied: bool = True) -> Qwen3Config:
+    """The Qwen3 config of the model part of ``sizes`` (``tied``: the LM head shares the embeddings)."""
     rope: dict[str, Any] = {"rope_theta": 1_000_000.0}  # Qwen3's; a keyword both transformers 4 and 5 take
-    config = Qwen3Config(
-        vocab_size=sizes.vocab_size,
-        hidden_size=sizes.hidden_size,
-        intermediate_size=sizes.intermediate_size,
-        num_hidden_layers=sizes.num_layers,
-        num_attention_heads=sizes.num_heads,
-        num_key_value_heads=sizes.num_kv_heads,
-        head_dim=sizes.head_dim,
+    return Qwen3Config(
+        **sizes.model_sizes(),
         max_position_embeddings=40960,
         rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=0,
         **rope,
     )
+
+
+def build_model(sizes: Sizes, device: torch.device, seed: int) -> Qwen3ForCausalLM:
+    """A random-init Qwen3 causal LM of ``sizes``, built directly on ``device`` in fp32."""
+    config = qwen3_config(sizes)
     torch.manual_seed(seed)
     with device:
         return Qwen3ForCausalLM(config)
@@ -165,15 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--device {args.device}: CUDA is not available here; use --device cpu", file=sys.stderr)
         return 2
     base = TINY if args.tiny else QWEN3_0_6B
-    sizes = Sizes(
-        **{
-            **{field: getattr(base, field) for field in Sizes.__dataclass_fields__},
-            "num_layers": args.layers or base.num_layers,
-            "problems": args.problems or base.problems,
-            "responses": args.responses or base.responses,
-            "prompt_len": args.prompt_len or base.prompt_len,
-            "max_new_tokens": args.max_new_tokens or base.max_new_tokens,
-        }
+    sizes = dataclasses.replace(
+        base,
+        num_hidden_layers=args.layers or base.num_hidden_layers,
+        problems=args.problems or base.problems,
+        responses=args.responses or base.responses,
+        prompt_len=args.prompt_len or base.prompt_len,
+        max_new_tokens=args.max_new_tokens or base.max_new_tokens,
     )
     on_cuda = device.type == "cuda"
     if on_cuda:
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         engine_model = copy.deepcopy(engine_model).to(torch.bfloat16)
     engine = HFRollout(engine_model, pad_token_id=0, eos_token_id=None, temperature=config.temperature)
     print(
-        f"model=qwen3{'-tiny' if args.tiny else '-0.6b'} layers={sizes.num_layers} params={params:,} "
+        f"model=qwen3{'-tiny' if args.tiny else '-0.6b'} layers={sizes.num_hidden_layers} params={params:,} "
         f"problems={sizes.problems} responses={sizes.responses} prompt_len={sizes.prompt_len} "
         f"max_new_tokens={sizes.max_new_tokens} gradient_checkpointing={config.gradient_checkpointing} "
         f"bf16={trainer.use_bf16} engine_dtype={next(engine_model.parameters()).dtype} "

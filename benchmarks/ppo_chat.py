@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +56,13 @@ class ChatRun:
 
 def pool(count: int = 8) -> list[PoolEntry]:
     """``count`` problems whose answer is 7, each with four messages of which one to three are right."""
+    return sevens([1 + k % 3 for k in range(count)])
+
+
+def sevens(rights: Sequence[int]) -> list[PoolEntry]:
+    """Problem ``k`` asks for k+(7-k) and has four messages, of which the first ``rights[k]`` are right."""
     entries = []
-    for k in range(count):
-        right = 1 + k % 3
+    for k, right in enumerate(rights):
         messages = []
         for i in range(4):
             answer = 7 if i < right else 8 + i

@@ -17,40 +17,17 @@ one actor and one critic step per batch, strictly on-policy, no KL and no entrop
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 
-import torch
-
+from benchmarks.ppo_toy import parse_args, print_step
 from training.toy_synthesis import Settings, train
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--steps", type=int, default=Settings().steps, help="PPO updates")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the model, the episodes and the sampling")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (1 is fastest for the tiny model on shared cores)",
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_args(argv, __doc__, steps=Settings().steps, seeded="episodes")
     settings = dataclasses.replace(Settings(), steps=args.steps, seed=args.seed)
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        print(
-            f"step={step:4d} reward={metrics['charts/reward_mean']:.3f} "
-            f"policy_loss={metrics['losses/policy_loss']:+.4f} value_loss={metrics['losses/value_loss']:.4f} "
-            f"entropy={metrics['losses/entropy']:.3f} approx_kl={metrics['charts/approx_kl']:.4f} "
-            f"clipfrac={metrics['charts/clipfrac']:.3f}",
-            flush=True,
-        )
-
-    run = train(settings, on_step)
+    run = train(settings, functools.partial(print_step, explained_variance=False))
     print(
         f"baselines on the evaluation set: majority={run.baselines['majority']:.3f} "
         f"random_copy={run.baselines['random_copy']:.3f} oracle={run.baselines['oracle']:.3f}; "

@@ -22,12 +22,18 @@ import torch
 from training.toy import ToySettings, train
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--steps", type=int, default=120, help="PPO updates")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the model, the problems and the sampling")
+def parse_args(argv: list[str] | None, doc: str | None, *, steps: int, seeded: str) -> argparse.Namespace:
+    """The command line of a toy PPO benchmark (``--steps``, ``--seed``, ``--threads``), threads applied.
+
+    Args:
+        argv: The arguments (None: the process's).
+        doc: The benchmark's module docstring, shown by ``--help``.
+        steps: The default of ``--steps``.
+        seeded: What the seed seeds besides the model and the sampling ("problems", "episodes").
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=steps, help="PPO updates")
+    parser.add_argument("--seed", type=int, default=0, help=f"seeds the model, the {seeded} and the sampling")
     parser.add_argument(
         "--threads",
         type=int,
@@ -36,20 +42,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    return args
 
-    settings = dataclasses.replace(ToySettings(), steps=args.steps, seed=args.seed)
 
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        print(
-            f"step={step:4d} reward={metrics['charts/reward_mean']:.3f} "
-            f"policy_loss={metrics['losses/policy_loss']:+.4f} value_loss={metrics['losses/value_loss']:.4f} "
-            f"entropy={metrics['losses/entropy']:.3f} approx_kl={metrics['charts/approx_kl']:.4f} "
-            f"clipfrac={metrics['charts/clipfrac']:.3f} "
-            f"explained_variance={metrics['charts/explained_variance']:+.3f}",
-            flush=True,
-        )
+def print_step(step: int, metrics: dict[str, float], *, explained_variance: bool = True) -> None:
+    """One line of a toy benchmark's reward curve: the rollout reward, losses and PPO diagnostics."""
+    line = (
+        f"step={step:4d} reward={metrics['charts/reward_mean']:.3f} "
+        f"policy_loss={metrics['losses/policy_loss']:+.4f} value_loss={metrics['losses/value_loss']:.4f} "
+        f"entropy={metrics['losses/entropy']:.3f} approx_kl={metrics['charts/approx_kl']:.4f} "
+        f"clipfrac={metrics['charts/clipfrac']:.3f}"
+    )
+    if explained_variance:
+        line += f" explained_variance={metrics['charts/explained_variance']:+.3f}"
+    print(line, flush=True)
 
-    run = train(settings, on_step)
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv, __doc__, steps=120, seeded="problems")
+    run = train(dataclasses.replace(ToySettings(), steps=args.steps, seed=args.seed), print_step)
     print(
         f"start_reward={run.start_reward:.3f} final_reward={run.final_reward:.3f} seconds={run.seconds:.1f}"
     )

@@ -1,4 +1,4 @@
-"""Shared fixtures: the asyncio backend for anyio tests and a guard against real network access."""
+"""Shared fixtures: the asyncio backend for anyio tests, a guard against real network access, one torch thread."""
 
 from __future__ import annotations
 
@@ -79,6 +79,20 @@ def find_shared() -> Any:
         if (candidate / "docs" / "synthesis_template.txt").exists():
             return candidate
     raise RuntimeError("cannot find the shared/ folder beside the repository; set PACORE_SHARED_DIR")
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one CPU thread for the test: the tiny models run fastest so, above all on shared cores.
+
+    Test files of tiny models take it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch  # here, so that test files without torch do not pay for importing it
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

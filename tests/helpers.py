@@ -12,13 +12,16 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from pacore_agent import OpenAIBackend, SimConfig, SimServer
-from pacore_agent.evaluation.store import RunRecord
+from pacore_agent.evaluation.store import PoolEntry, PoolMessage, RunRecord
 from pacore_agent.results import SolveResult
+
+if TYPE_CHECKING:
+    from training.train import TrainConfig
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -114,6 +117,19 @@ def run_pacore(
     )
 
 
+def run_module(module: str, *args: str, timeout: float = 100) -> list[str]:
+    """Run ``python -m MODULE ARGS`` from the repository root to a zero exit; returns its stdout's lines."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()
+
+
 def graded_record(
     result: SolveResult, grading: dict[str, Any], *, problem_id: str, sample: int, benchmark: str = "aime2025"
 ) -> RunRecord:
@@ -129,3 +145,21 @@ def graded_record(
         score=grading["score"],
         info={"grading": grading},
     )
+
+
+def one_problem_run(tmp_path: Path, messages: list[PoolMessage], **settings: Any) -> TrainConfig:
+    """A `training.train` config on the untrained tiny chat model and a one-problem pool ("1+2?", answer 3).
+
+    Args:
+        tmp_path: Where the model (``tiny``), the pool and the run (``run``) go.
+        messages: The problem's pooled messages.
+        **settings: The other `TrainConfig` fields; the curriculum is off.
+    """
+    from pacore_agent.testing.tiny_model import build_tiny_model
+    from training.pool import write_pool_entries
+    from training.train import TrainConfig
+
+    model = build_tiny_model(tmp_path / "tiny", train_steps=0)
+    entry = PoolEntry(problem_id="p", problem="1+2?", answer="3", messages=messages)
+    pool = write_pool_entries(tmp_path / "pool.jsonl", [entry])
+    return TrainConfig(model=str(model), out=str(tmp_path / "run"), pool=str(pool), stage="none", **settings)

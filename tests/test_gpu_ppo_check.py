@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_module
 
 
 def test_gpu_ppo_check_runs_on_cpu_with_tiny_sizes() -> None:
-    command = [
-        "-m",
-        "benchmarks.gpu_ppo_check",
-        "--device",
-        "cpu",
-        "--tiny",
-        "--steps",
-        "2",
-        "--threads",
-        "1",
-    ]
-    out = subprocess.run(
-        [sys.executable, *command],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=True,
+    lines = run_module(
+        "benchmarks.gpu_ppo_check", "--device", "cpu", "--tiny", "--steps", "2", "--threads", "1"
     )
-    lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("device=cpu ")
     assert "gradient_checkpointing=True" in lines[1]
     assert [line.split()[1] for line in lines if line.startswith("step=")] == ["warmup", "timed", "timed"]

@@ -5,31 +5,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from pacore_agent.exceptions import UsageError
+from tests.helpers import run_module
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.ppo import PPOConfig, PPOTrainer, ValueModel
 from training.rollout import HFRollout
 from training.toy import EOS, PAD, ToySettings, make_policy, sample_problems, train
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The tiny models run fastest on one thread, above all on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_hf_rollout_returns_prompt_major_samples_with_logprobs() -> None:
@@ -131,15 +120,7 @@ def test_ppo_learns_the_toy_synthesis_task() -> None:
 
 @pytest.mark.slow
 def test_benchmark_script_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.ppo_toy", "--steps", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=True,
-    )
-    lines = out.stdout.strip().splitlines()
+    lines = run_module("benchmarks.ppo_toy", "--steps", "1")
     assert lines[0].startswith("step=   0 reward=")
     assert (
         lines[-1].startswith("start_reward=") and " final_reward=" in lines[-1] and " seconds=" in lines[-1]
@@ -221,15 +202,7 @@ def test_ppo_learns_synthesis_beyond_the_majority_vote() -> None:
 
 @pytest.mark.slow
 def test_synthesis_benchmark_script_prints_its_baselines_and_one_summary_line() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.ppo_synthesis", "--steps", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=True,
-    )
-    lines = out.stdout.strip().splitlines()
+    lines = run_module("benchmarks.ppo_synthesis", "--steps", "1")
     assert lines[0].startswith("step=   0 reward=")
     assert lines[-2].startswith("baselines on the evaluation set: majority=") and " oracle=1.000" in lines[-2]
     keys = [field.split("=")[0] for field in lines[-1].split()]

@@ -22,27 +22,24 @@ import torch
 from aiohttp import web
 from anyio.from_thread import start_blocking_portal
 from safetensors.torch import load_file
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import Qwen3Config
 
+from benchmarks.gpu_ppo_check import TINY, build_model
 from pacore_agent.backends.sglang import SGLangBackend, SGLangServerError
+from pacore_agent.evaluation.store import PoolMessage
 from pacore_agent.exceptions import BackendError, ContextLengthError, RequestRejectedError, UsageError
 from pacore_agent.testing.fake_sglang import EOS_TOKEN_ID, FakeSGLangServer
+from tests.helpers import one_problem_run
 from tests.processes import FAKE_COMMAND, FAKE_ENV, group_members, running
 from training.ppo import PPOConfig, PPOTrainer
 from training.rollout import HFRollout
 from training.sglang_rollout import SGLangRollout, WeightSyncError
 from training.toy import EOS, PAD, make_policy, sample_problems
 
-pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="process-group checks read /proc")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The tiny models run fastest on one thread, above all on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.skipif(not Path("/proc").is_dir(), reason="process-group checks read /proc"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 @contextmanager
@@ -220,17 +217,7 @@ def test_weights_are_pushed_to_the_server_after_every_ppo_update(tmp_path: Path)
 
 
 def test_save_dtype_casts_the_weights_and_keeps_tied_ones_tied(tmp_path: Path) -> None:
-    config = Qwen3Config(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        tie_word_embeddings=True,
-    )
-    model = Qwen3ForCausalLM(config)
+    model = build_model(TINY, torch.device("cpu"), seed=0)  # tied, like Qwen3-0.6B
     with (
         _fake_server() as fake,
         SGLangRollout(
@@ -388,22 +375,10 @@ def _attached_run(tmp_path: Path, fake: FakeSGLangServer) -> Any:
 
     The fake's vocabulary is the tiny model's (`_TINY_VOCAB`), so its token ids decode.
     """
-    from pacore_agent.evaluation.store import PoolEntry, PoolMessage
-    from pacore_agent.testing.tiny_model import build_tiny_model
-    from training.pool import write_pool_entries
-    from training.train import TrainConfig
-
-    model = build_tiny_model(tmp_path / "tiny", train_steps=0)
-    assert Qwen3Config.from_pretrained(model).vocab_size == _TINY_VOCAB
     messages = [PoolMessage(message=f"\\boxed{{{k}}}", correct=k == 3, score=float(k == 3)) for k in (3, 4)]
-    pool = write_pool_entries(
-        tmp_path / "pool.jsonl", [PoolEntry(problem_id="p", problem="1+2?", answer="3", messages=messages)]
-    )
-    return TrainConfig(
-        model=str(model),
-        out=str(tmp_path / "run"),
-        pool=str(pool),
-        stage="none",
+    config = one_problem_run(
+        tmp_path,
+        messages,
         steps=1,
         problems_per_step=1,
         responses_per_problem=2,
@@ -416,6 +391,8 @@ def _attached_run(tmp_path: Path, fake: FakeSGLangServer) -> Any:
         export_model=False,
         device="cpu",
     )
+    assert Qwen3Config.from_pretrained(config.model).vocab_size == _TINY_VOCAB
+    return config
 
 
 def test_an_attached_server_holding_other_weights_gets_the_actor_before_step_0(tmp_path: Path) -> None:

@@ -15,13 +15,13 @@ import signal
 import subprocess
 import sys
 import types
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from benchmarks.ppo_chat import sevens
 from pacore_agent.evaluation.store import PoolEntry, PoolMessage
 from pacore_agent.exceptions import UsageError
 from training.checkpoint import (
@@ -76,12 +76,7 @@ METRIC_KEYS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pool_entries(count: int = 3, messages: int = 4) -> list[PoolEntry]:
@@ -112,27 +107,36 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "model": model, "pool": pool}
 
 
-def _run(
-    workspace: dict[str, Path],
-    out: Path,
-    *extra: str,
-    env: dict[str, str] | None = None,
-    timeout: float = 100,
+def _train(
+    *options: str, env: dict[str, str] | None = None, timeout: float = 100
 ) -> subprocess.CompletedProcess[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "training.train",
+    """``python -m training.train OPTIONS`` on one thread, without progress bars."""
+    environ = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "training.train", *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environ,
+    )
+
+
+def _tiny_options(setup: dict[str, Path], out: Path) -> list[str]:
+    """The model, pool and output folder of ``setup``, with the small batch every driver run here uses."""
+    return [
         "--model",
-        str(workspace["model"]),
+        str(setup["model"]),
         "--pool",
-        str(workspace["pool"]),
+        str(setup["pool"]),
         "--out",
         str(out),
-        "--steps",
-        str(STEPS),
-        "--save-every",
-        "2",
         "--problems-per-step",
         "2",
         "--responses-per-problem",
@@ -141,26 +145,24 @@ def _run(
         "2",
         "--max-messages",
         "4",
-        "--max-response-tokens",
-        "16",
         "--actor-lr",
         "1e-4",
         "--critic-lr",
         "1e-4",
         "--reward-workers",
         "2",
-        "--stage",
-        "none",
-        *extra,
     ]
-    environ = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        **(env or {}),
-    }
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environ)
+
+
+def _run(
+    workspace: dict[str, Path],
+    out: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 100,
+) -> subprocess.CompletedProcess[str]:
+    options = ["--steps", str(STEPS), "--save-every", "2", "--max-response-tokens", "16", "--stage", "none"]
+    return _train(*_tiny_options(workspace, out), *options, *extra, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -481,10 +483,7 @@ def test_fingerprint_error_names_the_checkpoint() -> None:
 
 def test_pool_built_with_the_simulated_backend(workspace: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "built"
-    args: Sequence[str] = [
-        sys.executable,
-        "-m",
-        "training.train",
+    done = _train(
         "--model",
         str(workspace["model"]),
         "--out",
@@ -511,9 +510,7 @@ def test_pool_built_with_the_simulated_backend(workspace: dict[str, Path], tmp_p
         "--no-export-model",
         "--stage",
         "none",
-    ]
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=100, env=environ)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "SIMULATED" in done.stderr
     assert (out / "pool" / "pool.jsonl").is_file()
@@ -528,22 +525,7 @@ def test_pool_built_with_the_simulated_backend(workspace: dict[str, Path], tmp_p
 
 def _curriculum_entries() -> list[PoolEntry]:
     """Eight problems whose answer is 7, with 0 to 3 right messages of 4: stage 1 keeps the 1-of-4 ones."""
-    entries = []
-    for k, right in enumerate([1, 1, 1, 1, 0, 2, 3, 1]):
-        pooled = []
-        for i in range(4):
-            answer = 7 if i < right else 8 + i
-            pooled.append(
-                PoolMessage(
-                    message=f"{k}+{7 - k}={answer}\n\n\\boxed{{{answer}}}",
-                    correct=i < right,
-                    score=1.0 * (i < right),
-                )
-            )
-        entries.append(
-            PoolEntry(problem_id=f"seven-{k}", problem=f"What is {k}+{7 - k}?", answer="7", messages=pooled)
-        )
-    return entries
+    return sevens([1, 1, 1, 1, 0, 2, 3, 1])
 
 
 @pytest.fixture(scope="module")
@@ -563,44 +545,16 @@ def curriculum(workspace: dict[str, Path]) -> dict[str, Path]:
 def _run_curriculum(
     setup: dict[str, Path], out: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "training.train",
-        "--model",
-        str(setup["model"]),
-        "--pool",
-        str(setup["pool"]),
-        "--out",
-        str(out),
-        "--steps",
-        "2",
-        "--save-every",
-        "1",
-        "--keep-checkpoints",
-        "9",
-        "--problems-per-step",
-        "2",
-        "--responses-per-problem",
-        "2",
-        "--min-messages",
-        "2",
-        "--max-messages",
-        "4",
-        "--max-response-tokens",
-        "24",
+    options = ["--steps", "2", "--save-every", "1", "--keep-checkpoints", "9", "--max-response-tokens", "24"]
+    return _train(
+        *_tiny_options(setup, out),
+        *options,
         "--stage2-samples",
         "8",
-        "--actor-lr",
-        "1e-4",
-        "--critic-lr",
-        "1e-4",
-        "--reward-workers",
-        "2",
         "--no-export-model",
-    ]
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})}
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=400, env=environ)
+        env=env,
+        timeout=400,
+    )
 
 
 def test_curriculum_runs_both_stages_and_resumes_across_the_boundary(

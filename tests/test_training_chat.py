@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks.ppo_chat import run
 
@@ -17,12 +15,7 @@ RISE = 0.15
 0.35 -> 0.6 in 20 steps, 0.78 in 30; ``python -m benchmarks.ppo_chat`` runs 40)."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_ppo_on_the_chat_model_raises_the_reward(tmp_path: Path) -> None:

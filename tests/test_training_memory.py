@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
+from benchmarks.gpu_ppo_check import QWEN3_0_6B, qwen3_config
 from pacore_agent.exceptions import UsageError
+from tests.helpers import one_problem_run
 from training.memory import (
     BYTES_PER_PARAMETER,
     HEADROOM,
@@ -36,16 +39,14 @@ def _llama(tied: bool) -> LlamaConfig:
 
 def _qwen3(hidden: int, layers: int, intermediate: int, tied: bool) -> Qwen3Config:
     """A Qwen3 config with the published shape (vocabulary 151936, 32 query and 8 key/value heads of 128)."""
-    return Qwen3Config(
-        vocab_size=151936,
+    shape = dataclasses.replace(
+        QWEN3_0_6B,
         hidden_size=hidden,
-        intermediate_size=intermediate,
         num_hidden_layers=layers,
+        intermediate_size=intermediate,
         num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        tie_word_embeddings=tied,
     )
+    return qwen3_config(shape, tied=tied)
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -156,24 +157,11 @@ def test_the_driver_states_the_estimate_and_refuses_before_loading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import training.train
-    from pacore_agent.evaluation.store import PoolEntry, PoolMessage
-    from pacore_agent.testing.tiny_model import build_tiny_model
-    from training.pool import write_pool_entries
+    from pacore_agent.evaluation.store import PoolMessage
 
-    model = build_tiny_model(tmp_path / "tiny", train_steps=0)
     messages = [PoolMessage(message="\\boxed{3}", correct=True, score=1.0)] * 2
-    pool = write_pool_entries(
-        tmp_path / "pool.jsonl", [PoolEntry(problem_id="p", problem="1+2?", answer="3", messages=messages)]
-    )
-    config = training.train.TrainConfig(
-        model=str(model),
-        out=str(tmp_path / "run"),
-        pool=str(pool),
-        stage="none",
-        min_messages=2,
-        max_messages=2,
-        device="cpu",
-    )
+    config = one_problem_run(tmp_path, messages, min_messages=2, max_messages=2, device="cpu")
+    model = config.model
     loaded: list[str] = []
     monkeypatch.setattr(
         "transformers.AutoModelForCausalLM.from_pretrained", lambda *a, **k: loaded.append("x")

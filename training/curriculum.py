@@ -136,6 +136,11 @@ class Decision:
     accuracy: float | None
     detail: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, entry: PoolEntry, reason: Reason, accuracy: float | None, detail: dict[str, Any]) -> Decision:
+        """The decision on ``entry``: kept exactly when ``reason`` is ``"kept"``."""
+        return cls(entry.problem_id, entry.domain, reason == "kept", reason, accuracy, detail)
+
 
 @dataclass
 class FilterResult:
@@ -241,16 +246,7 @@ def stage1_filter(entries: Iterable[PoolEntry], config: Stage1Config | None = No
             reason = "too_easy"
         else:
             reason = "kept"
-        decisions.append(
-            Decision(
-                problem_id=entry.problem_id,
-                domain=entry.domain,
-                kept=reason == "kept",
-                reason=reason,
-                accuracy=accuracy,
-                detail={"messages": len(entry.messages)},
-            )
-        )
+        decisions.append(Decision.of(entry, reason, accuracy, {"messages": len(entry.messages)}))
         if reason == "kept":
             kept.append(entry)
     settings = {"math_threshold": config.math_threshold, "code_threshold": config.code_threshold}
@@ -375,16 +371,7 @@ def stage2_result(
         detail: dict[str, Any] = {"scores": scores, "samples": config.samples}
         if failures:
             detail["failures"] = failures
-        decisions.append(
-            Decision(
-                problem_id=entry.problem_id,
-                domain=entry.domain,
-                kept=reason == "kept",
-                reason=reason,
-                accuracy=accuracy,
-                detail=detail,
-            )
-        )
+        decisions.append(Decision.of(entry, reason, accuracy, detail))
         if reason == "kept":
             stage2 = {"accuracy": accuracy, "scores": scores, "model": model}
             kept.append(entry.model_copy(update={"metadata": {**entry.metadata, "stage2": stage2}}))

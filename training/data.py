@@ -102,18 +102,19 @@ def load_problems(path: str | os.PathLike[str], *, domain: Domain | None = None)
     """Load training problems from our JSONL (the benchmark format).
 
     Each line needs ``id``, ``problem`` and ``answer`` (math) or a non-empty ``tests`` list (code); see
-    `pacore_agent.evaluation.datasets.load_jsonl`. Optional ``conversation`` (chat messages) and ``responses``
-    (cached trajectories) fields fill the `TrainProblem` fields of the same names.
+    `pacore_agent.evaluation.problems.load_jsonl`, which reads the file. Optional ``conversation`` (chat
+    messages) and ``responses`` (cached trajectories) fields fill the `TrainProblem` fields of the same names.
 
     Args:
-        path: The file.
-        domain: The domain of lines that do not name one.
+        path: The file, read by `load_jsonl`.
+        domain: Passed to `load_jsonl`: the domain of lines that do not name one.
 
     Returns:
-        The problems, in file order.
+        The training problems, in file order.
 
     Raises:
-        DatasetFormatError: A bad line (the message names file, line and field).
+        DatasetFormatError: A line `load_jsonl` refuses, or a bad ``conversation`` or ``responses`` field (the
+            message names the file, and the line or record).
         FileNotFoundError: There is no such file.
     """
     problems = []

@@ -14,10 +14,12 @@ Prompt layout (token ids)::
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -33,13 +35,16 @@ __all__ = [
     "PLUS",
     "REFS",
     "VOCAB_SIZE",
+    "TinyPolicySettings",
     "ToyProblem",
     "ToyRun",
     "ToySettings",
     "evaluate",
     "make_policy",
+    "ppo_steps",
     "reward",
     "sample_problems",
+    "toy_ppo",
     "train",
 ]
 
@@ -119,8 +124,38 @@ def make_policy(
     return LlamaForCausalLM(config)
 
 
+def toy_ppo(**changes: Any) -> PPOConfig:
+    """PPO settings of a toy task: toy-sized learning rates and batches of 32 problems x 8 responses.
+
+    Args:
+        **changes: `PPOConfig` fields that differ from those (a task's own shape of update).
+    """
+    return PPOConfig(
+        **{
+            "actor_lr": 1e-3,
+            "critic_lr": 3e-3,
+            "problems_per_step": 32,
+            "responses_per_problem": 8,
+            **changes,
+        }
+    )
+
+
 @dataclass(frozen=True, slots=True)
-class ToySettings:
+class TinyPolicySettings:
+    """The tiny policy and its learning-rate schedule: what the settings of every toy task share."""
+
+    hidden_size: int = 64
+    """Width of the tiny policy (and critic)."""
+    num_layers: int = 1
+    """Transformer layers of the tiny policy (and critic)."""
+    anneal_lr: bool = True
+    """Decay both learning rates linearly to 0 over the run (as cleanrl does); it steadies the end of a
+    run, where a constant rate keeps the reward swinging by +-0.1."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToySettings(TinyPolicySettings):
     """Everything a toy run depends on."""
 
     steps: int = 50
@@ -131,25 +166,9 @@ class ToySettings:
     """Reference answers shown in each prompt."""
     reference_accuracy: float = 0.6
     """Probability that a reference answer is right."""
-    hidden_size: int = 64
-    """Width of the tiny policy (and critic)."""
-    num_layers: int = 1
-    """Transformer layers of the tiny policy (and critic)."""
     eval_problems: int = 512
     """Problems in the fixed evaluation set (one sample each, temperature 1)."""
-    anneal_lr: bool = True
-    """Decay both learning rates linearly to 0 over the run (as cleanrl does); it steadies the end of a
-    run, where a constant rate keeps the reward swinging by +-0.1."""
-    ppo: PPOConfig = field(
-        default_factory=lambda: PPOConfig(
-            actor_lr=1e-3,
-            critic_lr=3e-3,
-            problems_per_step=32,
-            responses_per_problem=8,
-            actor_steps=4,
-            critic_steps=4,
-        )
-    )
+    ppo: PPOConfig = field(default_factory=lambda: toy_ppo(actor_steps=4, critic_steps=4))
     """PPO settings. The toy takes far larger learning rates than the paper's, and four actor and critic
     steps per batch of 32 problems x 8 responses; with fewer responses per problem some seeds settle on
     copying one reference (reward ~0.64) instead of following their majority (~0.86)."""
@@ -179,6 +198,60 @@ def evaluate(engine: HFRollout, problems: Sequence[ToyProblem]) -> float:
     return sum(reward(p, s) for p, s in zip(problems, samples, strict=True)) / len(problems)
 
 
+class _Prompted(Protocol):
+    @property
+    def prompt_ids(self) -> list[int]: ...
+
+
+P = TypeVar("P", bound=_Prompted)
+
+
+def ppo_steps(
+    trainer: PPOTrainer,
+    engine: HFRollout,
+    draw: Callable[[int], Sequence[P]],
+    score: Callable[[P, Sample], float],
+    *,
+    steps: int,
+    anneal_lr: bool,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> list[dict[str, float]]:
+    """The PPO loop of a toy task: one-token answers to ``draw``-n problems, scored by ``score``.
+
+    Args:
+        trainer: The trainer; its config gives the batch shape and the learning rates.
+        engine: The rollout engine over the trainer's actor; it gets the weights after every update.
+        draw: Returns that many fresh training problems.
+        score: The reward of a sample for its problem.
+        steps: PPO updates.
+        anneal_lr: Decay both learning rates linearly to 0 over the ``steps``.
+        on_step: Called with (step, metrics) after every update.
+
+    Returns:
+        The trainer's metrics of every step.
+    """
+    ppo = trainer.config
+    history = []
+    for step in range(steps):
+        if anneal_lr:
+            frac = 1.0 - step / steps
+            for group in trainer.actor_optimizer.param_groups:
+                group["lr"] = frac * ppo.actor_lr
+            for group in trainer.critic_optimizer.param_groups:
+                group["lr"] = frac * ppo.critic_lr
+        problems = draw(ppo.problems_per_step)
+        samples = engine.generate(
+            [p.prompt_ids for p in problems], n=ppo.responses_per_problem, max_new_tokens=1
+        )
+        rewards = [score(problems[i // ppo.responses_per_problem], s) for i, s in enumerate(samples)]
+        metrics = trainer.step(samples, rewards)
+        engine.sync_weights(trainer.actor)
+        history.append(metrics)
+        if on_step is not None:
+            on_step(step, metrics)
+    return history
+
+
 def train(settings: ToySettings, on_step: Callable[[int, dict[str, float]], None] | None = None) -> ToyRun:
     """Train a tiny policy on the toy task with PPO and `HFRollout`; evaluate before and after.
 
@@ -196,38 +269,25 @@ def train(settings: ToySettings, on_step: Callable[[int, dict[str, float]], None
     trainer = PPOTrainer(policy, config=ppo)
     engine = HFRollout(policy, pad_token_id=PAD, eos_token_id=EOS, temperature=ppo.temperature)
 
+    draw = functools.partial(
+        sample_problems,
+        n_references=settings.n_references,
+        reference_accuracy=settings.reference_accuracy,
+    )
+
     def eval_problems() -> list[ToyProblem]:
-        eval_rng = random.Random(settings.seed + 1_000_003)  # the same evaluation set before and after
-        return sample_problems(
-            settings.eval_problems,
-            eval_rng,
-            n_references=settings.n_references,
-            reference_accuracy=settings.reference_accuracy,
-        )
+        # the same evaluation set before and after
+        return draw(settings.eval_problems, random.Random(settings.seed + 1_000_003))
 
     start_reward = evaluate(engine, eval_problems())
-    history = []
-    for step in range(settings.steps):
-        if settings.anneal_lr:
-            frac = 1.0 - step / settings.steps
-            for group in trainer.actor_optimizer.param_groups:
-                group["lr"] = frac * ppo.actor_lr
-            for group in trainer.critic_optimizer.param_groups:
-                group["lr"] = frac * ppo.critic_lr
-        problems = sample_problems(
-            ppo.problems_per_step,
-            rng,
-            n_references=settings.n_references,
-            reference_accuracy=settings.reference_accuracy,
-        )
-        samples = engine.generate(
-            [p.prompt_ids for p in problems], n=ppo.responses_per_problem, max_new_tokens=1
-        )
-        rewards = [reward(problems[i // ppo.responses_per_problem], s) for i, s in enumerate(samples)]
-        metrics = trainer.step(samples, rewards)
-        engine.sync_weights(trainer.actor)
-        history.append(metrics)
-        if on_step is not None:
-            on_step(step, metrics)
+    history = ppo_steps(
+        trainer,
+        engine,
+        lambda count: draw(count, rng),
+        reward,
+        steps=settings.steps,
+        anneal_lr=settings.anneal_lr,
+        on_step=on_step,
+    )
     final_reward = evaluate(engine, eval_problems())
     return ToyRun(start_reward, final_reward, history, time.perf_counter() - started)

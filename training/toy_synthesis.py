@@ -38,7 +38,18 @@ import torch
 
 from training.ppo import PPOConfig, PPOTrainer
 from training.rollout import HFRollout
-from training.toy import BOS, EOS, EQUALS, PAD, PLUS, REFS, make_policy
+from training.toy import (
+    BOS,
+    EOS,
+    EQUALS,
+    PAD,
+    PLUS,
+    REFS,
+    TinyPolicySettings,
+    make_policy,
+    ppo_steps,
+    toy_ppo,
+)
 
 __all__ = [
     "CHECK",
@@ -136,7 +147,7 @@ def baselines(episodes: Sequence[Episode]) -> dict[str, float]:
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(TinyPolicySettings):
     """Everything a run depends on."""
 
     steps: int = 500
@@ -150,24 +161,11 @@ class Settings:
     """How often the right message of a misleading episode carries the CHECK mark."""
     seed: int = 0
     """Seeds the model, the episodes and the sampling."""
-    hidden_size: int = 64
-    """Width of the tiny policy (and critic)."""
-    num_layers: int = 1
-    """Transformer layers of the tiny policy (and critic)."""
     eval_episodes: int = 512
     """Episodes of each fixed evaluation set (one sample each, temperature 1)."""
-    anneal_lr: bool = True
-    """Decay both learning rates linearly to 0 over the run, as cleanrl does."""
     ppo: PPOConfig = field(
-        default_factory=lambda: PPOConfig(
-            actor_lr=1.5e-3,
-            critic_lr=3e-3,
-            problems_per_step=32,
-            responses_per_problem=8,
-            actor_steps=1,
-            critic_steps=1,
-            ppo_epochs=1,
-            entropy_coef=0.0,
+        default_factory=lambda: toy_ppo(
+            actor_lr=1.5e-3, actor_steps=1, critic_steps=1, ppo_epochs=1, entropy_coef=0.0
         )
     )
     """The paper's PPO shape (one update per batch, strictly on-policy, no KL, no entropy bonus) with a
@@ -229,27 +227,15 @@ def train(settings: Settings, on_step: Callable[[int, dict[str, float]], None] |
     all_wrong = all_wrong_episodes(settings.eval_episodes, held_out, b_max=settings.b_max)
 
     start_reward, start_all_wrong = _evaluate(engine, evaluation), _evaluate(engine, all_wrong)
-    history = []
-    for step in range(settings.steps):
-        if settings.anneal_lr:
-            frac = 1.0 - step / settings.steps
-            for group in trainer.actor_optimizer.param_groups:
-                group["lr"] = frac * ppo.actor_lr
-            for group in trainer.critic_optimizer.param_groups:
-                group["lr"] = frac * ppo.critic_lr
-        episodes = draw(ppo.problems_per_step, rng)
-        samples = engine.generate(
-            [e.prompt_ids for e in episodes], n=ppo.responses_per_problem, max_new_tokens=1
-        )
-        rewards = [
-            1.0 if s.response_ids[:1] == [episodes[i // ppo.responses_per_problem].answer] else 0.0
-            for i, s in enumerate(samples)
-        ]
-        metrics = trainer.step(samples, rewards)
-        engine.sync_weights(trainer.actor)
-        history.append(metrics)
-        if on_step is not None:
-            on_step(step, metrics)
+    history = ppo_steps(
+        trainer,
+        engine,
+        lambda count: draw(count, rng),
+        lambda episode, sample: 1.0 if sample.response_ids[:1] == [episode.answer] else 0.0,
+        steps=settings.steps,
+        anneal_lr=settings.anneal_lr,
+        on_step=on_step,
+    )
     return SynthesisRun(
         start_reward=start_reward,
         final_reward=_evaluate(engine, evaluation),

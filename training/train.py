@@ -366,30 +366,9 @@ class TrainConfig:
         self.ppo_config()  # raises on bad PPO settings
 
     def ppo_config(self) -> PPOConfig:
-        """The trainer's settings."""
-        return PPOConfig(
-            actor_lr=self.actor_lr,
-            critic_lr=self.critic_lr,
-            problems_per_step=self.problems_per_step,
-            responses_per_problem=self.responses_per_problem,
-            gamma=self.gamma,
-            lam=self.lam,
-            clip_eps=self.clip_eps,
-            value_clip_eps=self.value_clip_eps,
-            whiten_advantages=self.whiten_advantages,
-            entropy_coef=self.entropy_coef,
-            tis_cap=self.tis_cap,
-            ppo_epochs=self.ppo_epochs,
-            actor_steps=self.actor_steps,
-            critic_steps=self.critic_steps,
-            max_tokens_per_micro_batch=self.max_tokens_per_micro_batch,
-            max_grad_norm=self.max_grad_norm,
-            weight_decay=self.weight_decay,
-            gradient_checkpointing=self.gradient_checkpointing,
-            bf16=self.bf16 != "off",
-            temperature=self.temperature,
-            seed=self.seed,
-        )
+        """The trainer's settings: every `PPOConfig` field is one of ours, under the same name."""
+        mirrored = {f.name: getattr(self, f.name) for f in dataclasses.fields(PPOConfig)}
+        return PPOConfig(**{**mirrored, "bf16": self.bf16 != "off"})
 
     def stage1_config(self) -> Stage1Config:
         """The stage-1 filter's thresholds."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
 import anyio.to_thread
 from pydantic import BaseModel, Field
@@ -51,8 +51,12 @@ from pacore_agent.evaluation.store import PoolMessage
 from pacore_agent.exceptions import UsageError
 from pacore_agent.results import RoundResult, SolveResult, Trajectory, Usage
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's from Python 3.12
+
 __all__ = [
     "DEFAULT_TRUNCATION",
+    "GradeOptions",
     "GradeStatus",
     "GradedProblem",
     "GraderUnavailableError",
@@ -222,16 +226,18 @@ def grade_message(
     return _from_math(conclusion, answer, math_timeout, truncated)
 
 
-async def agrade_message(
-    text: str | None,
-    *,
-    answer: str | None = None,
-    tests: Sequence[Mapping[str, Any]] | None = None,
-    finish_reason: str | None = None,
-    truncation: Truncation = DEFAULT_TRUNCATION,
-    sandbox: SandboxConfig | None = None,
-    math_timeout: float = DEFAULT_MATH_TIMEOUT,
-) -> MessageGrade:
+class GradeOptions(TypedDict, total=False):
+    """The keyword arguments of `grade_message`, which `agrade_message` takes too (same defaults)."""
+
+    answer: str | None
+    tests: Sequence[Mapping[str, Any]] | None
+    finish_reason: str | None
+    truncation: Truncation
+    sandbox: SandboxConfig | None
+    math_timeout: float
+
+
+async def agrade_message(text: str | None, **options: Unpack[GradeOptions]) -> MessageGrade:
     """`grade_message` off the event loop (math-verify and the sandbox run in worker threads).
 
     The arguments are those of `grade_message`.
@@ -239,17 +245,19 @@ async def agrade_message(
     Returns:
         The same as `grade_message`.
     """
-    conclusion, truncated, decided = _start(text, answer, tests, finish_reason, truncation)
+    answer, tests = options.get("answer"), options.get("tests")
+    truncation = options.get("truncation", DEFAULT_TRUNCATION)
+    conclusion, truncated, decided = _start(text, answer, tests, options.get("finish_reason"), truncation)
     if decided is not None:
         return decided
     if tests:
+        program = extract_program(conclusion)
         try:
-            return _from_code(
-                await arun_code_tests(extract_program(conclusion), list(tests), sandbox), truncated
-            )
+            return _from_code(await arun_code_tests(program, list(tests), options.get("sandbox")), truncated)
         except OSError as exc:
             return _code_error(exc, truncated)
     assert answer is not None
+    math_timeout = options.get("math_timeout", DEFAULT_MATH_TIMEOUT)
     call = functools.partial(_from_math, conclusion, answer, math_timeout, truncated)
     return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
@@ -378,14 +386,7 @@ async def grade_result(
         )
 
     final = await grade(result.answer, finish_reason=result.final.finish_reason if result.final else None)
-    grading = Grading(
-        predicted=final.predicted,
-        score=final.score,
-        correct=final.correct,
-        status=final.status,
-        error=final.error,
-        truncated=final.truncated,
-    )
+    grading = Grading.model_validate(final, from_attributes=True)  # the final answer's grade, field for field
     if messages:
         for round_ in result.rounds[:-1] if len(result.rounds) > 1 else []:
             grading.rounds.append(await _grade_round(round_, grade))

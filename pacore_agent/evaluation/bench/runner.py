@@ -190,15 +190,8 @@ class BenchSettings:
         """
         budget = None
         if self.budget is not None:
-            b = self.budget
-            budget = {
-                "max_calls": b.max_calls,
-                "max_tokens": b.max_tokens,
-                "max_cost": b.max_cost,
-                "max_wall_s": b.max_wall_s,
-                "on_exceeded": b.on_exceeded,
-                "prices": {k: vars(v) for k, v in b.prices.items()},
-            }
+            limits = {k: v for k, v in vars(self.budget).items() if k != "prices"}
+            budget = {**limits, "prices": {k: vars(v) for k, v in self.budget.prices.items()}}
         return {
             **self._generation_config(model=model, fingerprint=fingerprint),
             "order": self.order,
