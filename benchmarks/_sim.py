@@ -22,18 +22,26 @@ def free_port() -> int:
 
 
 @contextmanager
-def sim_server_process(*options: str) -> Iterator[str]:
-    """Run ``pacore sim-server`` with ``options`` on a free port; yields its base URL."""
+def pacore_process(command: str, *options: str) -> Iterator[str]:
+    """Run ``pacore COMMAND OPTIONS`` serving on a free port, in a process group of its own; yields its
+    base URL, and stops the group on exit."""
     port = free_port()
-    command = [sys.executable, "-m", "pacore_agent.cli", "sim-server", "--port", str(port), *options]
+    argv = [sys.executable, "-m", "pacore_agent.cli", command, "--port", str(port), *options]
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=10)
+
+
+@contextmanager
+def sim_server_process(*options: str) -> Iterator[str]:
+    """Run ``pacore sim-server`` with ``options`` on a free port; yields its base URL."""
+    with pacore_process("sim-server", *options) as url:
+        yield url
 
 
 async def wait_healthy(backend: OpenAIBackend) -> None:

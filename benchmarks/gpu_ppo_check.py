@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from benchmarks import _args
 from training.ppo import PPOConfig, PPOTrainer
 from training.rollout import HFRollout, Sample
 
@@ -134,9 +135,7 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _args.parser(__doc__)
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda, cuda:N or cpu"
     )

@@ -44,6 +44,7 @@ import anyio
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import _args
 from benchmarks._sim import free_port
 from pacore_agent import Coordinator, OpenAIBackend
 from pacore_agent.runtime import tune_gc
@@ -176,10 +177,7 @@ async def client(url: str, problems: int, width: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--problems", type=int, default=313)
+    parser = _args.parser(__doc__, problems=313)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument(
         "--hold", type=float, default=2.0, help="seconds all requests stay in flight together"

@@ -21,6 +21,7 @@ import time
 import anyio
 import openai
 
+from benchmarks import _args
 from benchmarks._sim import sim_server_process, wait_healthy
 from pacore_agent import Coordinator, OpenAIBackend
 from pacore_agent.prompts import build_prompt, normalize_problem
@@ -140,11 +141,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--problems", type=int, default=96)
-    parser.add_argument("--schedule", default="32,4")
+    parser = _args.parser(__doc__, problems=96, schedule="32,4")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=21, help="coordinator runs (default 21)")
     parser.add_argument(

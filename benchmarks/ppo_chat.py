@@ -25,7 +25,6 @@ steps (16 responses each).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import _args
 from pacore_agent.evaluation.store import PoolEntry, PoolMessage
 from pacore_agent.testing.tiny_model import build_tiny_model
 from training.metrics import read_jsonl
@@ -122,9 +122,7 @@ def run(*, steps: int = 40, seed: int = 0, window: int = 5, out: Path | None = N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _args.parser(__doc__)
     parser.add_argument("--steps", type=int, default=40, help="PPO steps")
     parser.add_argument("--seed", type=int, default=0, help="seeds the model, the draws and the sampling")
     parser.add_argument(

@@ -19,6 +19,7 @@ import dataclasses
 
 import torch
 
+from benchmarks import _args
 from training.toy import ToySettings, train
 
 
@@ -31,7 +32,7 @@ def parse_args(argv: list[str] | None, doc: str | None, *, steps: int, seeded: s
         steps: The default of ``--steps``.
         seeded: What the seed seeds besides the model and the sampling ("problems", "episodes").
     """
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _args.parser(doc)
     parser.add_argument("--steps", type=int, default=steps, help="PPO updates")
     parser.add_argument("--seed", type=int, default=0, help=f"seeds the model, the {seeded} and the sampling")
     parser.add_argument(

@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 
 import anyio
 
+from benchmarks import _args
 from pacore_agent import OpenAIBackend
 from pacore_agent.backends.sglang.router import SGLangRouter
 from pacore_agent.coordinator import Coordinator
@@ -96,9 +97,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _args.parser(__doc__)
     parser.add_argument("--problems", type=int, default=24, help="problems solved at once per measurement")
     parser.add_argument("--k", type=int, default=8, help="trajectories per round")
     parser.add_argument("--capacity", type=int, default=4, help="sequences decoding at once per worker")

@@ -20,17 +20,15 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import aiohttp
 
-from benchmarks._sim import free_port, sim_server_process
+from benchmarks import _args
+from benchmarks._sim import pacore_process, sim_server_process
 from pacore_agent import Coordinator, OpenAIBackend
 from pacore_agent.runtime import tune_gc
 from pacore_agent.schedule import Schedule
@@ -44,20 +42,17 @@ def _problem(i: int) -> str:
 
 @contextmanager
 def pacore_serve_process(upstream: str, concurrency: int) -> Iterator[str]:
-    """``pacore serve`` in front of ``upstream``, on a free port; yields its base URL."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "pacore_agent.cli", "serve", "--upstream-base-url", upstream,
-        "--upstream-model", "pacore-sim", "--port", str(port), "--max-concurrency", str(concurrency),
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    """Run ``pacore serve`` in front of ``upstream`` on a free port; yields its base URL."""
+    options = (
+        "--upstream-base-url",
+        upstream,
+        "--upstream-model",
+        "pacore-sim",
+        "--max-concurrency",
+        str(concurrency),
     )
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
+    with pacore_process("serve", *options) as url:
+        yield url
 
 
 async def _wait(session: aiohttp.ClientSession, url: str) -> None:
@@ -168,9 +163,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _args.parser(__doc__)
     parser.add_argument("--sequential", type=int, default=100, help="requests one at a time, each way")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=640, help="requests of the concurrent phases")

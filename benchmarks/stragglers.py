@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from benchmarks import _args
 from benchmarks._sim import sim_server_process, wait_healthy
 from pacore_agent import Coordinator, OpenAIBackend, SolveResult
 from pacore_agent.evaluation.answers import agrade
@@ -91,11 +92,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--problems", type=int, default=48)
-    parser.add_argument("--schedule", default="16")
+    parser = _args.parser(__doc__, problems=48, schedule="16")
     parser.add_argument("--median", type=float, default=0.5, help="median seconds per request")
     parser.add_argument("--seed", type=int, default=0)
     tune_gc()  # as the pacore commands do (see pacore_agent.runtime)

@@ -34,6 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _args
 from benchmarks._sim import free_port
 
 OFFICIAL_REPO = "https://github.com/stepfun-ai/PaCoRe"
@@ -210,9 +211,7 @@ def compare(setting: str, args: argparse.Namespace, root: Path) -> dict[str, lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _args.parser(__doc__)
     parser.add_argument("--official", help="a checkout of github.com/stepfun-ai/PaCoRe (default: clone it)")
     parser.add_argument("--problems", type=int, default=32)
     parser.add_argument(

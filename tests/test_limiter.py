@@ -34,6 +34,16 @@ async def _settle(iterations: int = 10) -> None:
         await anyio.lowlevel.checkpoint()
 
 
+def _two_waiters(limiter: EndpointLimiter, got: list[str]) -> tuple[asyncio.Task[None], asyncio.Task[None]]:
+    """Tasks "first" and "second", each taking the slot in turn and recording its name in ``got``."""
+
+    async def waiter(name: str) -> None:
+        async with limiter:
+            got.append(name)
+
+    return asyncio.create_task(waiter("first")), asyncio.create_task(waiter("second"))
+
+
 async def test_at_most_total_holders_served_in_arrival_order() -> None:
     limiter = _unpaced(2)
     holding, peak, order = 0, 0, []
@@ -212,14 +222,8 @@ async def test_a_slot_granted_to_a_cancelled_task_is_handed_on() -> None:
     """The slot was granted, then the task was cancelled before it ran again: it must not keep it."""
     limiter = _unpaced(1)
     got: list[str] = []
-
-    async def waiter(name: str) -> None:
-        async with limiter:
-            got.append(name)
-
     await limiter.acquire()
-    first = asyncio.create_task(waiter("first"))
-    second = asyncio.create_task(waiter("second"))
+    first, second = _two_waiters(limiter, got)
     await _settle()
     assert limiter.waiting == 2
     limiter.release()  # the slot goes to "first"...
@@ -235,15 +239,9 @@ async def test_a_woken_waiter_cancelled_before_it_runs_frees_its_turn() -> None:
     goes to the next waiter."""
     limiter = _unpaced(1)
     got: list[str] = []
-
-    async def waiter(name: str) -> None:
-        async with limiter:
-            got.append(name)
-
     await limiter.acquire()
     limiter.release()  # in flight nobody: the next iteration wakes the line
-    first = asyncio.create_task(waiter("first"))
-    second = asyncio.create_task(waiter("second"))
+    first, second = _two_waiters(limiter, got)
     await anyio.lowlevel.checkpoint()  # both queue (the slot's release credit went to nobody)
     first.cancel()
     await _settle()

@@ -106,15 +106,9 @@ def sim_server(
             hosted_reasoning=hosted_reasoning,
             model=model or SIM_MODEL,
         )
-        server = SimServer(
-            config,
-            host=host,
-            port=port,
-            api_key=api_key,
-            capacity=capacity,
-            prefix_cache=prefix_cache,
-            worker_name=worker_name,
-        )
+        # As one SGLang worker behind the router (see pacore_agent.backends.sim_worker).
+        worker = {"capacity": capacity, "prefix_cache": prefix_cache, "worker_name": worker_name}
+        server = SimServer(config, host=host, port=port, api_key=api_key, **worker)  # type: ignore[arg-type]
     except PacoreError as error:
         raise fail(str(error)) from None
 
