@@ -216,6 +216,10 @@ def test_dom_counts_equal_the_run(run_dir: Path, page: Path, tmp_path: Path) -> 
     rows = dom.find("problem")
     assert [r["attrs"]["data-problem"] for r in rows] == sorted(per_problem)
     assert len(dom.find("summary-row")) == len(METHODS)
+    for row in dom.find("summary-row"):  # the report's honest columns: the failed item counts
+        (cell,) = dom.find("n-failed", within=row)
+        expected = sum(f.method == row["attrs"]["data-method"] for f in failed)
+        assert text_of(cell) == str(expected)
     view = dom.find("problem-view")
     assert len(view) == 1
     methods = dom.find("method", within=view[0])
