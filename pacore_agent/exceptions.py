@@ -20,7 +20,9 @@ fields and, where a solve was under way, the partial result so that no finished 
         ├── SolveError                         a solve stopped; ``.partial`` holds what finished
         │   ├── RoundFailedError               every trajectory of a round failed
         │   └── BudgetExceeded                 a call, token, cost or time budget ran out
-        └── ReplayMissError                    a replay backend was asked for an unrecorded request
+        ├── ReplayMissError                    a replay backend was asked for an unrecorded request
+        └── GraderUnavailableError             math-verify cannot start (`pacore_agent.evaluation.answers`):
+                                               a run stops rather than grade anything False
 """
 
 from __future__ import annotations
