@@ -10,6 +10,10 @@ from aiohttp import web
 __all__ = ["AppServer"]
 
 
+LISTEN_BACKLOG = 2048
+"""Pending connections the listening socket queues (uvicorn's default)."""
+
+
 class AppServer:
     """An aiohttp application served on ``host``:``port`` as an async context manager.
 
@@ -40,7 +44,9 @@ class AppServer:
         runner = web.AppRunner(self.app, **self._runner_options)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            # uvicorn's backlog, which SGLang and vLLM serve through; aiohttp's default (128) drops the
+            # SYNs of a burst of a thousand new connections, and the kernel resends them a second later.
+            await web.TCPSite(runner, self.host, self.port, backlog=LISTEN_BACKLOG).start()
         except BaseException:
             await runner.cleanup()
             raise
