@@ -44,8 +44,6 @@ _TOKEN_LIMITS = ("max_completion_tokens", "max_tokens")
 DEFAULT_TIMEOUT = 7200.0
 """Seconds a request may take; long reasoning without streaming needs hours (as the official pipeline)."""
 
-_BODY_EXCERPT = 500
-
 
 def is_local_url(url: str) -> bool:
     """Whether ``url`` points at this machine or a private network (no API key needed)."""
