@@ -215,7 +215,6 @@ def draw_fault(faults: Faults, arrival: int, rng: random.Random) -> SimFault | N
     return SimFault(kind, status, message, retry_after, code=code)
 
 
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error"}
 _SERVER_TYPES = {
     400: "BadRequestError",
     401: "AuthenticationError",
@@ -235,11 +234,7 @@ def error_json(
     envelope with the HTTP status as ``code``; SGLang (and vLLM before 0.10) the fields at top level.
     """
     if style == "openai":
-        kind = (
-            "requests"
-            if status == 429
-            else _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-        )
+        kind = "requests" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
         return {"error": {"message": message, "type": kind, "param": param, "code": code}}
     fields = {
         "message": message,
