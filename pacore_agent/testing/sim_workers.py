@@ -9,8 +9,6 @@ and read each worker's counters (`SimWorkerProcess.stats`, ``GET /_sim/stats``).
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
@@ -18,7 +16,7 @@ from typing import Any, ClassVar
 import anyio
 
 from pacore_agent.backends.sglang.native import SGLangNativeClient
-from pacore_agent.backends.sglang.process import SGLangServer
+from pacore_agent.backends.sglang.process import SGLangServer, _kill_group
 
 __all__ = ["SimWorkerProcess", "sim_workers"]
 
@@ -53,8 +51,7 @@ class SimWorkerProcess(SGLangServer):
     def kill(self) -> None:
         """SIGKILL the worker's process group at once, as a crashed node."""
         if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
+            _kill_group(self.pid)
 
     async def stats(self) -> dict[str, Any]:
         """The worker's counters (``GET /_sim/stats``, see `SimServer.stats`)."""
