@@ -227,7 +227,7 @@ class SGLangBackend(Backend):
 
 
 def _openai_backend(base_url: str, model: str | None, api_key: str | None, max_concurrency: int) -> Backend:
-    """The default chat backend: an `OpenAIBackend` (imported on first use; it pulls in the OpenAI SDK)."""
+    """The default chat backend: an `OpenAIBackend` on the server's ``/v1`` (imported on first use)."""
     from pacore_agent.backends.openai_compat import OpenAIBackend
 
     # SGLang has deprecated `max_tokens` in favour of OpenAI's `max_completion_tokens`.
