@@ -451,9 +451,13 @@ class OpenAIBackend(Backend):
                 if chunk.get("usage"):
                     usage = _usage(chunk["usage"])
                 for choice in chunk.get("choices") or ():
+                    delta = (choice.get("delta") or {}) if isinstance(choice, dict) else None
+                    if not isinstance(delta, dict):
+                        raise MalformedResponseError(
+                            f"{self.base_url} streamed a choice without a delta object"
+                        )
                     index = choice.get("index") or 0
                     contents.setdefault(index, [])
-                    delta = choice.get("delta") or {}
                     reasoning = _reasoning_of(delta)
                     if reasoning:
                         reasonings.setdefault(index, []).append(reasoning)
