@@ -29,7 +29,7 @@ import hashlib
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 import anyio.to_thread
 
@@ -130,7 +130,7 @@ class EnvConfig:
     truncation: Truncation = DEFAULT_TRUNCATION
 
     def __post_init__(self) -> None:
-        if self.truncation not in ("zero", "mask", "grade"):
+        if self.truncation not in get_args(Truncation):
             raise UsageError(f"truncation must be 'zero', 'mask' or 'grade', got {self.truncation!r}")
         if isinstance(self.lo, bool) or isinstance(self.hi, bool) or not 1 <= self.lo <= self.hi:
             raise UsageError(f"need 1 <= lo <= hi messages per episode, got lo={self.lo}, hi={self.hi}")
