@@ -29,14 +29,14 @@ import hashlib
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 import anyio.to_thread
 
 from pacore_agent.compactors import THINK_END, final_conclusion
 from pacore_agent.evaluation.analyze import MARKER_PATTERNS, count_markers, marker_regex
 from pacore_agent.evaluation.answers import DEFAULT_MATH_TIMEOUT, emergent_correctness, extract_answer
-from pacore_agent.evaluation.grading import DEFAULT_TRUNCATION, Truncation, grade_message
+from pacore_agent.evaluation.grading import DEFAULT_TRUNCATION, Truncation, grade_message, problem_reference
 from pacore_agent.evaluation.sandbox import SandboxConfig
 from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
@@ -130,7 +130,7 @@ class EnvConfig:
     truncation: Truncation = DEFAULT_TRUNCATION
 
     def __post_init__(self) -> None:
-        if self.truncation not in ("zero", "mask", "grade"):
+        if self.truncation not in get_args(Truncation):
             raise UsageError(f"truncation must be 'zero', 'mask' or 'grade', got {self.truncation!r}")
         if isinstance(self.lo, bool) or isinstance(self.hi, bool) or not 1 <= self.lo <= self.hi:
             raise UsageError(f"need 1 <= lo <= hi messages per episode, got lo={self.lo}, hi={self.hi}")
@@ -261,14 +261,9 @@ def default_reward(
         A score in [0, 1] (`pacore_agent.evaluation.grading.grade_message`, the one message grader; a
         grade that could not happen, e.g. a math-verify timeout, scores 0).
     """
-    return grade_message(conclusion, **_reference(problem), sandbox=sandbox, math_timeout=math_timeout).score
-
-
-def _reference(problem: TrainProblem) -> dict[str, Any]:
-    """What the grader compares with: the tests of a code problem, else the answer."""
-    if problem.domain == "code":
-        return {"tests": [t.model_dump() for t in problem.tests]}
-    return {"answer": problem.answer}
+    return grade_message(
+        conclusion, **problem_reference(problem), sandbox=sandbox, math_timeout=math_timeout
+    ).score
 
 
 def response_truncated(response: str, finish_reason: str | None) -> bool:
@@ -508,7 +503,7 @@ def score_response(
         if truncated and truncation != "grade":
             # decided by the grader's truncation rule before any grading (no sandbox, no math-verify)
             decided = grade_message(
-                response, **_reference(problem), finish_reason="length", truncation=truncation
+                response, **problem_reference(problem), finish_reason="length", truncation=truncation
             )
             score, masked = decided.score, decided.masked
         else:

@@ -722,7 +722,7 @@ def train(config: TrainConfig) -> RunSummary:
             else:
                 stage_entries = stage1
             env = SynthesisEnv(stage_entries, config.env_config())
-            if resumed.get("stage", stage) == stage and stage not in stages_done and checkpoint is not None:
+            if checkpoint is not None and resumed.get("stage", stage) == stage:  # resumed within it
                 stage_start = int(resumed.get("stage_start", 0))
                 data_position = int(resumed.get("data_position", (steps_done - stage_start) * B))
             else:
