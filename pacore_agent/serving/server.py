@@ -56,7 +56,6 @@ from pacore_agent.results import (
     SolveResult,
     TokenDelta,
     TrajectoryFinished,
-    Usage,
 )
 from pacore_agent.retry import RetryPolicy
 from pacore_agent.schedule import PRESETS, Schedule
@@ -195,9 +194,6 @@ def _integer(body: Mapping[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _bad_request(f"{name} must be an integer, got {value!r}", param=name)
     return value
-
-
-_usage_json = Usage.to_openai
 
 
 def _summary(result: SolveResult) -> dict[str, Any]:
@@ -593,7 +589,7 @@ class PacoreServer(AppServer):
                     "logprobs": None,
                 }
             ],
-            "usage": _usage_json(result.usage),
+            "usage": result.usage.to_openai(),
             "pacore": _summary(result),
         }
 
@@ -676,6 +672,6 @@ class PacoreServer(AppServer):
         finish_reason = (final.finish_reason if final else None) or "stop"
         await chunks.chunk({}, finish_reason=finish_reason, pacore=_summary(result))
         if chat.include_usage:
-            await chunks.chunk(None, usage=_usage_json(result.usage))
+            await chunks.chunk(None, usage=result.usage.to_openai())
         await chunks.done()
         self._log(chat, result)
