@@ -88,10 +88,22 @@ def sim_server(
 
     answer_key: dict[str, str] = {}
     if answers is not None:
-        for line in answers.read_text(encoding="utf-8").splitlines():
+        try:
+            lines = answers.read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise fail(f"--answers {answers}: cannot read it ({error.strerror or error})") from None
+        except ValueError as error:  # not UTF-8
+            raise fail(f"--answers {answers}: not UTF-8 text ({error})") from None
+        for number, line in enumerate(lines, start=1):
             if line.strip():
-                item = json.loads(line)
-                answer_key[str(item["problem"]).strip()] = str(item["answer"])
+                try:
+                    item = json.loads(line)
+                    answer_key[str(item["problem"]).strip()] = str(item["answer"])
+                except (ValueError, KeyError, TypeError) as error:
+                    raise fail(
+                        f"--answers {answers}, line {number}: not a JSON object with problem and answer "
+                        f"fields ({type(error).__name__}: {error})"
+                    ) from None
     try:
         config = SimConfig(
             seed=seed,
