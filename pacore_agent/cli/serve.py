@@ -23,6 +23,8 @@ __all__ = ["serve", "sim_server"]
 
 def serve_until_stopped(run: Callable[[], Awaitable[None]], host: str, port: int) -> None:
     """Run a server until Ctrl-C or SIGTERM; a port that cannot be bound exits naming ``--port``."""
+    if not 0 <= port <= 65535:
+        raise fail(f"--port must be within 0-65535 (0 picks a free one), got {port}")
     try:
         with contextlib.suppress(KeyboardInterrupt):
             anyio.run(run)
