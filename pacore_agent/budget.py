@@ -42,8 +42,10 @@ class Price:
     cached_input: float | None = None
 
     def __post_init__(self) -> None:
-        if self.input < 0 or self.output < 0 or (self.cached_input is not None and self.cached_input < 0):
-            raise UsageError("prices must not be negative")
+        values = (self.input, self.output, self.cached_input)
+        # NaN compares False with everything: a NaN price would make a cost budget never run out.
+        if any(v is not None and not (math.isfinite(v) and v >= 0) for v in values):
+            raise UsageError(f"prices must be finite and not negative, got {self!r}")
 
     def cost(self, usage: Usage) -> float:
         """Cost of ``usage`` at this price."""

@@ -142,9 +142,7 @@ async def _retry(
     current = request
     context_retried = False
     attempts = 1
-    while True:
-        if attempts >= policy.max_attempts:
-            break
+    while attempts < policy.max_attempts:
         if isinstance(error, ContextLengthError):
             smaller = _fit_max_tokens(current, error) if policy.retry_context_length else None
             if context_retried or smaller is None:

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 __all__ = ["print_result", "solve_live"]
 
+_TAIL = 300
+"""Characters of the streamed tokens the live panel shows."""
+
 
 def print_result(result: SolveResult) -> None:
     """The rounds table, the token totals and the answer, on standard output."""
@@ -69,7 +72,7 @@ async def solve_live(coordinator: Coordinator, problem: str) -> SolveResult:
                 f"{tokens.get(index, 0):,}",
             )
         if tail:
-            table.caption = tail[-300:].replace("\n", " ")
+            table.caption = tail.replace("\n", " ")
         return table
 
     result: SolveResult | None = None
@@ -84,7 +87,7 @@ async def solve_live(coordinator: Coordinator, problem: str) -> SolveResult:
                         tokens.get(trajectory.round, 0) + trajectory.usage.completion_tokens
                     )
                 elif isinstance(event, TokenDelta):
-                    tail += event.text
+                    tail = (tail + event.text)[-_TAIL:]  # only the end is shown
                 elif isinstance(event, AttemptRestarted):
                     tail = ""  # the retry streams its trajectory again from the start
                 elif isinstance(event, Done):

@@ -23,6 +23,8 @@ __all__ = ["serve", "sim_server"]
 
 def serve_until_stopped(run: Callable[[], Awaitable[None]], host: str, port: int) -> None:
     """Run a server until Ctrl-C or SIGTERM; a port that cannot be bound exits naming ``--port``."""
+    if not 0 <= port <= 65535:
+        raise fail(f"--port must be within 0-65535 (0 picks a free one), got {port}")
     try:
         with contextlib.suppress(KeyboardInterrupt):
             anyio.run(run)
@@ -88,10 +90,22 @@ def sim_server(
 
     answer_key: dict[str, str] = {}
     if answers is not None:
-        for line in answers.read_text(encoding="utf-8").splitlines():
+        try:
+            lines = answers.read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise fail(f"--answers {answers}: cannot read it ({error.strerror or error})") from None
+        except ValueError as error:  # not UTF-8
+            raise fail(f"--answers {answers}: not UTF-8 text ({error})") from None
+        for number, line in enumerate(lines, start=1):
             if line.strip():
-                item = json.loads(line)
-                answer_key[str(item["problem"]).strip()] = str(item["answer"])
+                try:
+                    item = json.loads(line)
+                    answer_key[str(item["problem"]).strip()] = str(item["answer"])
+                except (ValueError, KeyError, TypeError) as error:
+                    raise fail(
+                        f"--answers {answers}, line {number}: not a JSON object with problem and answer "
+                        f"fields ({type(error).__name__}: {error})"
+                    ) from None
     try:
         config = SimConfig(
             seed=seed,

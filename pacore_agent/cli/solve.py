@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -198,6 +199,8 @@ def solve(
 
 def _count_or_share(option: str, value: float | None) -> int | float | None:
     """``0.75`` stays a share; ``24.0`` (typer parses floats) becomes the count ``24``."""
+    if value is not None and not math.isfinite(value):
+        raise fail(f"{option} must be a share in (0, 1] or a whole count, got {value}")
     if value is None or value < 1:
         return value
     if value != int(value):

@@ -56,7 +56,6 @@ from pacore_agent.results import (
     SolveResult,
     TokenDelta,
     TrajectoryFinished,
-    Usage,
 )
 from pacore_agent.retry import RetryPolicy
 from pacore_agent.schedule import PRESETS, Schedule
@@ -195,9 +194,6 @@ def _integer(body: Mapping[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _bad_request(f"{name} must be an integer, got {value!r}", param=name)
     return value
-
-
-_usage_json = Usage.to_openai
 
 
 def _summary(result: SolveResult) -> dict[str, Any]:
@@ -593,7 +589,7 @@ class PacoreServer(AppServer):
                     "logprobs": None,
                 }
             ],
-            "usage": _usage_json(result.usage),
+            "usage": result.usage.to_openai(),
             "pacore": _summary(result),
         }
 
@@ -619,7 +615,7 @@ class PacoreServer(AppServer):
     async def _pump(self, chunks: _Chunks, chat: _ChatRequest, coordinator: Coordinator) -> None:
         """Run the solve, turning its events into chunks; errors end the stream, never escape."""
         progress = _Progress(chat.schedule)
-        streamed = {"reasoning": ""}
+        reasoning_streamed = False  # only whether: the text itself is not kept
         try:
             await chunks.chunk({"role": "assistant", "content": ""})
             # Closed explicitly: when a write fails, the solve's task group must end in this task.
@@ -630,15 +626,15 @@ class PacoreServer(AppServer):
                         # Content waits for the final trajectory to finish (see the module docstring):
                         # a retried attempt's text must never reach the client spliced with the retry's.
                         if event.round == progress.last and event.field == "reasoning":
-                            streamed["reasoning"] += event.text
+                            reasoning_streamed = True
                             await chunks.chunk({"reasoning_content": event.text})
                     elif isinstance(event, AttemptRestarted):
                         if event.round == progress.last:
                             notice = f"\n[final round: attempt {event.attempt} restarts after {event.error.type}]\n"
-                            streamed["reasoning"] += notice
+                            reasoning_streamed = True
                             await chunks.chunk({"reasoning_content": notice})
                     elif isinstance(event, Done):
-                        await self._finish(chunks, chat, event.result, streamed)
+                        await self._finish(chunks, chat, event.result, reasoning_streamed)
                     elif (line := progress.line(event)) is not None:
                         await chunks.chunk({"reasoning_content": line})
         except ConnectionResetError:
@@ -659,15 +655,13 @@ class PacoreServer(AppServer):
             pass
 
     async def _finish(
-        self, chunks: _Chunks, chat: _ChatRequest, result: SolveResult, streamed: dict[str, str]
+        self, chunks: _Chunks, chat: _ChatRequest, result: SolveResult, reasoning_streamed: bool
     ) -> None:
         final = result.final
         if final is not None:
             # The content of the trajectory that finished, whole; its reasoning too unless it streamed.
             delta = (
-                {"reasoning_content": final.reasoning}
-                if final.reasoning and not streamed["reasoning"]
-                else {}
+                {"reasoning_content": final.reasoning} if final.reasoning and not reasoning_streamed else {}
             )
             if final.content:
                 delta["content"] = final.content
@@ -676,6 +670,6 @@ class PacoreServer(AppServer):
         finish_reason = (final.finish_reason if final else None) or "stop"
         await chunks.chunk({}, finish_reason=finish_reason, pacore=_summary(result))
         if chat.include_usage:
-            await chunks.chunk(None, usage=_usage_json(result.usage))
+            await chunks.chunk(None, usage=result.usage.to_openai())
         await chunks.done()
         self._log(chat, result)
