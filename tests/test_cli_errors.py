@@ -71,6 +71,22 @@ def busy_port() -> Iterator[int]:
             ["--min-success 1.5 is neither a share"],
         ),
         (["solve", "--backend", "sim", "--hedge", "1.5", "2+2?"], ["--hedge 1.5 is neither a share"]),
+        (["solve", "--backend", "sim", "--hedge", "nan", "2+2?"], ["--hedge must be a share", "got nan"]),
+        (["solve", "--backend", "sim", "--min-success", "inf", "2+2?"], ["--min-success must be a share"]),
+        (["sim-server", "--port", "70000"], ["--port must be within 0-65535"]),
+        (
+            [
+                "serve",
+                "--upstream-base-url",
+                "http://127.0.0.1:9/v1",
+                "--upstream-model",
+                "m",
+                "--port",
+                "-1",
+            ],
+            ["--port must be within 0-65535"],
+        ),
+        (["sim-server", "--answers", "missing.jsonl"], ["--answers missing.jsonl: cannot read it"]),
         (
             ["bench", "aime2025", "-m", "single", "--out", "o", "--concurrency", "0"],
             ["--concurrency must be"],
@@ -91,6 +107,15 @@ def test_bad_options_get_one_line_naming_the_option(
     args: list[str], needles: list[str], tmp_path: Path
 ) -> None:
     one_line_error(run_pacore(*args, cwd=tmp_path), *needles)
+
+
+def test_sim_server_answers_with_a_bad_line(tmp_path: Path) -> None:
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"problem": "1+1", "answer": "2"}\n[1, 2]\n', encoding="utf-8")
+    one_line_error(
+        run_pacore("sim-server", "--answers", str(answers), cwd=tmp_path),
+        "line 2: not a JSON object with problem and answer",
+    )
 
 
 def test_bench_out_on_an_existing_file(tmp_path: Path) -> None:

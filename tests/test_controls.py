@@ -244,6 +244,12 @@ def test_bad_budgets(budget: dict[str, object], message: str) -> None:
         Budget(**budget)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("prices", [(float("nan"), 1.0), (1.0, float("inf")), (-1.0, 1.0)])
+def test_prices_must_be_finite_and_not_negative(prices: tuple[float, float]) -> None:
+    with pytest.raises(UsageError, match="prices must be finite and not negative"):
+        Price(*prices)
+
+
 async def test_a_schedule_of_none_names_the_argument() -> None:
     async with served_sim(SimConfig()) as (_, backend):
         with pytest.raises(UsageError, match=r"schedule must be a list of widths like \[32, 4\].*got None"):
