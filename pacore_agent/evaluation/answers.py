@@ -548,19 +548,19 @@ async def avote(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def emergent_correctness(message_correct: Sequence[bool], synthesis_correct: bool) -> bool:
+def emergent_correctness(message_correct: Sequence[bool | None], synthesis_correct: bool | None) -> bool:
     """Whether a synthesis is right although every message it was given is wrong.
 
     The paper's "emergent correctness": the synthesis did not copy a correct input, it produced one.
 
     Args:
-        message_correct: For each input message, whether its answer is correct.
-        synthesis_correct: Whether the synthesis's answer is correct.
+        message_correct: For each input message, whether its answer is correct (None: not graded).
+        synthesis_correct: Whether the synthesis's answer is correct (None: not graded).
 
     Returns:
-        True when there is at least one message, none is correct, and the synthesis is.
+        True when there is at least one message, every one was graded wrong, and the synthesis is right.
     """
-    return bool(message_correct) and synthesis_correct is True and not any(message_correct)
+    return bool(message_correct) and synthesis_correct is True and all(c is False for c in message_correct)
 
 
 @dataclass(frozen=True, slots=True)
