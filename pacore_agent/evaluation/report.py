@@ -273,11 +273,6 @@ def bootstrap_interval(
     return (low, high)
 
 
-def _grading(record: RunRecord) -> dict[str, Any]:
-    grading = record.info.get("grading") or record.result.info.get("grading") or {}
-    return grading if isinstance(grading, dict) else {}
-
-
 def _macro(per_problem: dict[str, list[float]]) -> float:
     means = [sum(v) / len(v) for v in per_problem.values() if v]
     return sum(means) / len(means) if means else 0.0
@@ -307,7 +302,7 @@ class SampleGroup:
         self.bypassed += bool(result.info.get("bypassed_rounds"))
 
     def add_record(self, record: RunRecord) -> None:
-        pid, grading = record.problem_id, _grading(record)
+        pid, grading = record.problem_id, record.grading
         graded = record.correct is not None and grading.get("status", "graded") == "graded"
         self.correct.setdefault(pid, []).append(1.0 if graded and record.correct else 0.0)
         score = record.score if record.score is not None else float(bool(record.correct))

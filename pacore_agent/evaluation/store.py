@@ -125,6 +125,12 @@ class RunRecord(BaseModel):
         """The record's key in its store."""
         return RunKey(self.benchmark, self.problem_id, self.method, self.sample)
 
+    @property
+    def grading(self) -> dict[str, Any]:
+        """The stored `pacore_agent.evaluation.grading.Grading` as a dict (``{}`` when there is none)."""
+        grading = self.info.get("grading") or self.result.info.get("grading") or {}
+        return grading if isinstance(grading, dict) else {}
+
 
 class PoolKey(NamedTuple):
     """What identifies one entry of a trajectory pool."""
