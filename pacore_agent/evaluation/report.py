@@ -40,7 +40,6 @@ and the run's ``failures.jsonl``:
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import random
@@ -52,7 +51,14 @@ from typing import Any
 
 from rich.table import Table
 
-from pacore_agent.evaluation.store import CONFIG_FILENAME, FailedItem, RunRecord, RunStore, read_failures
+from pacore_agent.evaluation.store import (
+    CONFIG_FILENAME,
+    FailedItem,
+    RunRecord,
+    RunStore,
+    read_config,
+    read_failures,
+)
 from pacore_agent.exceptions import UsageError
 from pacore_agent.results import SolveResult
 
@@ -218,15 +224,14 @@ def load_run(directory: str | os.PathLike[str]) -> RunData:
     """Read a run directory (safe while ``pacore bench`` is still writing it).
 
     Raises:
-        UsageError: The directory holds no results.
+        UsageError: The directory holds no results, or its ``config.json`` is not a JSON object.
     """
     path = Path(directory)
     store = RunStore.open(path, readonly=True)
     if not store.path.is_file():
         raise UsageError(f"{path} holds no benchmark results ({store.path.name} is missing)")
     records = list(store.records())
-    config_path = path / CONFIG_FILENAME
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = read_config(path / CONFIG_FILENAME)
     done = {r.key for r in records}
     failed = {f.key: f for f in read_failures(path) if f.key not in done}  # a later failure replaces one
     return RunData(path.resolve().name, config, records, list(failed.values()))
