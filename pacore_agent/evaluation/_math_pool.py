@@ -161,8 +161,6 @@ class _WorkerPool:
         self._count = 0
         self._cond = threading.Condition()
         self._pid = os.getpid()
-        self.started = 0
-        """How many worker processes this pool has started (a restart after a kill counts again)."""
 
     def _check_fork(self) -> None:
         if os.getpid() != self._pid:  # forked child: the parent's workers are not ours to use
@@ -184,7 +182,6 @@ class _WorkerPool:
         try:
             if worker is None:
                 worker = _MathWorker()
-                self.started += 1
             outcome = worker.check(candidate, reference, timeout)
         except BaseException:
             if worker is not None:

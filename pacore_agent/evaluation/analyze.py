@@ -320,11 +320,6 @@ class SynthesisDiagnostics:
 # Runs
 
 
-def _grading(record: RunRecord) -> dict[str, Any]:
-    grading = record.info.get("grading") or record.result.info.get("grading") or {}
-    return grading if isinstance(grading, dict) else {}
-
-
 def _answer(message: str | None) -> str | None:
     return extract_answer(final_conclusion(message or ""))
 
@@ -336,7 +331,7 @@ def syntheses_of(record: RunRecord) -> list[Synthesis]:
     methods give none.
     """
     result = record.result
-    graded = {int(r["index"]): list(r.get("correct") or []) for r in _grading(record).get("rounds") or []}
+    graded = {int(r["index"]): list(r.get("correct") or []) for r in record.grading.get("rounds") or []}
     if len(result.rounds) < 2 or record.correct is None or not graded:
         return []
     out: list[Synthesis] = []

@@ -30,8 +30,7 @@ from typing import Any, Literal
 import anyio.to_thread
 
 from pacore_agent.evaluation._math_pool import _POOL, GraderUnavailableError
-from pacore_agent.evaluation.extraction import extract_answer
-from pacore_agent.evaluation.extraction import strip_math_delimiters as _strip_dollars
+from pacore_agent.evaluation.extraction import extract_answer, strip_math_delimiters
 from pacore_agent.evaluation.sandbox import (
     CodeTestResult,
     SandboxConfig,
@@ -122,7 +121,7 @@ def normalize_answer(answer: str) -> str:
     """
     if not isinstance(answer, str):
         return ""
-    text = _strip_dollars(answer).rstrip(".").strip()
+    text = strip_math_delimiters(answer).rstrip(".").strip()
     text = text.replace("{,}", ",")
     if _THOUSANDS_RE.fullmatch(text):
         text = text.replace(",", "")
@@ -155,7 +154,7 @@ def _is_text_answer(answer: str) -> bool:
 
 
 def _text_key(answer: str) -> str:
-    plain = _TEXT_WRAPPER_RE.sub(r" \1 ", _strip_dollars(answer)).lower()
+    plain = _TEXT_WRAPPER_RE.sub(r" \1 ", strip_math_delimiters(answer)).lower()
     plain = re.sub(r"[$\\{}]", " ", plain)
     plain = re.sub(r"\s+", " ", plain).strip(" .")
     return plain
@@ -182,7 +181,7 @@ def _cheap_verdict(candidate: str, reference: str) -> bool | None:
 
 def _latex_for_verify(answer: str) -> str:
     r"""Wrap a bare answer so that math-verify's LaTeX extraction finds it (``\boxed{...}``)."""
-    text = _strip_dollars(answer).rstrip(".").strip()
+    text = strip_math_delimiters(answer).rstrip(".").strip()
     if _THOUSANDS_RE.fullmatch(text):
         text = text.replace(",", "")
     if "$" in text:  # several formulas in prose: math-verify finds them itself
@@ -324,7 +323,7 @@ def _answer_of(response_or_answer: str | None, fallback_last_number: bool) -> st
     if answer is None and isinstance(response_or_answer, str):
         bare = response_or_answer.strip()
         if bare and "\n" not in bare and len(bare) <= _BARE_ANSWER_MAX_CHARS:
-            answer = _strip_dollars(bare) or None
+            answer = strip_math_delimiters(bare) or None
     return answer
 
 
@@ -548,19 +547,19 @@ async def avote(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def emergent_correctness(message_correct: Sequence[bool], synthesis_correct: bool) -> bool:
+def emergent_correctness(message_correct: Sequence[bool | None], synthesis_correct: bool | None) -> bool:
     """Whether a synthesis is right although every message it was given is wrong.
 
     The paper's "emergent correctness": the synthesis did not copy a correct input, it produced one.
 
     Args:
-        message_correct: For each input message, whether its answer is correct.
-        synthesis_correct: Whether the synthesis's answer is correct.
+        message_correct: For each input message, whether its answer is correct (None: not graded).
+        synthesis_correct: Whether the synthesis's answer is correct (None: not graded).
 
     Returns:
-        True when there is at least one message, none is correct, and the synthesis is.
+        True when there is at least one message, every one was graded wrong, and the synthesis is right.
     """
-    return bool(message_correct) and synthesis_correct is True and not any(message_correct)
+    return bool(message_correct) and synthesis_correct is True and all(c is False for c in message_correct)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,7 @@ def _braced(text: str, start: int) -> str | None:
     return None
 
 
-def _strip_dollars(text: str) -> str:
+def strip_math_delimiters(text: str) -> str:
     r"""Strip whitespace and one pair of surrounding math delimiters: ``$``, ``$$``, ``\(\)``, ``\[\]``."""
     text = text.strip()
     for left, right in _MATH_DELIMITERS:
@@ -73,7 +73,7 @@ def _last_boxed(text: str) -> str | None:
             content = token.group().rstrip(".,;")
         else:
             content = None
-        if content is not None and (content := _strip_dollars(content)):
+        if content is not None and (content := strip_math_delimiters(content)):
             return content
     return None
 
@@ -92,7 +92,7 @@ def _clean_span(span: str) -> str | None:
         if sentence_end:
             span = span[: sentence_end.start()]
     span = span.strip().strip("*_").strip().rstrip(".").strip()
-    span = _strip_dollars(span)
+    span = strip_math_delimiters(span)
     return span or None
 
 
@@ -141,10 +141,6 @@ def extract_answer(text: str | None, *, fallback_last_number: bool = False) -> s
     except Exception:  # pragma: no cover - the parsers above are total; this is the "never crash" promise
         logger.exception("extract_answer failed on a %d-character text", len(text))
         return None
-
-
-strip_math_delimiters = _strip_dollars
-"""Strip whitespace and one pair of surrounding math delimiters (shared with normalisation)."""
 
 
 _FENCE_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*$")

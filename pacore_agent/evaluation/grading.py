@@ -37,6 +37,7 @@ from pacore_agent.evaluation.answers import (
     GraderUnavailableError,
     GradeStatus,
     check_answer,
+    emergent_correctness,
     extract_answer,
 )
 from pacore_agent.evaluation.sandbox import (
@@ -391,7 +392,7 @@ async def grade_result(
         for round_ in result.rounds[:-1] if len(result.rounds) > 1 else []:
             grading.rounds.append(await _grade_round(round_, grade))
         given = grading.rounds[-1].correct if grading.rounds else []
-        grading.emergent = bool(given) and all(c is False for c in given) and grading.correct is True
+        grading.emergent = emergent_correctness(given, grading.correct)
     if attach:
         result.info["grading"] = grading.model_dump()
     return grading

@@ -40,7 +40,6 @@ and the run's ``failures.jsonl``:
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import random
@@ -52,7 +51,14 @@ from typing import Any
 
 from rich.table import Table
 
-from pacore_agent.evaluation.store import CONFIG_FILENAME, FailedItem, RunRecord, RunStore, read_failures
+from pacore_agent.evaluation.store import (
+    CONFIG_FILENAME,
+    FailedItem,
+    RunRecord,
+    RunStore,
+    read_config,
+    read_failures,
+)
 from pacore_agent.exceptions import UsageError
 from pacore_agent.results import SolveResult
 
@@ -218,15 +224,14 @@ def load_run(directory: str | os.PathLike[str]) -> RunData:
     """Read a run directory (safe while ``pacore bench`` is still writing it).
 
     Raises:
-        UsageError: The directory holds no results.
+        UsageError: The directory holds no results, or its ``config.json`` is not a JSON object.
     """
     path = Path(directory)
     store = RunStore.open(path, readonly=True)
     if not store.path.is_file():
         raise UsageError(f"{path} holds no benchmark results ({store.path.name} is missing)")
     records = list(store.records())
-    config_path = path / CONFIG_FILENAME
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = read_config(path / CONFIG_FILENAME)
     done = {r.key for r in records}
     failed = {f.key: f for f in read_failures(path) if f.key not in done}  # a later failure replaces one
     return RunData(path.resolve().name, config, records, list(failed.values()))
@@ -273,11 +278,6 @@ def bootstrap_interval(
     return (low, high)
 
 
-def _grading(record: RunRecord) -> dict[str, Any]:
-    grading = record.info.get("grading") or record.result.info.get("grading") or {}
-    return grading if isinstance(grading, dict) else {}
-
-
 def _macro(per_problem: dict[str, list[float]]) -> float:
     means = [sum(v) / len(v) for v in per_problem.values() if v]
     return sum(means) / len(means) if means else 0.0
@@ -307,7 +307,7 @@ class SampleGroup:
         self.bypassed += bool(result.info.get("bypassed_rounds"))
 
     def add_record(self, record: RunRecord) -> None:
-        pid, grading = record.problem_id, _grading(record)
+        pid, grading = record.problem_id, record.grading
         graded = record.correct is not None and grading.get("status", "graded") == "graded"
         self.correct.setdefault(pid, []).append(1.0 if graded and record.correct else 0.0)
         score = record.score if record.score is not None else float(bool(record.correct))

@@ -55,6 +55,7 @@ __all__ = [
     "RunStore",
     "StoreError",
     "append_failure",
+    "read_config",
     "read_failures",
 ]
 
@@ -124,6 +125,12 @@ class RunRecord(BaseModel):
     def key(self) -> RunKey:
         """The record's key in its store."""
         return RunKey(self.benchmark, self.problem_id, self.method, self.sample)
+
+    @property
+    def grading(self) -> dict[str, Any]:
+        """The stored `pacore_agent.evaluation.grading.Grading` as a dict (``{}`` when there is none)."""
+        grading = self.info.get("grading") or self.result.info.get("grading") or {}
+        return grading if isinstance(grading, dict) else {}
 
 
 class PoolKey(NamedTuple):
@@ -437,10 +444,27 @@ class _AppendLog(Generic[R, K]):
         return self._key_of(record), record
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A run's or pool's ``config.json`` (``{}`` when there is none).
+
+    Raises:
+        UsageError: The file is not a JSON object.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise UsageError(f"{path} is not valid JSON ({exc}): repair or remove it") from exc
+    if not isinstance(config, dict):
+        raise UsageError(f"{path} must hold a JSON object, not {type(config).__name__}: repair or remove it")
+    return config
+
+
 def _check_or_write_config(path: Path, config: Mapping[str, Any]) -> None:
     normal = json.loads(json.dumps(config))  # what a reader will see: tuples become lists, etc.
     if path.is_file():
-        existing = json.loads(path.read_text(encoding="utf-8"))
+        existing = read_config(path)
         if existing != normal:
             changed = sorted(
                 k for k in set(existing) | set(normal) if existing.get(k, ...) != normal.get(k, ...)

@@ -37,8 +37,14 @@ from typing import Any
 
 from pacore_agent.compactors import final_conclusion
 from pacore_agent.evaluation.answers import extract_answer
-from pacore_agent.evaluation.report import MethodReport, RunData, load_run, plot_scaling, summarize_records
-from pacore_agent.evaluation.store import RunRecord, RunStore
+from pacore_agent.evaluation.report import (
+    MethodReport,
+    RunData,
+    load_run,
+    plot_scaling,
+    summarize_records,
+)
+from pacore_agent.evaluation.store import RunStore
 from pacore_agent.exceptions import UsageError
 from pacore_agent.results import SolveResult, Trajectory
 
@@ -130,11 +136,6 @@ def _problem_text(result: SolveResult) -> str:
     return "\n\n".join(str(m.get("content", "")) for m in result.problem if m.get("role") == "user")
 
 
-def _grading(record: RunRecord) -> dict[str, Any]:
-    grading = record.info.get("grading") or record.result.info.get("grading") or {}
-    return grading if isinstance(grading, dict) else {}
-
-
 @dataclass
 class _Sample:
     """One (problem, method, sample) of a run: a graded record, or a failed item's partial result."""
@@ -151,9 +152,7 @@ class _Sample:
     error: str | None = None
 
 
-def _samples(data: RunData, directory: Path) -> list[_Sample]:
-    from pacore_agent.evaluation.bench.runner import read_failures
-
+def _samples(data: RunData) -> list[_Sample]:
     samples = []
     for record in data.records:
         outcome = _UNGRADED if record.correct is None else (_RIGHT if record.correct else _WRONG)
@@ -168,14 +167,12 @@ def _samples(data: RunData, directory: Path) -> list[_Sample]:
                 outcome,
                 record.predicted,
                 record.score,
-                _grading(record),
+                record.grading,
                 error,
             )
         )
-    done = {record.key for record in data.records}
-    latest = {item.key: item for item in read_failures(directory) if item.key not in done}
-    for key, item in latest.items():
-        error = f"{item.error.type}: {item.error.message}"
+    for item in data.failed:  # the latest failure of each item without a record (`load_run`)
+        key, error = item.key, f"{item.error.type}: {item.error.message}"
         samples.append(
             _Sample(key.benchmark, key.problem_id, key.method, key.sample, item.partial, _FAILED, error=error)
         )
@@ -347,7 +344,7 @@ def page_data(
                 f"{data.name}: {bad} line(s) of results.jsonl are not valid records and are left out, "
                 "as `pacore report` leaves them out (a torn last line is normal while a run is writing)"
             )
-        all_samples += [(data.name, s) for s in _samples(data, directory)]
+        all_samples += [(data.name, s) for s in _samples(data)]
     if not all_samples:
         names = ", ".join(str(d) for d, _ in runs)
         raise UsageError(f"no records in {names}: nothing to show (run `pacore bench` first)")
