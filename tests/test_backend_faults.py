@@ -362,3 +362,20 @@ async def test_a_key_echoed_by_the_endpoint_never_reaches_the_exception() -> Non
                 await backend.generate(REQUEST)
     assert key not in str(refused.value) and key not in (refused.value.body or "")
     assert "Bearer ***" in str(refused.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("choice", [b"[1]", b'[{"index": 0, "delta": "text"}]'])
+async def test_a_streamed_choice_that_is_not_an_object_is_malformed(choice: bytes) -> None:
+    async def chat(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": ' + choice + b"}\n\ndata: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    async with AppServer(app, host="127.0.0.1", port=0) as server:
+        async with OpenAIBackend(f"{server.root_url}/v1", "m", stream=True) as backend:
+            with pytest.raises(MalformedResponseError, match="streamed a choice without a delta object"):
+                await backend.generate(REQUEST)
