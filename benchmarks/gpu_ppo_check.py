@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         responses_per_problem=sizes.responses,
         max_tokens_per_micro_batch=args.micro_batch_tokens,
         gradient_checkpointing=not args.no_checkpointing,
-        bf16=True,
+        bf16="auto",
         tis_cap=args.tis_cap,
         seed=args.seed,
     )

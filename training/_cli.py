@@ -17,20 +17,28 @@ __all__ = ["dataclass_parser", "field_docs"]
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass, read from its source."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
-    docs = {}
-    for node, following in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
+    """The docstring under each field of a dataclass and its dataclass bases (a subclass's wins)."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
+        for node, following in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(following.value.value.split())
     return docs
+
+
+def _declaration_order(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of ``cls``: those its own body declares first, then those it inherits."""
+    own = list(inspect.get_annotations(cls))
+    specs = {f.name: f for f in dataclasses.fields(cls)}
+    return [specs[name] for name in own if name in specs] + [f for f in specs.values() if f.name not in own]
 
 
 def _optional(convert: Any) -> Any:
@@ -53,9 +61,10 @@ def dataclass_parser(
 ) -> argparse.ArgumentParser:
     """One ``--flag-name`` per field of ``cls`` with the field's docstring as help and its default shown.
 
-    A bool field is ``--x/--no-x``, a tuple field a repeatable ``--x FILE``, a Literal field a choice, an
-    ``X | None`` field also accepts ``none``. ``groups`` opens a help section at the named field;
-    ``required`` fields have no default.
+    The fields ``cls`` declares come first, then those it inherits from a dataclass base. A bool field is
+    ``--x/--no-x``, a tuple field a repeatable ``--x FILE``, a Literal field a choice, an ``X | None``
+    field also accepts ``none``. ``groups`` opens a help section at the named field; ``required`` fields
+    have no default.
     """
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -63,7 +72,7 @@ def dataclass_parser(
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     group: Any = parser
-    for spec in dataclasses.fields(cls):
+    for spec in _declaration_order(cls):
         if spec.name in groups:
             group = parser.add_argument_group(groups[spec.name])
         flag = "--" + spec.name.replace("_", "-")

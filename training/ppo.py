@@ -24,7 +24,7 @@ import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -99,8 +99,8 @@ class PPOConfig:
     """AdamW's decoupled weight decay of the actor and the critic."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (saves memory on long responses)."""
-    bf16: bool = True
-    """Run forward passes under bf16 autocast where the device supports it (CUDA with bf16), else fp32."""
+    bf16: Literal["auto", "on", "off"] = "auto"
+    """bf16 autocast for forward passes: auto (where the device supports it), on (require it), off."""
     temperature: float = 1.0
     """The rollout temperature; the trainer divides logits by it so its logprobs match the sampler's."""
     seed: int = 0
@@ -133,6 +133,21 @@ class PPOConfig:
             raise UsageError(f"PPOConfig.entropy_coef must be >= 0, got {self.entropy_coef}")
         if self.weight_decay < 0:
             raise UsageError(f"PPOConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.bf16 not in ("auto", "on", "off"):
+            raise UsageError(f"PPOConfig.bf16 must be auto, on or off, got {self.bf16!r}")
+
+    def uses_bf16(self, device: torch.device) -> bool:
+        """Whether forward passes on ``device`` run under bf16 autocast.
+
+        Raises:
+            UsageError: ``bf16`` is ``on`` and ``device`` cannot run bf16.
+        """
+        supported = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if self.bf16 == "on" and not supported:
+            raise UsageError(
+                f"--bf16 on needs a CUDA device with bf16 support; {device} has none (use auto or off)"
+            )
+        return self.bf16 != "off" and supported
 
     @property
     def batch_size(self) -> int:
@@ -431,12 +446,7 @@ class PPOTrainer:
         if self.config.gradient_checkpointing:
             _enable_checkpointing(self.actor)
             _enable_checkpointing(self.critic.backbone)
-        self.use_bf16 = (
-            self.config.bf16
-            and self.device.type == "cuda"
-            and torch.cuda.is_available()
-            and torch.cuda.is_bf16_supported()
-        )
+        self.use_bf16 = self.config.uses_bf16(self.device)
         self.generator = torch.Generator().manual_seed(self.config.seed)
 
     # -- forward passes over one micro-batch ---------------------------------------------------------

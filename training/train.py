@@ -167,8 +167,6 @@ __all__ = [
     "train",
 ]
 
-_PPO = PPOConfig()  # the paper's PPO defaults, in one place
-
 Stage = Literal["1", "2", "none"]
 """A stage of the curriculum (``none``: the pool as given)."""
 
@@ -180,8 +178,12 @@ KILL_AT_STEP_ENV = "PACORE_TRAIN_KILL_AT_STEP"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on; every field is a command-line flag of the same name."""
+class TrainConfig(PPOConfig):
+    """Everything a training run depends on; every field is a command-line flag of the same name.
+
+    The PPO settings (learning rates, GAE, clipping, batch layout, bf16, temperature) are `PPOConfig`'s
+    fields, inherited with their paper defaults and documentation.
+    """
 
     # -- the run
     model: str = ""
@@ -211,8 +213,6 @@ class TrainConfig:
     """Seeds the data order, the message draws, the sampler, the value head and the mini-batches."""
     device: str = "auto"
     """Torch device of the actor and critic: auto (cuda when available, else cpu), cpu, cuda, cuda:1."""
-    bf16: Literal["auto", "on", "off"] = "auto"
-    """bf16 autocast for forward passes: auto (where the device supports it), on (require it), off."""
     precision: Precision = "fp32"
     """How the actor and critic are held: fp32 (16 bytes per parameter with gradients and AdamW states),
     or bf16 (bf16 weights and gradients, fp32 AdamW moments, Kahan-compensated updates: 14 bytes); see
@@ -261,8 +261,6 @@ class TrainConfig:
     # -- rollouts and rewards
     rollout: Literal["hf", "sglang"] = "hf"
     """Rollout engine: hf (in-process transformers sampling) or sglang (training.sglang_rollout)."""
-    temperature: float = _PPO.temperature
-    """Sampling temperature (the trainer divides its logits by it too)."""
     max_response_tokens: int = 32768
     """Cap on the tokens of each response."""
     max_prompt_tokens: int = 32768
@@ -286,44 +284,6 @@ class TrainConfig:
     """What a response that hit --max-response-tokens earns: zero (reward 0, counted in
     charts/truncated_frac), mask (left out of the loss, counted in charts/masked_frac) or grade (graded like
     any other; a \\boxed{} written mid-reasoning would then count)."""
-
-    # -- PPO (training.ppo.PPOConfig)
-    problems_per_step: int = _PPO.problems_per_step
-    """Problems per step (B)."""
-    responses_per_problem: int = _PPO.responses_per_problem
-    """Responses per problem (n); a step trains on B x n responses."""
-    actor_lr: float = _PPO.actor_lr
-    """Actor learning rate (AdamW)."""
-    critic_lr: float = _PPO.critic_lr
-    """Critic learning rate (AdamW)."""
-    gamma: float = _PPO.gamma
-    """GAE discount."""
-    lam: float = _PPO.lam
-    """GAE lambda."""
-    clip_eps: float = _PPO.clip_eps
-    """PPO ratio clip."""
-    value_clip_eps: float | None = _PPO.value_clip_eps
-    """Value clip around the rollout-time value (none: plain squared error)."""
-    whiten_advantages: bool = _PPO.whiten_advantages
-    """Normalise advantages over the batch's response tokens."""
-    entropy_coef: float = _PPO.entropy_coef
-    """Entropy bonus weight (the paper uses none)."""
-    tis_cap: float | None = _PPO.tis_cap
-    """Truncated importance sampling cap between the engine's and the trainer's logprobs (none: off)."""
-    ppo_epochs: int = _PPO.ppo_epochs
-    """Passes over each rollout batch (1: strictly on-policy)."""
-    actor_steps: int = _PPO.actor_steps
-    """Actor optimizer steps per pass (mini-batches)."""
-    critic_steps: int = _PPO.critic_steps
-    """Critic optimizer steps per pass (mini-batches)."""
-    max_tokens_per_micro_batch: int = _PPO.max_tokens_per_micro_batch
-    """Cap on the padded tokens of one forward/backward pass; gradients accumulate over micro-batches."""
-    max_grad_norm: float = _PPO.max_grad_norm
-    """Gradient norm clip before each optimizer step."""
-    weight_decay: float = _PPO.weight_decay
-    """AdamW weight decay of the actor and the critic."""
-    gradient_checkpointing: bool = _PPO.gradient_checkpointing
-    """Recompute activations in the backward pass (saves memory on long responses)."""
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -363,12 +323,11 @@ class TrainConfig:
         if self.rollout != "sglang" and (self.sglang_url or self.sglang_port or self.sglang_args):
             raise UsageError("the --sglang-* options need --rollout sglang")
         self.env_config()  # raises on a bad message range
-        self.ppo_config()  # raises on bad PPO settings
+        super().__post_init__()  # raises on bad PPO settings
 
     def ppo_config(self) -> PPOConfig:
-        """The trainer's settings: every `PPOConfig` field is one of ours, under the same name."""
-        mirrored = {f.name: getattr(self, f.name) for f in dataclasses.fields(PPOConfig)}
-        return PPOConfig(**{**mirrored, "bf16": self.bf16 != "off"})
+        """The PPO part of this config, as a plain `PPOConfig`."""
+        return PPOConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PPOConfig)})
 
     def stage1_config(self) -> Stage1Config:
         """The stage-1 filter's thresholds."""
@@ -399,7 +358,7 @@ _GROUPS = {
     "model": "run",
     "pool": "data",
     "rollout": "rollouts and rewards",
-    "problems_per_step": "PPO (paper defaults)",
+    "actor_lr": "PPO (paper defaults)",
 }
 
 
@@ -489,15 +448,6 @@ def _device(config: TrainConfig) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(config.device)
-
-
-def _check_bf16(config: TrainConfig, device: torch.device) -> bool:
-    supported = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if config.bf16 == "on" and not supported:
-        raise UsageError(
-            f"--bf16 on needs a CUDA device with bf16 support; {device} has none (use auto or off)"
-        )
-    return config.bf16 != "off" and supported
 
 
 def make_rollout(config: TrainConfig, actor: Any, tokenizer: Any, *, out: Path, bf16: bool) -> RolloutEngine:
@@ -648,7 +598,7 @@ def train(config: TrainConfig) -> RunSummary:
     ppo = config.ppo_config()
     B, n = config.problems_per_step, config.responses_per_problem  # the paper's names
     device = _device(config)
-    bf16 = _check_bf16(config, device)
+    bf16 = config.uses_bf16(device)
     entries = load_or_build_pool(config, out)
     fingerprint = config_fingerprint(config, entries)
     checkpoint = resume_point(out, fingerprint, resume=config.resume, force_resume=config.force_resume)
