@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pacore_agent.backends.sim import Faults, Latency, SimBackend, SimConfig
     from pacore_agent.backends.sim_server import SimServer
     from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
-    from pacore_agent.budget import Budget, Price
+    from pacore_agent.budget import ANY_MODEL, Budget, Price
     from pacore_agent.compactors import boxed_only, chain, final_conclusion, full, last_tokens, summarize
     from pacore_agent.coordinator import Coordinator
     from pacore_agent.evaluation.bench import BenchSettings, MethodSpec, run_bench
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 # Public names are imported on first use, so `pacore --help` and the simulated server start without
 # loading the OpenAI SDK.
 _LAZY: dict[str, str] = {
+    "ANY_MODEL": "pacore_agent.budget",
     "Backend": "pacore_agent.backends.base",
     "BackendError": "pacore_agent.exceptions",
     "BenchSettings": "pacore_agent.evaluation.bench",
@@ -119,6 +120,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "ANY_MODEL",
     "DEFAULT_LOCAL_MODEL",
     "AttemptRestarted",
     "Backend",

@@ -24,7 +24,11 @@ from typing import Literal
 from pacore_agent.exceptions import UsageError
 from pacore_agent.results import Usage
 
-__all__ = ["Budget", "BudgetTracker", "Price"]
+__all__ = ["ANY_MODEL", "Budget", "BudgetTracker", "Price"]
+
+ANY_MODEL = "*"
+"""The `Budget.prices` key that prices every model the table does not name (one price for a one-model run,
+whatever the endpoint calls its model)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,8 @@ class Budget:
         max_tokens: Prompt plus completion tokens.
         max_cost: Cost from ``prices``.
         max_wall_s: Seconds from the start.
-        prices: Price per model id; required with ``max_cost`` and must cover every model in use.
+        prices: Price per model id (`ANY_MODEL` for every model not named); required with ``max_cost``
+            and must cover every model in use.
         on_exceeded: ``"raise"`` or ``"synthesize"`` (see the module docstring).
     """
 
@@ -106,11 +111,14 @@ class Budget:
         Raises:
             UsageError: A model is unknown (``None``: not configured yet) or missing from ``prices``.
         """
-        if self.max_cost is None:
+        if self.max_cost is None or ANY_MODEL in self.prices:
             return
         for model in models:
             if model is None:
-                raise UsageError("a max_cost budget needs the backend's model set explicitly (model=...)")
+                raise UsageError(
+                    "a max_cost budget needs the backend's model set explicitly (model=...), or one price for "
+                    "every model: prices={ANY_MODEL: Price(...)}"
+                )
             if model not in self.prices:
                 raise UsageError(
                     f"the price table has no entry for model {model!r} (it has {sorted(self.prices)}): add it"
@@ -194,7 +202,8 @@ class BudgetTracker:
         Requests themselves, retries included, are charged by `start_call` as they start.
         """
         self.tokens += usage.total_tokens
-        price = self.budget.prices.get(model or "")
+        prices = self.budget.prices
+        price = prices.get(model or "", prices.get(ANY_MODEL))
         if price is not None:
             self.cost += price.cost(usage)
         if self.parent:

@@ -127,3 +127,20 @@ def test_solve_budget_options(sim_url: str, tmp_path: Path) -> None:
     assert [len(r.trajectories) for r in result.rounds] == [5, 1]
     bad = run_pacore("solve", "--base-url", sim_url, "--budget-cost", "1", "--price", "cheap", "x")
     assert bad.returncode == 2 and "--price must be" in bad.stderr
+
+
+def test_bench_takes_the_budget_options_of_solve(sim_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"id": "six-times-seven", "problem": "What is 6*7?", "answer": "42"}\n')
+    out = tmp_path / "run"
+    bench = ["bench", "mine", "--data", str(data), "-m", "pacore:[8,2]", "--out", str(out), "--no-report"]
+    # $1 per million tokens and a budget of $0.0002: about 200 tokens per solve, less than one round.
+    # No --model: the price is that of whatever model the endpoint serves.
+    done = run_pacore(*bench, "--base-url", sim_url, "--budget-cost", "0.0002", "--price", "1,1")
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["budget"]["max_cost"] == 0.0002
+    assert config["budget"]["prices"] == {"*": {"input": 1.0, "output": 1.0, "cached_input": None}}
+    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert record["error"]["type"] == "BudgetExceeded" and "cost budget" in record["error"]["message"]
+    assert record["correct"] is False

@@ -21,6 +21,9 @@ from pacore_agent.evaluation.store import RunStore
 from tests.helpers import PACORE, run_pacore
 from tests.test_report import make_record
 
+SERVE_UNREACHABLE = ["serve", "--upstream-base-url", "http://127.0.0.1:9/v1", "--upstream-model", "m"]
+"""``pacore serve`` in front of an upstream nobody listens on (the errors come before it is reached)."""
+
 
 def one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> str:
     """The command failed with exit code 2 and one ``error:`` line containing every needle."""
@@ -75,15 +78,7 @@ def busy_port() -> Iterator[int]:
         (["solve", "--backend", "sim", "--min-success", "inf", "2+2?"], ["--min-success must be a share"]),
         (["sim-server", "--port", "70000"], ["--port must be within 0-65535"]),
         (
-            [
-                "serve",
-                "--upstream-base-url",
-                "http://127.0.0.1:9/v1",
-                "--upstream-model",
-                "m",
-                "--port",
-                "-1",
-            ],
+            [*SERVE_UNREACHABLE, "--port", "-1"],
             ["--port must be within 0-65535"],
         ),
         (["sim-server", "--answers", "missing.jsonl"], ["--answers missing.jsonl: cannot read it"]),
@@ -92,7 +87,17 @@ def busy_port() -> Iterator[int]:
             ["--concurrency must be"],
         ),
         (["bench", "aime2025", "-m", "single", "--out", "o", "--max-in-flight", "0"], ["--max-in-flight"]),
-        (["bench", "aime2025", "-m", "single", "--out", "o", "--max-calls", "0"], ["--max-calls must be"]),
+        # bench's older name of --budget-calls still works; the error names the option by its name
+        (["bench", "aime2025", "-m", "single", "--out", "o", "--max-calls", "0"], ["--budget-calls must be"]),
+        (
+            ["bench", "aime2025", "-m", "single", "--out", "o", "--on-budget", "later"],
+            ["--on-budget must be"],
+        ),
+        (
+            ["bench", "aime2025", "-m", "single", "--out", "o", "--budget-cost", "2"],
+            ["--budget-cost needs --price"],
+        ),
+        (["solve", "--backend", "sim", "--budget-cost", "2", "2+2?"], ["--budget-cost needs --price"]),
         (
             ["solve", "--backend", "sim", "--budget-tokens", "-5", "2+2?"],
             ["--budget-tokens must be at least 1"],
@@ -157,15 +162,7 @@ def test_report_refuses_a_run_with_a_corrupt_middle_line(run_dir: Path) -> None:
 
 
 def test_serve_on_a_busy_port(busy_port: int) -> None:
-    done = run_pacore(
-        "serve",
-        "--upstream-base-url",
-        "http://127.0.0.1:9/v1",
-        "--upstream-model",
-        "m",
-        "--port",
-        str(busy_port),
-    )
+    done = run_pacore(*SERVE_UNREACHABLE, "--port", str(busy_port))
     one_line_error(done, f"--port {busy_port}", "already in use", "0 for a free one")
     one_line_error(
         run_pacore("sim-server", "--port", str(busy_port)), f"--port {busy_port}", "already in use"

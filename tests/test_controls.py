@@ -6,7 +6,7 @@ import pytest
 
 from pacore_agent import Coordinator, Faults, Latency, OpenAIBackend, RetryPolicy, SimConfig, SimServer
 from pacore_agent.backends.base import SamplingParams
-from pacore_agent.budget import Budget, Price
+from pacore_agent.budget import ANY_MODEL, Budget, BudgetTracker, Price
 from pacore_agent.exceptions import BudgetExceeded, UsageError
 from pacore_agent.results import SolveResult, Usage
 from tests.helpers import FakeSleep, served_sim, wait_until
@@ -123,6 +123,27 @@ async def test_cost_budget_uses_the_price_table() -> None:
     )
 
 
+async def test_one_price_for_any_model_needs_no_model_name() -> None:
+    named = {"pacore-sim": Price(input=1.0, output=4.0)}
+    async with served_sim(SimConfig(seed=3)) as (_, backend):  # no model given: the endpoint's only one
+        with pytest.raises(UsageError, match="model set explicitly"):
+            Coordinator([16, 4], backend, budget=Budget(max_cost=0.002, prices=named))
+        budget = Budget(max_cost=0.002, prices={ANY_MODEL: named["pacore-sim"]})
+        with pytest.raises(BudgetExceeded) as caught:
+            await Coordinator([16, 4], backend, budget=budget).solve(PROBLEM)
+    partial = caught.value.partial
+    assert caught.value.budget == "cost"
+    assert partial.info["budget_used"]["cost"] == pytest.approx(
+        sum(named["pacore-sim"].cost(t.usage) for t in partial.trajectories if t.ok), rel=1e-6
+    )
+    # a model the table names keeps its own price
+    prices = {ANY_MODEL: Price(1.0, 1.0), "big": Price(10.0, 10.0)}
+    mixed = BudgetTracker(Budget(max_cost=1.0, prices=prices), clock=lambda: 0.0)
+    mixed.charge(Usage(prompt_tokens=1000, completion_tokens=0), "small")
+    mixed.charge(Usage(prompt_tokens=1000, completion_tokens=0), "big")
+    assert mixed.cost == pytest.approx(0.001 + 0.01)
+
+
 async def test_wall_time_budget_cuts_a_stalled_run() -> None:
     async with served_sim(SimConfig(seed=1, latency=Latency(stall_probability=1.0))) as (server, backend):
         with pytest.raises(BudgetExceeded) as caught:
@@ -212,6 +233,8 @@ async def test_adaptive_stop_goes_on_when_answers_disagree() -> None:
         ({"min_success": -0.5}, "positive"),
         ({"round_timeout": -1.0}, "round_timeout"),
         ({"round_timeout": 0}, "round_timeout"),
+        ({"round_timeout": "600"}, "round_timeout must be a positive number of seconds, got '600'"),
+        ({"round_timeout": float("nan")}, "round_timeout must be a positive number"),
         ({"hedge": -1}, "hedge"),
         ({"adaptive_stop": 1.5}, "adaptive_stop"),
         ({"min_success": 1.5}, r"min_success=1.5 is neither a fraction in \(0, 1\] nor a whole count"),

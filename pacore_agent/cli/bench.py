@@ -10,13 +10,14 @@ import typer
 
 from pacore_agent.budget import Budget
 from pacore_agent.cli import options
-from pacore_agent.cli.common import app, at_least_one, err, fail, make_backend, positive, report_console
+from pacore_agent.cli.common import app, at_least_one, err, fail, make_backend, report_console
 from pacore_agent.exceptions import PacoreError
 
 __all__ = ["bench"]
 
 
 @app.command("bench")
+@options.with_budget_options
 def bench(
     benchmark: Annotated[
         str,
@@ -76,17 +77,7 @@ def bench(
         typer.Option(help="Send a per-request seed derived from --seed and the sample (repeatable runs)."),
     ] = True,
     order: options.Order = "seeded",
-    max_calls: Annotated[int | None, typer.Option(help="Budget: requests per solve.")] = None,
-    max_solve_tokens: Annotated[
-        int | None, typer.Option(help="Budget: prompt plus completion tokens per solve.")
-    ] = None,
-    max_wall_s: Annotated[float | None, typer.Option(help="Budget: seconds per solve.")] = None,
-    on_budget: Annotated[
-        str,
-        typer.Option(
-            help="When a budget runs out: raise (graded as it stands) or synthesize (final round now)."
-        ),
-    ] = "raise",
+    budget: Budget | None = None,
     pool_size: Annotated[
         int | None,
         typer.Option(
@@ -131,9 +122,6 @@ def bench(
     at_least_one("--concurrency", concurrency)
     at_least_one("--max-in-flight", max_in_flight)
     at_least_one("--samples", samples)
-    at_least_one("--max-calls", max_calls)
-    at_least_one("--max-solve-tokens", max_solve_tokens)
-    positive("--max-wall-s", max_wall_s)
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out} is a file: give a directory (a new one, or a run directory to resume)")
     generation = options.sampling(temperature, top_p, max_tokens, extra_body)
@@ -145,18 +133,10 @@ def bench(
             limit=problems,
             ids=[i.strip() for i in ids.split(",") if i.strip()] if ids else None,
         )
-        if on_budget not in ("raise", "synthesize"):
-            raise fail(f"--on-budget must be raise or synthesize, got {on_budget!r}")
-        limits = {"max_calls": max_calls, "max_tokens": max_solve_tokens, "max_wall_s": max_wall_s}
-        budget = (
-            Budget(**limits, on_exceeded=on_budget)  # type: ignore[arg-type]
-            if any(v is not None for v in limits.values())
-            else None
-        )
         settings = BenchSettings(
-            benchmark=name,
-            methods=specs,
-            samples=samples,
+            name,
+            specs,
+            samples,
             seed=seed,
             sampling=generation,
             request_seeds=request_seeds,

@@ -4,19 +4,28 @@ The generation options (``--temperature``, ``--top-p``, ``--max-tokens``, ``--ex
 for ``solve``, ``bench`` and ``serve`` and become one `SamplingParams` through `sampling`. ``none`` leaves
 a field out of every request, so the endpoint's own default applies (hosted reasoning models such as
 GPT-5 refuse ``top_p`` and any temperature but 1).
+
+The budget options (``--budget-calls``, ``--budget-tokens``, ``--budget-seconds``, ``--budget-cost``,
+``--price``, ``--on-budget``) limit each solve of ``solve`` and ``bench`` alike and become one `Budget`
+through `with_budget_options`.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from pacore_agent.backends.base import SamplingParams
-from pacore_agent.cli.common import at_least_one, fail
+from pacore_agent.budget import ANY_MODEL, Budget, Price
+from pacore_agent.cli.common import at_least_one, fail, positive
+from pacore_agent.exceptions import UsageError
 
 __all__ = [
     "PAPER",
@@ -30,7 +39,10 @@ __all__ = [
     "Temperature",
     "TopP",
     "sampling",
+    "with_budget_options",
 ]
+
+R = TypeVar("R")
 
 BaseUrl = Annotated[
     str | None,
@@ -90,6 +102,140 @@ RunDirectories = Annotated[
     list[Path], typer.Argument(help="One or more run directories of `pacore bench`.", metavar="DIR")
 ]
 BootstrapSeed = Annotated[int, typer.Option(help="Seed of the bootstrap.")]
+
+# ``bench`` named its budgets --max-calls, --max-solve-tokens and --max-wall-s; those still work.
+_BUDGET_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+    for name, annotation, default in [
+        (
+            "budget_calls",
+            Annotated[
+                int | None,
+                typer.Option(
+                    "--budget-calls",
+                    "--max-calls",
+                    rich_help_panel="Budget per solve",
+                    help="At most this many requests.",
+                ),
+            ],
+            None,
+        ),
+        (
+            "budget_tokens",
+            Annotated[
+                int | None,
+                typer.Option(
+                    "--budget-tokens",
+                    "--max-solve-tokens",
+                    rich_help_panel="Budget per solve",
+                    help="At most this many prompt plus completion tokens.",
+                ),
+            ],
+            None,
+        ),
+        (
+            "budget_seconds",
+            Annotated[
+                float | None,
+                typer.Option(
+                    "--budget-seconds",
+                    "--max-wall-s",
+                    rich_help_panel="Budget per solve",
+                    help="At most this many seconds.",
+                ),
+            ],
+            None,
+        ),
+        (
+            "budget_cost",
+            Annotated[
+                float | None,
+                typer.Option(
+                    "--budget-cost",
+                    rich_help_panel="Budget per solve",
+                    help="At most this cost (needs --price).",
+                ),
+            ],
+            None,
+        ),
+        (
+            "price",
+            Annotated[
+                str | None,
+                typer.Option(
+                    "--price",
+                    rich_help_panel="Budget per solve",
+                    help="Price of the model per million tokens as INPUT,OUTPUT (e.g. 0.2,0.8), for --budget-cost.",
+                ),
+            ],
+            None,
+        ),
+        (
+            "on_budget",
+            Annotated[
+                str,
+                typer.Option(
+                    "--on-budget",
+                    rich_help_panel="Budget per solve",
+                    help="When a budget runs out: raise (the solve stops: `solve` exits 1 and keeps the "
+                    "partial trace, `bench` grades what finished as it stands) or synthesize (the final round runs "
+                    "now on what finished).",
+                ),
+            ],
+            "raise",
+        ),
+    ]
+]
+
+
+def _budget(
+    budget_calls: int | None,
+    budget_tokens: int | None,
+    budget_seconds: float | None,
+    budget_cost: float | None,
+    price: str | None,
+    on_budget: str,
+) -> Budget | None:
+    at_least_one("--budget-calls", budget_calls)
+    at_least_one("--budget-tokens", budget_tokens)
+    positive("--budget-seconds", budget_seconds)
+    positive("--budget-cost", budget_cost)
+    if on_budget not in ("raise", "synthesize"):
+        raise fail(f"--on-budget must be raise or synthesize, got {on_budget!r}")
+    if budget_cost is not None and price is None:
+        raise fail("--budget-cost needs --price INPUT,OUTPUT (per million tokens), e.g. --price 0.2,0.8")
+    limits = {"max_calls": budget_calls, "max_tokens": budget_tokens, "max_wall_s": budget_seconds}
+    if all(limit is None for limit in limits.values()) and budget_cost is None:
+        return None
+    prices = {}
+    if price is not None:
+        try:
+            input_price, output_price = (float(part) for part in price.split(","))
+            prices[ANY_MODEL] = Price(input=input_price, output=output_price)
+        except (ValueError, UsageError):
+            raise fail(
+                f"--price must be INPUT,OUTPUT per million tokens, e.g. 0.2,0.8; got {price!r}"
+            ) from None
+    return Budget(**limits, max_cost=budget_cost, prices=prices, on_exceeded=on_budget)  # type: ignore[arg-type]
+
+
+def with_budget_options(command: Callable[..., R]) -> Callable[..., R]:
+    """Give a command the budget options, declared here once.
+
+    The command takes a ``budget: Budget | None`` parameter (default ``None``); on the command line it is
+    the ``--budget-*``, ``--price`` and ``--on-budget`` options, checked before the command runs (a bad
+    value exits naming its option). ``--price`` prices whatever model the endpoint serves.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    kept = [parameter for name, parameter in signature.parameters.items() if name != "budget"]
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> R:
+        given = {parameter.name: kwargs.pop(parameter.name) for parameter in _BUDGET_OPTIONS}
+        return command(*args, budget=_budget(**given), **kwargs)
+
+    run.__signature__ = signature.replace(parameters=[*kept, *_BUDGET_OPTIONS])  # type: ignore[attr-defined]
+    return run
 
 
 def _number(option: str, text: str) -> float | None:

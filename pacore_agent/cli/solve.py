@@ -10,9 +10,9 @@ from typing import Annotated
 import anyio
 import typer
 
-from pacore_agent.backends.base import DEFAULT_MAX_CONCURRENCY, Backend
+from pacore_agent.backends.base import DEFAULT_MAX_CONCURRENCY
 from pacore_agent.backends.transformers import DEFAULT_LOCAL_MODEL, TransformersBackend
-from pacore_agent.budget import Budget, Price
+from pacore_agent.budget import Budget
 from pacore_agent.cli import options
 from pacore_agent.cli.common import (
     LOCAL_BATCH,
@@ -29,7 +29,7 @@ from pacore_agent.cli.common import (
     writing,
 )
 from pacore_agent.cli.live import print_result, solve_live
-from pacore_agent.exceptions import PacoreError, SolveError, UsageError
+from pacore_agent.exceptions import PacoreError, SolveError
 from pacore_agent.results import SolveResult
 from pacore_agent.schedule import Schedule
 
@@ -37,6 +37,7 @@ __all__ = ["models", "solve"]
 
 
 @app.command()
+@options.with_budget_options
 def solve(
     problem: Annotated[str, typer.Argument(help="The problem text, or - to read it from stdin.")],
     backend_kind: Annotated[
@@ -107,39 +108,13 @@ def solve(
         float,
         typer.Option(help="Extra trajectories per round, a share (0.25) or a count; the first K are kept."),
     ] = 0,
-    budget_calls: Annotated[int | None, typer.Option(help="Budget: at most this many requests.")] = None,
-    budget_tokens: Annotated[
-        int | None, typer.Option(help="Budget: at most this many tokens in total.")
-    ] = None,
-    budget_seconds: Annotated[float | None, typer.Option(help="Budget: at most this many seconds.")] = None,
-    budget_cost: Annotated[
-        float | None, typer.Option(help="Budget: at most this cost (needs --price).")
-    ] = None,
-    price: Annotated[
-        str | None,
-        typer.Option(
-            help="Price of the model per million tokens as INPUT,OUTPUT (e.g. 0.2,0.8), for --budget-cost."
-        ),
-    ] = None,
-    on_budget: Annotated[
-        str,
-        typer.Option(
-            help="When a budget runs out: raise (exit 1, partial trace kept) or synthesize an answer."
-        ),
-    ] = "raise",
+    budget: Budget | None = None,
 ) -> None:
     """Solve one problem with PaCoRe and print the answer, the rounds and the token totals."""
     from pacore_agent.coordinator import Coordinator
 
     at_least_one("--concurrency", concurrency)
-    at_least_one("--budget-calls", budget_calls)
-    at_least_one("--budget-tokens", budget_tokens)
-    for option, value in (
-        ("--budget-seconds", budget_seconds),
-        ("--budget-cost", budget_cost),
-        ("--round-timeout", round_timeout),
-    ):
-        positive(option, value)
+    positive("--round-timeout", round_timeout)
     generation = options.sampling(temperature, top_p, max_tokens, extra_body)
     text = sys.stdin.read() if problem == "-" else problem
     if backend_kind is None:
@@ -154,7 +129,6 @@ def solve(
             backend = make_local_backend(backend_kind, model, seed=seed, concurrency=concurrency)
             # One batched generate per round (up to LOCAL_BATCH trajectories) rather than one per trajectory.
             n_per_request = min(max(Schedule.parse(schedule).widths), LOCAL_BATCH)
-        budget = _budget(backend, budget_calls, budget_tokens, budget_seconds, budget_cost, price, on_budget)
         coordinator = Coordinator(
             schedule,
             backend,
@@ -208,38 +182,6 @@ def _count_or_share(option: str, value: float | None) -> int | float | None:
             f"{option} {value:g} is neither a share in (0, 1] nor a whole count: use e.g. 0.5 or {int(value) + 1}"
         )
     return int(value)
-
-
-def _budget(
-    backend: Backend,
-    calls: int | None,
-    tokens: int | None,
-    seconds: float | None,
-    cost: float | None,
-    price: str | None,
-    on_budget: str,
-) -> Budget | None:
-    if calls is None and tokens is None and seconds is None and cost is None:
-        return None
-    prices: dict[str, Price] = {}
-    if price is not None:
-        try:
-            input_price, output_price = (float(part) for part in price.split(","))
-        except ValueError:
-            raise UsageError(
-                f"--price must be INPUT,OUTPUT per million tokens, e.g. 0.2,0.8; got {price!r}"
-            ) from None
-        prices[getattr(backend, "model", None) or backend.name] = Price(
-            input=input_price, output=output_price
-        )
-    return Budget(
-        max_calls=calls,
-        max_tokens=tokens,
-        max_wall_s=seconds,
-        max_cost=cost,
-        prices=prices,
-        on_exceeded=on_budget,  # type: ignore[arg-type]
-    )
 
 
 @app.command()
