@@ -126,6 +126,13 @@ async def test_fresh_run_grades_stores_and_resumes(aime: list[Problem], tmp_path
             await run_bench(
                 BenchSettings("aime2025", methods, samples=2, seed=1), problems, backend, tmp_path
             )
+        # A directory of an older run format is refused as such, before any setting is compared.
+        config = tmp_path / "config.json"
+        stored = config.read_text()
+        config.write_text(json.dumps({**json.loads(stored), "version": 1}))
+        with pytest.raises(UsageError, match="run format version 1, and this pacore writes version 2"):
+            await run_bench(settings, problems, backend, tmp_path)
+        config.write_text(stored)
 
     records = records_of(tmp_path)
     assert Counter(r.key for r in records).most_common(1)[0][1] == 1 and len(records) == 36

@@ -257,6 +257,22 @@ def test_csv_and_markdown(run_dir: Path, tmp_path: Path) -> None:
     assert "problem-clustered" in markdown
 
 
+def test_rows_sort_by_family_then_compute_with_blind_after_pacore(tmp_path: Path) -> None:
+    methods = ["pacore-blind:[16]", "pacore:[16]", "sc@16", "pacore-blind:[4]", "pacore:[4]", "single"]
+    with RunStore.open(tmp_path / "run", config={"model": "m", "protocol": "fresh"}) as store:
+        for method in methods:
+            store.append_sync(make_record("p1", 0, True, method=method))
+    reports = summarize([tmp_path / "run"])
+    assert [r.method for r in reports] == [
+        "single",
+        "sc@16",
+        "pacore:[4]",
+        "pacore:[16]",
+        "pacore-blind:[4]",
+        "pacore-blind:[16]",
+    ]
+
+
 def test_intervals() -> None:
     assert bootstrap_interval([[1.0], [0.0]]) == (0.0, 1.0)
     assert bootstrap_interval([[1, 0], [0, 1], [1, 1, 0, 0]]) == (0.5, 0.5)

@@ -161,7 +161,7 @@ class MethodReport:
         spec = _spec(self.method)
         if spec is None:
             return (len(_FAMILY_ORDER), 0, 0, self.method)
-        return (_FAMILY_ORDER[spec.kind], spec.first_width, spec.trajectories, self.method)
+        return (_FAMILY_ORDER[self.family], spec.first_width, spec.trajectories, self.method)
 
     def row(self) -> dict[str, Any]:
         """The CSV row."""

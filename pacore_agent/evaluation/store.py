@@ -465,6 +465,12 @@ def _check_or_write_config(path: Path, config: Mapping[str, Any]) -> None:
     normal = json.loads(json.dumps(config))  # what a reader will see: tuples become lists, etc.
     if path.is_file():
         existing = read_config(path)
+        if "version" in normal and existing.get("version") != normal["version"]:
+            raise UsageError(
+                f"{path} was written in run format version {existing.get('version')}, and this pacore writes "
+                f"version {normal['version']}: start a new run directory, or resume with the pacore that "
+                "wrote it"
+            )
         if existing != normal:
             changed = sorted(
                 k for k in set(existing) | set(normal) if existing.get(k, ...) != normal.get(k, ...)

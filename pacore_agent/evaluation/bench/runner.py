@@ -84,7 +84,9 @@ __all__ = [
     "run_bench",
 ]
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
+"""The format of a run's ``config.json``; 2 added the compactor, the truncation rule and unset sampling
+fields (the paper's 1.0/1.0 by default). A run directory of another version is refused by name."""
 
 
 @dataclass(frozen=True)
