@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,26 @@ def test_readme_links_architecture_not_outside() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "ARCHITECTURE.md" in readme
     assert "shared/docs" not in readme
+
+
+def test_the_library_runs_without_the_openai_sdk() -> None:
+    # The SDK is a test and benchmark dependency only: OpenAIBackend speaks HTTP itself.
+    script = (
+        "import sys\n"
+        "sys.modules['openai'] = None  # any import of it now fails\n"
+        "import anyio\n"
+        "from pacore_agent import Coordinator, OpenAIBackend, SimConfig, SimServer, Single\n"
+        "from pacore_agent.serving.server import PacoreServer\n"
+        "async def main():\n"
+        "    async with SimServer(SimConfig(seed=1)) as sim, OpenAIBackend(sim.base_url) as backend:\n"
+        "        result = await Coordinator([4, 2], backend).solve('What is 6*7?')\n"
+        "        single = await Single(backend).solve('What is 6*7?')\n"
+        "        PacoreServer(backend, port=0)\n"
+        "    print(result.calls, single.calls)\n"
+        "anyio.run(main)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["7", "1"]
