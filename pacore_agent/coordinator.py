@@ -117,8 +117,13 @@ class Coordinator(RoundRunner):
         if stream_tokens not in ("final", "all", "none"):
             raise UsageError(f"stream_tokens must be 'final', 'all' or 'none', got {stream_tokens!r}")
         _check_min_success(min_success, self.schedule)
-        if round_timeout is not None and not round_timeout > 0:
-            raise UsageError(f"round_timeout must be a positive number of seconds, got {round_timeout}")
+        if round_timeout is not None and (
+            isinstance(round_timeout, bool)
+            or not isinstance(round_timeout, int | float)
+            or not math.isfinite(round_timeout)
+            or round_timeout <= 0
+        ):
+            raise UsageError(f"round_timeout must be a positive number of seconds, got {round_timeout!r}")
         _check_count_or_share("hedge", hedge, zero=True)
         if adaptive_stop is not None and not 0 < adaptive_stop <= 1:
             raise UsageError(f"adaptive_stop must be a fraction in (0, 1], got {adaptive_stop!r}")
