@@ -198,6 +198,14 @@ def _seconds(value: str | None) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
+_USERINFO = re.compile(r"://[^/@\s]+@")
+
+
+def mask_userinfo(text: str) -> str:
+    """``text`` with the user and password of every URL in it shown as ``***`` (``https://***@host``)."""
+    return _USERINFO.sub("://***@", text)
+
+
 def redact(text: str, secrets: Iterable[str | None]) -> str:
     """``text`` with every occurrence of each secret (keys) replaced by ``***``."""
     for secret in secrets:

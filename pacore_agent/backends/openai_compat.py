@@ -185,27 +185,27 @@ class OpenAIBackend(Backend):
             raise ConfigurationError(
                 f"base_url must be a URL like http://127.0.0.1:30000/v1, got {base_url!r}"
             )
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.name = model or self.base_url
-        self.stream = self.streams = stream
-        self.timeout = timeout
-        self.extra_body = dict(extra_body or {})
-        self.supports_n = supports_n
         api_key = api_key or os.environ.get("PACORE_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        if not api_key and not is_local_url(self.base_url):
-            raise ConfigurationError(
-                f"API key missing for the hosted endpoint {self.base_url}: pass api_key=... or set PACORE_API_KEY "
-                "(or OPENAI_API_KEY)"
-            )
         self.transport = ChatTransport(
-            self.base_url,
+            base_url.rstrip("/"),
             api_key=api_key,
             timeout=timeout,
             max_connections=max(max_concurrency * 2, 16),
             extra_headers=extra_headers,
         )
         """The HTTP connection pool and its error translation."""
+        self.base_url = self.transport.base_url  # any user:password shown as ***: messages quote it
+        self.model = model
+        self.name = model or self.base_url
+        self.stream = self.streams = stream
+        self.timeout = timeout
+        self.extra_body = dict(extra_body or {})
+        self.supports_n = supports_n
+        if not api_key and not is_local_url(self.base_url):
+            raise ConfigurationError(
+                f"API key missing for the hosted endpoint {self.base_url}: pass api_key=... or set PACORE_API_KEY "
+                "(or OPENAI_API_KEY)"
+            )
         self._model_lock = anyio.Lock()
         if token_limit == "auto":
             token_limit = "max_tokens" if is_local_url(self.base_url) else "max_completion_tokens"

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import yarl
 
-from pacore_agent.backends.errors import error_from_response, excerpt, stream_error
+from pacore_agent.backends.errors import error_from_response, excerpt, mask_userinfo, stream_error
 from pacore_agent.exceptions import (
     EndpointConnectionError,
     EndpointTimeoutError,
@@ -33,7 +33,13 @@ __all__ = ["CONNECT_TIMEOUT", "ChatTransport"]
 CONNECT_TIMEOUT = 10.0
 """Seconds to open a connection."""
 
-_LOST = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+_LOST = (aiohttp.ClientError, OSError)
+"""A refused, dropped or garbled exchange (a bad status line from a proxy included); `TimeoutError`, also
+an `OSError`, is caught before it."""
+
+_READ_BUFFER = 1 << 20
+"""aiohttp's read buffer; a streamed line may be 8 times as long (8 MiB; the default allows 512 KiB, less
+than one event of a long answer sent whole, with logprobs)."""
 
 
 class ChatTransport:
@@ -58,18 +64,19 @@ class ChatTransport:
         max_connections: int,
         extra_headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.base_url = base_url
+        url = yarl.URL(base_url)
+        # Credentials in the URL go as basic auth; base_url, which messages quote, shows them as ***.
+        self.base_url = mask_userinfo(base_url)
+        self._url = str(url.with_user(None)) if url.user else base_url
         self.timeout = timeout
         self.max_connections = max_connections
         self._secrets: tuple[str | None, ...] = (api_key,)
-        url = yarl.URL(base_url)
         if url.user:
             credentials = base64.b64encode(f"{url.user}:{url.password or ''}".encode()).decode()
             authorization = f"Basic {credentials}"
             self._secrets = (api_key, url.password, credentials)
         else:
             authorization = f"Bearer {api_key or 'EMPTY'}"
-        self._url = str(url.with_user(None)) if url.user else base_url
         self._headers = {
             "Authorization": authorization,
             "Content-Type": "application/json",
@@ -94,6 +101,7 @@ class ChatTransport:
                 connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
                 # Nothing in the answers is read as a cookie; an unsafe jar would only cost time.
                 cookie_jar=aiohttp.DummyCookieJar(),
+                read_bufsize=_READ_BUFFER,
             )
         return self._session
 
@@ -163,11 +171,13 @@ class ChatTransport:
             raise EndpointTimeoutError(f"{self.base_url} did not answer in time") from exc
         except _LOST as exc:
             raise self._lost(exc) from exc
+        except aiohttp.http_exceptions.HttpProcessingError as exc:  # a line past the read buffer's limit
+            raise MalformedResponseError(
+                f"{self.base_url} sent a malformed response: {exc.message.splitlines()[0]}"
+            ) from exc
 
     def _error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> Exception:
-        return error_from_response(
-            self.base_url, status, raw.decode("utf-8", errors="replace"), headers, secrets=self._secrets
-        )
+        return error_from_response(self.base_url, status, raw, headers, secrets=self._secrets)
 
     def _lost(self, exc: BaseException) -> EndpointConnectionError:
         return EndpointConnectionError(f"could not talk to {self.base_url}: {type(exc).__name__}: {exc}")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import re
 import sys
 import time
 import uuid
@@ -40,7 +39,7 @@ import anyio
 from aiohttp import web
 
 from pacore_agent.backends.base import Backend, SamplingParams
-from pacore_agent.backends.errors import error_response
+from pacore_agent.backends.errors import error_response, mask_userinfo
 from pacore_agent.coordinator import Coordinator
 from pacore_agent.exceptions import (
     PacoreError,
@@ -96,7 +95,6 @@ _SHUTDOWN_TIMEOUT = 5.0
 """Seconds a stopping server waits for requests in flight before cancelling them."""
 
 _OWNER = "pacore"
-_USERINFO = re.compile(r"://[^/@\s]+@")
 
 
 class _ApiError(Exception):
@@ -233,7 +231,7 @@ def _solve_error(error: BaseException) -> _ApiError:
     message = fields["message"]
     if isinstance(error, PacoreError):
         # Credentials written into an upstream URL (https://user:pass@host) never reach the client.
-        message = _USERINFO.sub("://***@", f"PaCoRe could not answer: {error}")
+        message = mask_userinfo(f"PaCoRe could not answer: {error}")
     return _ApiError(status, message, fields["type"], param=fields["param"], code=fields["code"])
 
 

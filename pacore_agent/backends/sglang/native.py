@@ -450,7 +450,7 @@ class SGLangNativeClient(AsyncResource):
             raise EndpointTimeoutError(
                 f"{what}: the SGLang server at {self.base_url} did not answer within {self.timeout:g}s"
             ) from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:  # refused, dropped or garbled (TimeoutError is above)
             raise await self._connection_error(what, exc) from exc
 
     async def _connection_error(self, what: str, exc: BaseException) -> BackendError:
