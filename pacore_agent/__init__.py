@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from pacore_agent.strategies import BestOfN, PaCoRe, SelfConsistency, Single, Strategy
 
 # Public names are imported on first use, so `pacore --help` and the simulated server start without
-# loading the OpenAI SDK.
+# importing every backend and the evaluation stack.
 _LAZY: dict[str, str] = {
     "ANY_MODEL": "pacore_agent.budget",
     "Backend": "pacore_agent.backends.base",

@@ -165,8 +165,7 @@ class EndpointLimiter:
         now = self._clock()
         if self._slice_start is None:
             self._slice_start = now
-            self._touch()
-            return True
+            return True  # the caller takes the slot, which schedules the next iteration's slice
         return now - self._slice_start < self.time_slice
 
     def _take(self) -> None:

@@ -103,88 +103,50 @@ RunDirectories = Annotated[
 ]
 BootstrapSeed = Annotated[int, typer.Option(help="Seed of the bootstrap.")]
 
+
+def _budget_option(name: str, kind: Any, default: Any, *aliases: str, help: str) -> inspect.Parameter:
+    """One budget option: a keyword parameter of a command, in the help's "Budget per solve" panel."""
+    option = typer.Option(*aliases, rich_help_panel="Budget per solve", help=help)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[kind, option], default=default
+    )
+
+
 # ``bench`` named its budgets --max-calls, --max-solve-tokens and --max-wall-s; those still work.
 _BUDGET_OPTIONS = [
-    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-    for name, annotation, default in [
-        (
-            "budget_calls",
-            Annotated[
-                int | None,
-                typer.Option(
-                    "--budget-calls",
-                    "--max-calls",
-                    rich_help_panel="Budget per solve",
-                    help="At most this many requests.",
-                ),
-            ],
-            None,
-        ),
-        (
-            "budget_tokens",
-            Annotated[
-                int | None,
-                typer.Option(
-                    "--budget-tokens",
-                    "--max-solve-tokens",
-                    rich_help_panel="Budget per solve",
-                    help="At most this many prompt plus completion tokens.",
-                ),
-            ],
-            None,
-        ),
-        (
-            "budget_seconds",
-            Annotated[
-                float | None,
-                typer.Option(
-                    "--budget-seconds",
-                    "--max-wall-s",
-                    rich_help_panel="Budget per solve",
-                    help="At most this many seconds.",
-                ),
-            ],
-            None,
-        ),
-        (
-            "budget_cost",
-            Annotated[
-                float | None,
-                typer.Option(
-                    "--budget-cost",
-                    rich_help_panel="Budget per solve",
-                    help="At most this cost (needs --price).",
-                ),
-            ],
-            None,
-        ),
-        (
-            "price",
-            Annotated[
-                str | None,
-                typer.Option(
-                    "--price",
-                    rich_help_panel="Budget per solve",
-                    help="Price of the model per million tokens as INPUT,OUTPUT (e.g. 0.2,0.8), for --budget-cost.",
-                ),
-            ],
-            None,
-        ),
-        (
-            "on_budget",
-            Annotated[
-                str,
-                typer.Option(
-                    "--on-budget",
-                    rich_help_panel="Budget per solve",
-                    help="When a budget runs out: raise (the solve stops: `solve` exits 1 and keeps the "
-                    "partial trace, `bench` grades what finished as it stands) or synthesize (the final round runs "
-                    "now on what finished).",
-                ),
-            ],
-            "raise",
-        ),
-    ]
+    _budget_option(
+        "budget_calls", int | None, None, "--budget-calls", "--max-calls", help="At most this many requests."
+    ),
+    _budget_option(
+        "budget_tokens",
+        int | None,
+        None,
+        "--budget-tokens",
+        "--max-solve-tokens",
+        help="At most this many prompt plus completion tokens.",
+    ),
+    _budget_option(
+        "budget_seconds",
+        float | None,
+        None,
+        "--budget-seconds",
+        "--max-wall-s",
+        help="At most this many seconds.",
+    ),
+    _budget_option("budget_cost", float | None, None, help="At most this cost (needs --price)."),
+    _budget_option(
+        "price",
+        str | None,
+        None,
+        help="Price of the model per million tokens as INPUT,OUTPUT (e.g. 0.2,0.8), for --budget-cost.",
+    ),
+    _budget_option(
+        "on_budget",
+        str,
+        "raise",
+        help="When a budget runs out: raise (the solve stops: `solve` exits 1 and keeps the partial trace, "
+        "`bench` grades what finished as it stands) or synthesize (the final round runs now on what finished).",
+    ),
 ]
 
 
@@ -204,9 +166,6 @@ def _budget(
         raise fail(f"--on-budget must be raise or synthesize, got {on_budget!r}")
     if budget_cost is not None and price is None:
         raise fail("--budget-cost needs --price INPUT,OUTPUT (per million tokens), e.g. --price 0.2,0.8")
-    limits = {"max_calls": budget_calls, "max_tokens": budget_tokens, "max_wall_s": budget_seconds}
-    if all(limit is None for limit in limits.values()) and budget_cost is None:
-        return None
     prices = {}
     if price is not None:
         try:
@@ -216,7 +175,15 @@ def _budget(
             raise fail(
                 f"--price must be INPUT,OUTPUT per million tokens, e.g. 0.2,0.8; got {price!r}"
             ) from None
-    return Budget(**limits, max_cost=budget_cost, prices=prices, on_exceeded=on_budget)  # type: ignore[arg-type]
+    limits = {
+        "max_calls": budget_calls,
+        "max_tokens": budget_tokens,
+        "max_wall_s": budget_seconds,
+        "max_cost": budget_cost,
+    }
+    if all(limit is None for limit in limits.values()):
+        return None
+    return Budget(**limits, prices=prices, on_exceeded=on_budget)  # type: ignore[arg-type]  # checked above
 
 
 def with_budget_options(command: Callable[..., R]) -> Callable[..., R]:

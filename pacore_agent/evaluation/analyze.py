@@ -464,7 +464,8 @@ class BlindGap:
 
 
 def _mean_of_means(per_problem: dict[str, list[float]], problems: Sequence[str]) -> float:
-    return _macro({p: per_problem[p] for p in problems})  # the report's accuracy, on these problems
+    # the report's accuracy, on those of these problems that have figures
+    return _macro({p: per_problem[p] for p in problems if p in per_problem})
 
 
 def blind_gaps(
@@ -505,8 +506,8 @@ def blind_gaps(
                     gap=accuracy[0] - accuracy[1],
                     ci_low=low,
                     ci_high=high,
-                    pacore_ttc_k=_mean_of_means(ttc[0], [p for p in common if p in ttc[0]]),
-                    blind_ttc_k=_mean_of_means(ttc[1], [p for p in common if p in ttc[1]]),
+                    pacore_ttc_k=_mean_of_means(ttc[0], common),
+                    blind_ttc_k=_mean_of_means(ttc[1], common),
                 )
             )
     return gaps

@@ -246,6 +246,9 @@ async def agrade_message(text: str | None, **options: Unpack[GradeOptions]) -> M
     Returns:
         The same as `grade_message`.
     """
+    unknown = options.keys() - GradeOptions.__optional_keys__
+    if unknown:  # as an explicit signature would: a misspelt keyword must not be ignored
+        raise TypeError(f"agrade_message() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
     answer, tests = options.get("answer"), options.get("tests")
     truncation = options.get("truncation", DEFAULT_TRUNCATION)
     conclusion, truncated, decided = _start(text, answer, tests, options.get("finish_reason"), truncation)

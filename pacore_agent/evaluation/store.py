@@ -312,10 +312,7 @@ class _AppendLog(Generic[R, K]):
     def config(self) -> dict[str, Any] | None:
         """The ``config.json`` beside the store, when there is one."""
         path = self.path.parent / CONFIG_FILENAME
-        if not path.is_file():
-            return None
-        loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return loaded
+        return read_config(path) if path.is_file() else None
 
     def done_keys(self) -> frozenset[K]:
         """The keys already in the store (a snapshot)."""
