@@ -15,6 +15,13 @@ import anyio
 from pacore_agent import OpenAIBackend
 
 
+def lattice_problems(count: int) -> list[str]:
+    """``count`` distinct problems of the benchmarks (distinct prompts, so no cache serves one for another)."""
+    return [
+        f"Problem {i}: how many lattice points lie on the circle x^2 + y^2 = {5**i}?" for i in range(count)
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,8 +1,9 @@
 """The simulated server for `benchmarks.vs_official`, in its own process, counting requests in flight.
 
 ``python -m benchmarks._sim_serve --port P [--latency LOW HIGH] [--faults RATE]`` serves the simulated
-model; ``GET /stats`` answers the peak of requests in flight since the last ``POST /stats/reset``. The
-count is taken by the server, so both clients compared are measured the same way.
+model; ``GET /_sim/stats`` answers, among its counters, ``max_in_flight``: the peak of requests in flight
+since the last ``POST /stats/reset``. The count is taken by the server, so both clients compared are
+measured the same way.
 """
 
 from __future__ import annotations
@@ -19,19 +20,13 @@ from pacore_agent.runtime import tune_gc
 
 
 def counted_server(config: SimConfig, port: int) -> SimServer:
-    """A `SimServer` that reports its engine's peak of requests in flight (``GET /stats``) and forgets
-    it (``POST /stats/reset``)."""
+    """A `SimServer` whose counters (``GET /_sim/stats``) ``POST /stats/reset`` sets back to zero."""
     server = SimServer(config, port=port)
-    engine = server.engine
-
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response({"peak": engine.max_in_flight, "now": engine.in_flight})
 
     async def reset(request: web.Request) -> web.Response:
-        engine.reset_stats()
-        return web.json_response({"peak": engine.max_in_flight, "now": engine.in_flight})
+        server.engine.reset_stats()
+        return web.json_response(server.stats())
 
-    server.app.router.add_get("/stats", stats)
     server.app.router.add_post("/stats/reset", reset)
     return server
 

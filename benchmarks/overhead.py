@@ -22,7 +22,7 @@ import anyio
 import openai
 
 from benchmarks import _args
-from benchmarks._sim import sim_server_process, wait_healthy
+from benchmarks._sim import lattice_problems, sim_server_process, wait_healthy
 from pacore_agent import Coordinator, OpenAIBackend
 from pacore_agent.prompts import build_prompt, normalize_problem
 from pacore_agent.runtime import tune_gc
@@ -91,10 +91,7 @@ async def run_coordinator(backend: OpenAIBackend, problems: list[str], schedule:
 async def main(args: argparse.Namespace) -> None:
     with sim_server_process("--think-words", "32") as base_url:
         schedule = Schedule.parse(args.schedule)
-        problems = [
-            f"Problem {i}: how many lattice points lie on the circle x^2 + y^2 = {5**i}?"
-            for i in range(args.problems)
-        ]
+        problems = lattice_problems(args.problems)
         bodies = raw_bodies(problems, schedule)
         async with OpenAIBackend(base_url, max_concurrency=args.concurrency) as backend:
             await wait_healthy(backend)

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import aiohttp
 
 from benchmarks import _args
-from benchmarks._sim import pacore_process, sim_server_process
+from benchmarks._sim import pacore_process, sim_server_process, wait_healthy
 from pacore_agent import Coordinator, OpenAIBackend
 from pacore_agent.runtime import tune_gc
 from pacore_agent.schedule import Schedule
@@ -119,7 +119,7 @@ async def main(args: argparse.Namespace) -> None:
             OpenAIBackend(upstream, "pacore-sim", max_concurrency=args.concurrency) as backend,
         ):
             await _wait(session, served.removesuffix("/v1") + "/health")
-            await _wait(session, upstream + "/models")
+            await wait_healthy(backend)
             coordinator = Coordinator(schedule, backend)
             for i in range(8):  # warm-up: connections, imports, caches on both paths
                 await _ask(session, served, _problem(i))

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _args
-from benchmarks._sim import free_port
+from benchmarks._sim import free_port, lattice_problems
 
 OFFICIAL_REPO = "https://github.com/stepfun-ai/PaCoRe"
 OFFICIAL_FILES = ("pacore/batch_inference/base_exp.py", "pacore/utils.py")
@@ -80,12 +80,6 @@ def official_checkout(path: str | None, workdir: Path) -> Path:
     return root
 
 
-def problems(count: int) -> list[str]:
-    return [
-        f"Problem {i}: how many lattice points lie on the circle x^2 + y^2 = {5**i}?" for i in range(count)
-    ]
-
-
 # -- the two clients, each run in a process of its own ----------------------------------------------
 
 
@@ -102,7 +96,7 @@ def run_official(root: str, url: str, count: int, schedule: list[int], concurren
     data.write_text(
         "".join(
             json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": problem}]}) + "\n"
-            for i, problem in enumerate(problems(count))
+            for i, problem in enumerate(lattice_problems(count))
         )
     )
 
@@ -129,7 +123,7 @@ async def _run_pacore(url: str, count: int, schedule: list[int], concurrency: in
     async with OpenAIBackend(url, "pacore-sim", max_concurrency=concurrency) as backend:
         coordinator = Coordinator(Schedule.parse(schedule), backend)
         start = time.perf_counter()
-        results = await coordinator.solve_many(problems(count))
+        results = await coordinator.solve_many(lattice_problems(count))
         elapsed = time.perf_counter() - start
         held = backend.limiter.peak
     solved = sum(1 for r in results if getattr(r, "answer", None) is not None)
@@ -178,7 +172,7 @@ def one_run(client: str, args: argparse.Namespace, url: str, root: Path) -> dict
     if done.returncode != 0:
         raise RuntimeError(f"the {client} run failed:\n{done.stderr[-3000:]}")
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    figures["peak"] = _http(f"{root_url}/stats")["peak"]
+    figures["peak"] = _http(f"{root_url}/_sim/stats")["max_in_flight"]
     figures["rate"] = figures["solved"] / figures["seconds"]
     return figures
 

@@ -53,10 +53,10 @@ async def test_pacore_side_solves_every_problem_and_the_server_counts_its_peak()
         figures = await vs_official._run_pacore(server.base_url, 3, [4, 2], concurrency=64)
 
         def stats() -> dict[str, int]:
-            with urllib.request.urlopen(f"{server.root_url}/stats", timeout=10) as answer:
+            with urllib.request.urlopen(f"{server.root_url}/_sim/stats", timeout=10) as answer:
                 return json.loads(answer.read())  # type: ignore[no-any-return]
 
-        peak = (await anyio.to_thread.run_sync(stats))["peak"]
+        peak = (await anyio.to_thread.run_sync(stats))["max_in_flight"]
     assert figures["solved"] == 3 and figures["seconds"] > 0
     assert 2 <= peak <= 64 and server.engine.served == 3 * (4 + 2 + 1)
 
