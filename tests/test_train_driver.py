@@ -46,6 +46,7 @@ from training.train import (
     epoch_order,
     fingerprint_differences,
     latest_checkpoint,
+    main,
     make_rollout,
     parse_args,
     pool_digest,
@@ -225,6 +226,21 @@ def test_every_field_has_a_flag_with_help() -> None:
     helps = {action.dest: action.help for action in parser._actions}
     for spec in dataclasses.fields(TrainConfig):
         assert helps.get(spec.name), spec.name
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("precision", "fp16"), ("stage", "3"), ("bf16", "yes"), ("truncation", "drop")]
+)
+def test_a_config_built_in_code_is_held_to_the_flags_choices(field: str, value: str) -> None:
+    with pytest.raises(UsageError, match=f"--{field} must be one of .*, got '{value}'"):
+        TrainConfig(model="m", out="o", pool="p", **{field: value})  # type: ignore[arg-type]
+
+
+def test_a_missing_pool_file_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.jsonl"
+    assert main(["--model", "m", "--out", str(tmp_path / "run"), "--pool", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(missing) in err and "Traceback" not in err
 
 
 def test_parse_args_builds_the_config_and_checks_it(tmp_path: Path) -> None:

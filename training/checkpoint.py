@@ -283,22 +283,8 @@ def model_id(model: str) -> str:
 
 def config_fingerprint(config: FingerprintSettings, entries: Sequence[PoolEntry]) -> dict[str, Any]:
     """The settings a checkpoint must share with the run that resumes it (`FINGERPRINT_FIELDS`)."""
-    return {
-        "model": model_id(config.model),
-        "pool": pool_digest(entries),
-        "problems": len(entries),
-        "seed": config.seed,
-        "problems_per_step": config.problems_per_step,
-        "responses_per_problem": config.responses_per_problem,
-        "min_messages": config.min_messages,
-        "max_messages": config.max_messages,
-        "shared_message_set": config.shared_message_set,
-        "stage": config.stage,
-        "math_threshold": config.math_threshold,
-        "code_threshold": config.code_threshold,
-        "stage2_samples": config.stage2_samples,
-        "precision": config.precision,
-    }
+    derived = {"model": model_id(config.model), "pool": pool_digest(entries), "problems": len(entries)}
+    return {name: derived[name] if name in derived else getattr(config, name) for name in FINGERPRINT_FIELDS}
 
 
 def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

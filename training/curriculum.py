@@ -31,7 +31,7 @@ from pacore_agent.evaluation.datasets import Domain
 from pacore_agent.evaluation.store import PoolEntry
 from pacore_agent.exceptions import PacoreRuntimeError, UsageError
 from training.env import EnvConfig, Episode, SynthesisEnv
-from training.pool import pool_accuracy, write_pool_entries
+from training.pool import load_pool_entries, pool_accuracy, write_pool_entries
 
 __all__ = [
     "CODE_THRESHOLD",
@@ -432,8 +432,6 @@ def stage2_set(
     """
     summary_path = output.with_suffix(".summary.json")
     if summary_path.is_file():  # written last: the set beside it is complete
-        from training.pool import load_pool_entries
-
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         kept = load_pool_entries(output)
         source = f"read from {output}"
@@ -460,8 +458,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Prints the summary's counts; the set (pool entries JSONL) and its ``.summary.json`` are written.
     """
     import argparse
-
-    from training.pool import load_pool_entries
 
     parser = argparse.ArgumentParser(prog="python -m training.curriculum", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -87,7 +87,17 @@ def sample_problems(
     return problems
 
 
-def reward(problem: ToyProblem, sample: Sample) -> float:
+class _Answered(Protocol):
+    """A toy episode (`ToyProblem`, the synthesis toy's `Episode`): a prompt and its one-token answer."""
+
+    @property
+    def prompt_ids(self) -> list[int]: ...
+
+    @property
+    def answer(self) -> int: ...
+
+
+def reward(problem: _Answered, sample: Sample) -> float:
     """1.0 when the response's first token is the right digit, else 0.0."""
     return 1.0 if sample.response_ids[:1] == [problem.answer] else 0.0
 
@@ -192,39 +202,35 @@ class ToyRun:
 
 
 @torch.no_grad()
-def evaluate(engine: HFRollout, problems: Sequence[ToyProblem]) -> float:
+def evaluate(engine: HFRollout, problems: Sequence[_Answered]) -> float:
     """Mean reward of one sampled answer per problem."""
     samples = engine.generate([p.prompt_ids for p in problems], n=1, max_new_tokens=1)
     return sum(reward(p, s) for p, s in zip(problems, samples, strict=True)) / len(problems)
 
 
-class _Prompted(Protocol):
+class _Schedule(Protocol):
     @property
-    def prompt_ids(self) -> list[int]: ...
+    def steps(self) -> int: ...
 
-
-P = TypeVar("P", bound=_Prompted)
+    @property
+    def anneal_lr(self) -> bool: ...
 
 
 def ppo_steps(
     trainer: PPOTrainer,
     engine: HFRollout,
-    draw: Callable[[int], Sequence[P]],
-    score: Callable[[P, Sample], float],
-    *,
-    steps: int,
-    anneal_lr: bool,
+    draw: Callable[[int], Sequence[_Answered]],
+    schedule: _Schedule,
     on_step: Callable[[int, dict[str, float]], None] | None,
 ) -> list[dict[str, float]]:
-    """The PPO loop of a toy task: one-token answers to ``draw``-n problems, scored by ``score``.
+    """The PPO loop of a toy task: one-token answers to ``draw``-n problems, each earning its `reward`.
 
     Args:
         trainer: The trainer; its config gives the batch shape and the learning rates.
         engine: The rollout engine over the trainer's actor; it gets the weights after every update.
         draw: Returns that many fresh training problems.
-        score: The reward of a sample for its problem.
-        steps: PPO updates.
-        anneal_lr: Decay both learning rates linearly to 0 over the ``steps``.
+        schedule: The task's settings: ``steps`` PPO updates, with both learning rates decayed linearly
+            to 0 over them when ``anneal_lr``.
         on_step: Called with (step, metrics) after every update.
 
     Returns:
@@ -232,8 +238,9 @@ def ppo_steps(
     """
     ppo = trainer.config
     history = []
+    steps = schedule.steps
     for step in range(steps):
-        if anneal_lr:
+        if schedule.anneal_lr:
             frac = 1.0 - step / steps
             for group in trainer.actor_optimizer.param_groups:
                 group["lr"] = frac * ppo.actor_lr
@@ -243,7 +250,7 @@ def ppo_steps(
         samples = engine.generate(
             [p.prompt_ids for p in problems], n=ppo.responses_per_problem, max_new_tokens=1
         )
-        rewards = [score(problems[i // ppo.responses_per_problem], s) for i, s in enumerate(samples)]
+        rewards = [reward(problems[i // ppo.responses_per_problem], s) for i, s in enumerate(samples)]
         metrics = trainer.step(samples, rewards)
         engine.sync_weights(trainer.actor)
         history.append(metrics)
@@ -280,14 +287,6 @@ def train(settings: ToySettings, on_step: Callable[[int, dict[str, float]], None
         return draw(settings.eval_problems, random.Random(settings.seed + 1_000_003))
 
     start_reward = evaluate(engine, eval_problems())
-    history = ppo_steps(
-        trainer,
-        engine,
-        lambda count: draw(count, rng),
-        reward,
-        steps=settings.steps,
-        anneal_lr=settings.anneal_lr,
-        on_step=on_step,
-    )
+    history = ppo_steps(trainer, engine, lambda count: draw(count, rng), settings, on_step)
     final_reward = evaluate(engine, eval_problems())
     return ToyRun(start_reward, final_reward, history, time.perf_counter() - started)

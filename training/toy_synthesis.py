@@ -34,8 +34,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
-
 from training.ppo import PPOConfig, PPOTrainer
 from training.rollout import HFRollout
 from training.toy import (
@@ -46,6 +44,7 @@ from training.toy import (
     PLUS,
     REFS,
     TinyPolicySettings,
+    evaluate,
     make_policy,
     ppo_steps,
     toy_ppo,
@@ -196,14 +195,6 @@ class SynthesisRun:
     seconds: float
 
 
-@torch.no_grad()
-def _evaluate(engine: HFRollout, episodes: Sequence[Episode]) -> float:
-    samples = engine.generate([e.prompt_ids for e in episodes], n=1, max_new_tokens=1)
-    return sum(s.response_ids[:1] == [e.answer] for e, s in zip(episodes, samples, strict=True)) / len(
-        episodes
-    )
-
-
 def train(settings: Settings, on_step: Callable[[int, dict[str, float]], None] | None = None) -> SynthesisRun:
     """Train a tiny policy with PPO on the toy and evaluate it before and after.
 
@@ -226,21 +217,13 @@ def train(settings: Settings, on_step: Callable[[int, dict[str, float]], None] |
     evaluation = draw(settings.eval_episodes, held_out)
     all_wrong = all_wrong_episodes(settings.eval_episodes, held_out, b_max=settings.b_max)
 
-    start_reward, start_all_wrong = _evaluate(engine, evaluation), _evaluate(engine, all_wrong)
-    history = ppo_steps(
-        trainer,
-        engine,
-        lambda count: draw(count, rng),
-        lambda episode, sample: 1.0 if sample.response_ids[:1] == [episode.answer] else 0.0,
-        steps=settings.steps,
-        anneal_lr=settings.anneal_lr,
-        on_step=on_step,
-    )
+    start_reward, start_all_wrong = evaluate(engine, evaluation), evaluate(engine, all_wrong)
+    history = ppo_steps(trainer, engine, lambda count: draw(count, rng), settings, on_step)
     return SynthesisRun(
         start_reward=start_reward,
-        final_reward=_evaluate(engine, evaluation),
+        final_reward=evaluate(engine, evaluation),
         start_all_wrong=start_all_wrong,
-        all_wrong_reward=_evaluate(engine, all_wrong),
+        all_wrong_reward=evaluate(engine, all_wrong),
         baselines=baselines(evaluation),
         history=history,
         seconds=time.perf_counter() - started,

@@ -90,6 +90,7 @@ import shlex
 import signal
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -290,6 +291,12 @@ class TrainConfig(PPOConfig):
             raise UsageError("give --model: a hub name such as Qwen/Qwen3-8B or a local folder")
         if not self.out:
             raise UsageError("give --out: the run directory")
+        # The command line offers only a Literal field's values; a config built in code is held to them too.
+        for name, hint in typing.get_type_hints(type(self)).items():
+            value = getattr(self, name)
+            if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+                choices = ", ".join(map(str, typing.get_args(hint)))
+                raise UsageError(f"--{name.replace('_', '-')} must be one of {choices}, got {value!r}")
         building = bool(self.problems or self.arithmetic)
         if bool(self.pool) == building:
             raise UsageError("give either --pool (a built pool) or --problems/--arithmetic to build one")
@@ -795,6 +802,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PacoreError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
+    except (
+        OSError
+    ) as error:  # a --pool or --problems file that cannot be read, an --out that cannot be written
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"done: {summary.steps_done} steps in {summary.out}", flush=True)
     return 0
 
